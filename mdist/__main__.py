@@ -1,0 +1,3 @@
+from mdist.cli import main
+
+main()

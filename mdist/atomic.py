@@ -1,0 +1,69 @@
+"""Write files so that an interrupted write never leaves something that looks complete."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+from mdist.errors import InputError
+
+
+@contextlib.contextmanager
+def atomic_writer(target: Path, *, overwrite: bool = False) -> Iterator[BinaryIO]:
+    """Yield a file in target's directory under a temporary name; fsync and rename on success.
+
+    On any exception the temporary file is removed and the target is untouched.
+    """
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise InputError(f"{target} exists; use --force to overwrite it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, target)
+        _fsync_dir(target.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+
+
+def write_bytes_atomic(target: Path, data: bytes, *, overwrite: bool = True) -> None:
+    with atomic_writer(target, overwrite=overwrite) as handle:
+        handle.write(data)
+
+
+def copy_atomic(source: Path, target: Path, *, overwrite: bool = False) -> None:
+    with atomic_writer(target, overwrite=overwrite) as handle, open(source, "rb") as src:
+        shutil.copyfileobj(src, handle, 1 << 20)
+
+
+def require_free_space(directory: Path, needed_bytes: int, *, what: str) -> None:
+    """Fail early with a clear message rather than half-way through a long write."""
+    directory = Path(directory)
+    probe = directory
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < needed_bytes:
+        raise InputError(
+            f"not enough free space for {what} in {directory}: "
+            f"need {needed_bytes / 1e9:.2f} GB, have {free / 1e9:.2f} GB"
+        )
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -1,0 +1,184 @@
+"""`mdist convert`: raw `consolidated.00.pth` -> safetensors, without torch, without running pickle code."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from mdist.atomic import require_free_space, write_bytes_atomic
+from mdist.convert.checkpoint import Checkpoint
+from mdist.convert.pickle_reader import TensorRef
+from mdist.convert.safetensors_writer import TensorSource, plan_shards, write_safetensors
+from mdist.errors import InputError
+from mdist.layout import heads_for, interleaved_to_half_rows, mistral_to_hf_name
+from mdist.modelconfig import MistralConfig, read_json
+
+__all__ = ["convert", "find_checkpoint", "ConversionResult", "Checkpoint"]
+
+DEFAULT_SHARD_BYTES = 5 * 10**9
+MISTRAL_FILE = "consolidated.safetensors"
+HF_INDEX = "model.safetensors.index.json"
+_SIDE_FILES = ("params.json", "tokenizer.model")
+
+
+@dataclass
+class ConversionResult:
+    out: Path
+    layout: str
+    files: list[Path] = field(default_factory=list)
+    tensors: int = 0
+    bytes: int = 0
+
+
+def find_checkpoint(src: Path) -> tuple[Path, Path]:
+    """Return (checkpoint file, folder of its side files) for a folder or a .pth path."""
+    src = Path(src)
+    if src.is_file():
+        return src, src.parent
+    if not src.is_dir():
+        raise InputError(f"{src} does not exist")
+    candidates = sorted(src.glob("consolidated.*.pth"))
+    if not candidates:
+        raise InputError(f"{src} holds no consolidated.*.pth checkpoint")
+    if len(candidates) > 1:
+        raise InputError(f"{src} holds {len(candidates)} checkpoint shards; only single-file checkpoints are supported")
+    return candidates[0], src
+
+
+def convert(
+    src: Path,
+    out: Path | None = None,
+    *,
+    layout: str = "mistral",
+    force: bool = False,
+    shard_bytes: int = DEFAULT_SHARD_BYTES,
+    on_start: Callable[[int], None] | None = None,
+    on_bytes: Callable[[int], None] | None = None,
+) -> ConversionResult:
+    """Convert a checkpoint. `on_start(total_bytes)` and `on_bytes(n)` report progress."""
+    if layout not in ("mistral", "hf"):
+        raise InputError(f"unknown layout {layout!r}: use 'mistral' or 'hf'")
+    checkpoint_path, side_dir = find_checkpoint(src)
+    out = Path(out) if out is not None else side_dir
+    config = None
+    if (side_dir / "params.json").is_file():
+        config = MistralConfig.from_params(read_json(side_dir / "params.json"))
+    elif layout == "hf":
+        raise InputError(f"--layout hf needs params.json next to {checkpoint_path.name}")
+
+    with Checkpoint(checkpoint_path) as checkpoint:
+        if layout == "mistral":
+            sources = [_plain_source(checkpoint, name, t) for name, t in checkpoint.tensors.items()]
+            shards = [(out / MISTRAL_FILE, sources)]
+        else:
+            assert config is not None
+            sources = [_hf_source(checkpoint, name, t, config) for name, t in checkpoint.tensors.items()]
+            planned = plan_shards(sources, shard_bytes)
+            n = len(planned)
+            shards = [(out / f"model-{i + 1:05d}-of-{n:05d}.safetensors", s) for i, s in enumerate(planned)]
+        total = sum(s.nbytes for s in sources)
+        targets = [path for path, _ in shards] + _extra_targets(layout, out, side_dir)
+        if not force:
+            existing = [str(p) for p in targets if p.exists() and not _is_same_file(p, side_dir)]
+            if existing:
+                raise InputError(f"{existing[0]} exists; use --force to overwrite")
+        out.mkdir(parents=True, exist_ok=True)
+        require_free_space(out, total + (64 << 20), what="the converted model")
+        if on_start:
+            on_start(total)
+        result = ConversionResult(out=out, layout=layout, tensors=len(sources), bytes=total)
+        for path, tensors in shards:
+            write_safetensors(path, tensors, metadata={"format": "pt"}, overwrite=True, on_bytes=on_bytes)
+            result.files.append(path)
+    if layout == "hf":
+        assert config is not None
+        result.files += _write_hf_side_files(out, side_dir, config, shards, total)
+    else:
+        result.files += _copy_side_files(side_dir, out)
+    return result
+
+
+def _plain_source(checkpoint: Checkpoint, name: str, tensor: TensorRef) -> TensorSource:
+    return TensorSource(
+        name, tensor.storage.dtype.safetensors_dtype, tensor.shape, tensor.nbytes, lambda: checkpoint.iter_bytes(tensor)
+    )
+
+
+def _hf_source(checkpoint: Checkpoint, name: str, tensor: TensorRef, config: MistralConfig) -> TensorSource:
+    try:
+        hf_name = mistral_to_hf_name(name)
+    except KeyError:
+        raise InputError(f"tensor {name!r} is not part of the Mistral architecture") from None
+    heads = heads_for(name, config)
+    if heads is None:
+        source = _plain_source(checkpoint, name, tensor)
+        return TensorSource(hf_name, source.dtype, source.shape, source.nbytes, source.chunks)
+    if tensor.shape[0] != heads * config.head_dim:
+        raise InputError(f"{name} has {tensor.shape[0]} rows, expected {heads} heads x {config.head_dim}")
+    order = interleaved_to_half_rows(heads, config.head_dim)
+
+    def permuted_chunks():
+        rows = checkpoint.array(tensor)
+        step = max(1, (16 << 20) // max(1, rows[0].nbytes))
+        for start in range(0, len(order), step):
+            yield rows[order[start : start + step]].tobytes()
+
+    return TensorSource(hf_name, tensor.storage.dtype.safetensors_dtype, tensor.shape, tensor.nbytes, permuted_chunks)
+
+
+def _extra_targets(layout: str, out: Path, side_dir: Path) -> list[Path]:
+    if layout == "hf":
+        return [out / HF_INDEX, out / "config.json", out / "generation_config.json"]
+    return [out / f for f in _SIDE_FILES if (side_dir / f).is_file()]
+
+
+def _is_same_file(target: Path, side_dir: Path) -> bool:
+    source = side_dir / target.name
+    return target.name in _SIDE_FILES and source.exists() and source.resolve() == target.resolve()
+
+
+def _copy_side_files(side_dir: Path, out: Path) -> list[Path]:
+    copied = []
+    for name in _SIDE_FILES:
+        source, target = side_dir / name, out / name
+        if source.is_file() and source.resolve() != target.resolve():
+            write_bytes_atomic(target, source.read_bytes())
+            copied.append(target)
+    return copied
+
+
+def _write_hf_side_files(
+    out: Path, side_dir: Path, config: MistralConfig, shards: list[tuple[Path, list[TensorSource]]], total: int
+) -> list[Path]:
+    written = []
+
+    def dump(name: str, payload: object) -> None:
+        write_bytes_atomic(out / name, (json.dumps(payload, indent=2) + "\n").encode())
+        written.append(out / name)
+
+    dump("config.json", config.to_hf_config())
+    dump("generation_config.json", {"bos_token_id": 1, "eos_token_id": 2})
+    if (side_dir / "tokenizer.model").is_file():
+        if (side_dir / "tokenizer.model").resolve() != (out / "tokenizer.model").resolve():
+            shutil.copyfile(side_dir / "tokenizer.model", out / "tokenizer.model")
+        written.append(out / "tokenizer.model")
+        dump(
+            "tokenizer_config.json",
+            {
+                "tokenizer_class": "LlamaTokenizer",
+                "bos_token": "<s>",
+                "eos_token": "</s>",
+                "unk_token": "<unk>",
+                "add_bos_token": True,
+                "add_eos_token": False,
+                "legacy": True,
+                "clean_up_tokenization_spaces": False,
+            },
+        )
+        dump("special_tokens_map.json", {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"})
+    weight_map = {t.name: path.name for path, tensors in shards for t in tensors}
+    dump(HF_INDEX, {"metadata": {"total_size": total}, "weight_map": weight_map})
+    return written

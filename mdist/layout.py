@@ -1,0 +1,77 @@
+"""Tensor naming and rotary layouts: Mistral's checkpoint names versus Hugging Face's.
+
+Mistral's code rotates interleaved feature pairs (2i, 2i+1) of each head; transformers rotates
+the two halves of each head (i, i + head_dim/2). Converting permutes the rows of wq and wk,
+exactly as transformers' own `convert_mistral_weights_to_hf.py` does.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from mdist.modelconfig import MistralConfig
+
+_LAYER_NAMES = {
+    "attention.wq.weight": "self_attn.q_proj.weight",
+    "attention.wk.weight": "self_attn.k_proj.weight",
+    "attention.wv.weight": "self_attn.v_proj.weight",
+    "attention.wo.weight": "self_attn.o_proj.weight",
+    "feed_forward.w1.weight": "mlp.gate_proj.weight",
+    "feed_forward.w2.weight": "mlp.down_proj.weight",
+    "feed_forward.w3.weight": "mlp.up_proj.weight",
+    "attention_norm.weight": "input_layernorm.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+}
+_TOP_NAMES = {
+    "tok_embeddings.weight": "model.embed_tokens.weight",
+    "norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+_HF_LAYER_NAMES = {v: k for k, v in _LAYER_NAMES.items()}
+_HF_TOP_NAMES = {v: k for k, v in _TOP_NAMES.items()}
+_MISTRAL_LAYER = re.compile(r"^layers\.(\d+)\.(.+)$")
+_HF_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+
+
+def mistral_to_hf_name(name: str) -> str:
+    if name in _TOP_NAMES:
+        return _TOP_NAMES[name]
+    match = _MISTRAL_LAYER.match(name)
+    if match and match.group(2) in _LAYER_NAMES:
+        return f"model.layers.{match.group(1)}.{_LAYER_NAMES[match.group(2)]}"
+    raise KeyError(name)
+
+
+def hf_to_mistral_name(name: str) -> str:
+    if name in _HF_TOP_NAMES:
+        return _HF_TOP_NAMES[name]
+    match = _HF_LAYER.match(name)
+    if match and match.group(2) in _HF_LAYER_NAMES:
+        return f"layers.{match.group(1)}.{_HF_LAYER_NAMES[match.group(2)]}"
+    raise KeyError(name)
+
+
+def heads_for(name: str, config: MistralConfig) -> int | None:
+    """Number of heads whose rows must be permuted for this (Mistral-named) tensor, or None."""
+    if name.endswith("attention.wq.weight"):
+        return config.n_heads
+    if name.endswith("attention.wk.weight"):
+        return config.n_kv_heads
+    return None
+
+
+def interleaved_to_half_rows(n_heads: int, head_dim: int) -> np.ndarray:
+    """Row order that turns an interleaved-pair weight into the half-split one: new = old[order]."""
+    half = head_dim // 2
+    order = np.empty(n_heads * head_dim, dtype=np.int64)
+    for h in range(n_heads):
+        base = h * head_dim
+        for j in range(2):
+            order[base + j * half : base + (j + 1) * half] = base + 2 * np.arange(half) + j
+    return order
+
+
+def half_to_interleaved_rows(n_heads: int, head_dim: int) -> np.ndarray:
+    return np.argsort(interleaved_to_half_rows(n_heads, head_dim))
