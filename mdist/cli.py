@@ -64,14 +64,15 @@ def byte_progress(description: str, *, quiet: bool = False):
         TransferSpeedColumn,
     )
 
+    console = _stderr_console()
     return Progress(
         "[progress.description]{task.description}",
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
-        console=_stderr_console(),
-        disable=quiet,
+        console=console,
+        disable=quiet or not console.is_terminal,
         transient=True,
     )
 

@@ -22,7 +22,7 @@ from mdist.convert.pickle_reader import (
 from mdist.errors import CheckpointError, InputError
 
 CHUNK_BYTES = 16 << 20
-_MAX_DEFLATE_RATIO = 1024
+_MAX_DEFLATE_RATIO = 100
 _NUMPY_UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 _DATA_PKL = re.compile(r"^[^/]+/data\.pkl$")
 

@@ -1,0 +1,154 @@
+"""mdist convert: bit-identical round trips against torch.load, and the HF layout against transformers."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from conftest import FIXTURE, random_mistral, run_mdist
+from mdist.convert import convert
+from mdist.convert.checkpoint import Checkpoint
+from reference_mistral import reference_logits
+
+
+def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
+def assert_bit_identical(expected: dict[str, torch.Tensor], actual: dict[str, torch.Tensor]) -> None:
+    assert set(expected) == set(actual)
+    for name, tensor in expected.items():
+        got = actual[name]
+        assert got.dtype == tensor.dtype, name
+        assert tuple(got.shape) == tuple(tensor.shape), name
+        raw_expected = tensor.contiguous().reshape(-1).view(torch.uint8) if tensor.numel() else tensor
+        raw_actual = got.contiguous().reshape(-1).view(torch.uint8) if got.numel() else got
+        assert torch.equal(raw_expected, raw_actual), name
+
+
+def test_fixture_round_trip_is_bit_identical(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = run_mdist("convert", str(FIXTURE), "--out", str(out), "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["tensors"] == 57
+    expected = torch.load(FIXTURE / "consolidated.00.pth", weights_only=True)
+    assert_bit_identical(expected, load_safetensors(out / "consolidated.safetensors"))
+    with safe_open(str(out / "consolidated.safetensors"), framework="pt") as f:
+        assert f.metadata() == {"format": "pt"}
+    assert (out / "params.json").read_bytes() == (FIXTURE / "params.json").read_bytes()
+    assert (out / "tokenizer.model").read_bytes() == (FIXTURE / "tokenizer.model").read_bytes()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_views_offsets_and_strides(tmp_path: Path, dtype: torch.dtype) -> None:
+    torch.manual_seed(1)
+    base = torch.randn(12, 10).to(dtype)
+    state = {
+        "plain": torch.randn(5, 7).to(dtype),
+        "base": base,
+        "rows_with_offset": base[3:9],  # shares base's storage, storage_offset 30
+        "transposed": base.t(),  # non-contiguous strides
+        "column": base[:, 4],  # stride 10, offset 4
+        "every_other": base[::2, 1::3],
+        "scalar": torch.tensor(3.5).to(dtype),
+        "empty": torch.zeros(0, 4).to(dtype),
+        "ints": torch.arange(10, dtype=torch.int64).reshape(2, 5).t(),
+    }
+    (tmp_path / "m").mkdir()
+    torch.save(state, tmp_path / "m" / "consolidated.00.pth")
+    convert(tmp_path / "m", tmp_path / "out")
+    expected = torch.load(tmp_path / "m" / "consolidated.00.pth", weights_only=True)
+    assert_bit_identical(expected, load_safetensors(tmp_path / "out" / "consolidated.safetensors"))
+
+
+def test_deflated_archive_reads_the_same(tmp_path: Path) -> None:
+    deflated = tmp_path / "d" / "consolidated.00.pth"
+    deflated.parent.mkdir()
+    with zipfile.ZipFile(FIXTURE / "consolidated.00.pth") as src, zipfile.ZipFile(deflated, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info), compress_type=zipfile.ZIP_DEFLATED)
+    convert(deflated, tmp_path / "out")
+    expected = torch.load(FIXTURE / "consolidated.00.pth", weights_only=True)
+    assert_bit_identical(expected, load_safetensors(tmp_path / "out" / "consolidated.safetensors"))
+
+
+def test_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert run_mdist("convert", str(FIXTURE), "--out", str(out)).returncode == 0
+    before = (out / "consolidated.safetensors").stat().st_mtime_ns
+    again = run_mdist("convert", str(FIXTURE), "--out", str(out))
+    assert again.returncode == 2
+    assert "--force" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+    assert (out / "consolidated.safetensors").stat().st_mtime_ns == before
+    assert run_mdist("convert", str(FIXTURE), "--out", str(out), "--force").returncode == 0
+
+
+def test_missing_input_is_a_usage_error(tmp_path: Path) -> None:
+    result = run_mdist("convert", str(tmp_path / "nope"))
+    assert result.returncode == 2
+    assert result.stderr.startswith("mdist: error:") and "Traceback" not in result.stderr
+
+
+def _hf_model(out: Path) -> "torch.nn.Module":
+    from transformers import AutoModelForCausalLM
+
+    model, info = AutoModelForCausalLM.from_pretrained(
+        out, dtype=torch.float32, attn_implementation="eager", output_loading_info=True
+    )
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    return model.eval()
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        dict(n_heads=4, n_kv_heads=4),  # GQA ratio 1
+        dict(n_heads=4, n_kv_heads=2, sliding_window=8),  # ratio 2, window shorter than the sequence
+        dict(n_heads=8, n_kv_heads=2, head_dim=8, rope_theta=1e6),  # ratio 4, theta 1e6
+        dict(n_heads=4, n_kv_heads=1, sliding_window=5, rope_theta=1e6, dtype="float32"),
+    ],
+)
+def test_hf_layout_matches_the_original(tmp_path: Path, shape: dict) -> None:
+    src = random_mistral(tmp_path / "src", **shape)
+    out = tmp_path / "hf"
+    result = run_mdist("convert", str(src), "--layout", "hf", "--out", str(out), "--shard-size", "60KB")
+    assert result.returncode == 0, result.stderr
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1  # really sharded
+    model = _hf_model(out)
+    params = json.loads((src / "params.json").read_text())
+    tokens = list(np.random.default_rng(0).integers(0, params["vocab_size"], 20))
+    expected = reference_logits(torch.load(src / "consolidated.00.pth", weights_only=True), params, tokens)
+    with torch.no_grad():
+        actual = model(torch.tensor([tokens])).logits[0]
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_hf_layout_of_the_fixture(tmp_path: Path) -> None:
+    out = tmp_path / "hf"
+    convert(FIXTURE, out, layout="hf")
+    config = json.loads((out / "config.json").read_text())
+    assert config["rope_theta"] == 10000.0 and config["sliding_window"] == 64
+    model = _hf_model(out)
+    params = json.loads((FIXTURE / "params.json").read_text())
+    tokens = list(np.random.default_rng(1).integers(0, 2048, 100))  # longer than the window
+    expected = reference_logits(torch.load(FIXTURE / "consolidated.00.pth", weights_only=True), params, tokens)
+    with torch.no_grad():
+        actual = model(torch.tensor([tokens])).logits[0]
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_checkpoint_arrays_match_torch() -> None:
+    expected = torch.load(FIXTURE / "consolidated.00.pth", weights_only=True)
+    with Checkpoint(FIXTURE / "consolidated.00.pth") as checkpoint:
+        for name, ref in checkpoint.tensors.items():
+            raw = np.asarray(checkpoint.array(ref))
+            assert np.array_equal(raw, expected[name].view(torch.int16).numpy().view(np.uint16)), name
