@@ -130,3 +130,50 @@ def parse_size(text: str) -> int:
     if value <= 0:
         raise click.BadParameter("size must be positive")
     return value
+
+
+# -- run -------------------------------------------------------------------------------------
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--prompt", required=True, help="Text to continue (or the user message with --chat).")
+@click.option("--max-tokens", default=128, show_default=True, type=click.IntRange(0, 32768))
+@click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(0, 10),
+              help="0 is greedy and fully deterministic.")
+@click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="Nucleus sampling threshold.")
+@click.option("--seed", type=int, help="Makes sampling with --temperature > 0 reproducible.")
+@click.option("--chat", is_flag=True, help="Wrap the prompt in Mistral's instruct template <s>[INST] ... [/INST].")
+@click.option("--safe-prompt", is_flag=True, help="Prepend Mistral's guard-rail system prompt (implies --chat).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (text, token ids, timings).")
+def run(model: Path, prompt: str, max_tokens: int, temperature: float, top_p: float, seed: int | None,
+        chat: bool, safe_prompt: bool, as_json: bool) -> None:
+    """Generate text with the built-in numpy Mistral runner (no torch).
+
+    MODEL is a folder with consolidated.safetensors, an HF layout (config.json + model*.safetensors)
+    or a raw consolidated.00.pth (converted safely once, then reused).
+
+    \b
+    Example:
+      mdist run ./mistral-7B-v0.1 --prompt "The capital of France is" --max-tokens 20
+    """
+    from mdist.runner.session import run_prompt
+
+    result = run_prompt(
+        model, prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
+        chat=chat, safe_prompt=safe_prompt, on_text=None if as_json else _stream_stdout,
+    )
+    if as_json:
+        emit_json(result)
+        return
+    click.echo("")
+    click.echo(
+        f"prompt tokens {result['prompt_tokens']}, generated {result['generated_tokens']} "
+        f"(stopped by {result['stopped_by']}); load {result['load_seconds']:.2f}s, "
+        f"prefill {result['prefill_tok_s']:.1f} tok/s, decode {result['decode_tok_s']:.1f} tok/s",
+        err=True,
+    )
+
+
+def _stream_stdout(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()

@@ -1,0 +1,208 @@
+"""The Mistral architecture in numpy, read top to bottom (after llama2.c's model.py).
+
+RMSNorm -> attention (rotary, grouped-query, sliding window) -> RMSNorm -> SwiGLU, repeated,
+then a final RMSNorm and an untied output head. Everything is computed in float32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mdist.errors import InputError
+from mdist.modelconfig import MistralConfig, load_config
+from mdist.runner.weights import DEFAULT_F32_BUDGET, WeightStore, load_tensors
+
+MAX_CONTEXT = 32768
+_PREFILL_CHUNK = 256
+
+
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    variance = np.mean(x * x, axis=-1, keepdims=True, dtype=np.float32)
+    return x * (1.0 / np.sqrt(variance + np.float32(eps))) * weight
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    return x / (np.float32(1.0) + np.exp(-x))
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(axis=-1, keepdims=True)
+    np.exp(x, out=x)
+    x /= x.sum(axis=-1, keepdims=True)
+    return x
+
+
+class Rotary:
+    """Rotary position embeddings; 'interleaved' pairs (Mistral) or 'half' split (transformers)."""
+
+    def __init__(self, head_dim: int, theta: float, style: str) -> None:
+        self.half = head_dim // 2
+        self.inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+        self.style = style
+
+    def __call__(self, x: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """x: (T, heads, head_dim) -> rotated copy."""
+        angles = np.outer(positions, self.inv_freq)
+        cos = np.cos(angles).astype(np.float32)[:, None, :]
+        sin = np.sin(angles).astype(np.float32)[:, None, :]
+        if self.style == "interleaved":
+            a, b = x[..., 0::2], x[..., 1::2]
+            out = np.empty_like(x)
+            out[..., 0::2] = a * cos - b * sin
+            out[..., 1::2] = a * sin + b * cos
+            return out
+        a, b = x[..., : self.half], x[..., self.half :]
+        return np.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1)
+
+
+class KVCache:
+    """Keys and values per layer; a rolling buffer of W slots (slot = position mod W) with a window."""
+
+    def __init__(self, config: MistralConfig, capacity: int) -> None:
+        self.window = config.sliding_window
+        slots = self.window if self.window else capacity
+        shape = (config.n_layers, config.n_kv_heads, slots, config.head_dim)
+        self.k = np.zeros(shape, dtype=np.float32)
+        self.v = np.zeros(shape, dtype=np.float32)
+        self.slots = slots
+        self.pos = 0
+
+    def past_positions(self, start: int) -> np.ndarray:
+        """Cached positions a query at `start` may still see (all of them without a window)."""
+        first = max(0, start - self.window + 1) if self.window else 0
+        return np.arange(first, start)
+
+    def store(self, layer: int, positions: np.ndarray, k: np.ndarray, v: np.ndarray) -> None:
+        """k, v: (kv_heads, T, head_dim). Only the last `slots` positions can matter later."""
+        if positions[-1] >= self.slots and not self.window:
+            raise InputError(f"sequence longer than the cache capacity of {self.slots} tokens")
+        keep = slice(-self.slots, None)
+        slots = positions[keep] % self.slots
+        self.k[layer][:, slots] = k[:, keep]
+        self.v[layer][:, slots] = v[:, keep]
+
+    def load(self, layer: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        slots = positions % self.slots
+        return self.k[layer][:, slots], self.v[layer][:, slots]
+
+
+@dataclass
+class Model:
+    config: MistralConfig
+    weights: WeightStore
+    rope_style: str
+    path: Path | None = None
+
+    @classmethod
+    def load(cls, path: Path | str, *, f32_budget_bytes: int = DEFAULT_F32_BUDGET) -> "Model":
+        """Load a Mistral-layout (consolidated.safetensors) or HF-layout folder; .pth is converted first."""
+        from mdist.runner.resolve import resolve_model_dir
+
+        directory = resolve_model_dir(Path(path))
+        config, layout = load_config(directory)
+        tensors = load_tensors(directory, layout)
+        _check_shapes(tensors, config)
+        weights = WeightStore(tensors, f32_budget_bytes)
+        return cls(config, weights, "interleaved" if layout == "mistral" else "half", directory)
+
+    def __post_init__(self) -> None:
+        self.rotary = Rotary(self.config.head_dim, self.config.rope_theta, self.rope_style)
+
+    def new_cache(self, capacity: int = MAX_CONTEXT) -> KVCache:
+        return KVCache(self.config, capacity)
+
+    def logits(self, tokens: list[int] | np.ndarray) -> np.ndarray:
+        """Logits (len(tokens), vocab) of a full sequence, float32."""
+        tokens = np.asarray(tokens, dtype=np.int64)
+        cache = self.new_cache(len(tokens))
+        return np.concatenate(
+            [self.forward(tokens[i : i + _PREFILL_CHUNK], cache) for i in range(0, len(tokens), _PREFILL_CHUNK)]
+        )
+
+    def forward(self, tokens: np.ndarray, cache: KVCache, *, last_only: bool = False) -> np.ndarray:
+        """Run `tokens` at the positions after what `cache` holds; return their logits."""
+        c = self.config
+        tokens = np.asarray(tokens, dtype=np.int64)
+        if tokens.size == 0:
+            return np.zeros((0, c.vocab_size), dtype=np.float32)
+        if tokens.min() < 0 or tokens.max() >= c.vocab_size:
+            raise InputError("token id outside the vocabulary")
+        T = len(tokens)
+        positions = np.arange(cache.pos, cache.pos + T)
+        past = cache.past_positions(cache.pos)
+        mask = _attention_mask(np.concatenate([past, positions]), positions, c.sliding_window)
+        group = c.n_heads // c.n_kv_heads
+        w = self.weights
+
+        x = w.rows("tok_embeddings.weight", tokens)
+        for layer in range(c.n_layers):
+            p = f"layers.{layer}."
+            h = rms_norm(x, w.get(p + "attention_norm.weight"), c.norm_eps)
+            q = (h @ w.get(p + "attention.wq.weight").T).reshape(T, c.n_heads, c.head_dim)
+            k = (h @ w.get(p + "attention.wk.weight").T).reshape(T, c.n_kv_heads, c.head_dim)
+            v = (h @ w.get(p + "attention.wv.weight").T).reshape(T, c.n_kv_heads, c.head_dim)
+            q, k = self.rotary(q, positions), self.rotary(k, positions)
+            k, v = k.transpose(1, 0, 2), v.transpose(1, 0, 2)  # (kv_heads, T, head_dim)
+            past_k, past_v = cache.load(layer, past)
+            keys = np.concatenate([past_k, k], axis=1)
+            values = np.concatenate([past_v, v], axis=1)
+            cache.store(layer, positions, k, v)
+            # query head h uses kv head h // group: group the query heads under their kv head
+            q = q.reshape(T, c.n_kv_heads, group, c.head_dim).transpose(1, 2, 0, 3)
+            scores = (q.reshape(c.n_kv_heads, group * T, c.head_dim) @ keys.transpose(0, 2, 1))
+            scores = scores.reshape(c.n_kv_heads, group, T, -1) * np.float32(c.head_dim**-0.5)
+            scores += mask
+            attention = softmax(scores).reshape(c.n_kv_heads, group * T, -1) @ values
+            attention = attention.reshape(c.n_heads, T, c.head_dim).transpose(1, 0, 2).reshape(T, -1)
+            x = x + attention @ w.get(p + "attention.wo.weight").T
+            h = rms_norm(x, w.get(p + "ffn_norm.weight"), c.norm_eps)
+            gate = silu(h @ w.get(p + "feed_forward.w1.weight").T)
+            gate *= h @ w.get(p + "feed_forward.w3.weight").T
+            x = x + gate @ w.get(p + "feed_forward.w2.weight").T
+        cache.pos += T
+        if last_only:
+            x = x[-1:]
+        x = rms_norm(x, w.get("norm.weight"), c.norm_eps)
+        return x @ w.get("output.weight").T
+
+
+def _attention_mask(key_positions: np.ndarray, query_positions: np.ndarray, window: int | None) -> np.ndarray:
+    """Additive mask: query i sees key j when j <= i and (no window or i - W < j)."""
+    i = query_positions[:, None]
+    j = key_positions[None, :]
+    allowed = j <= i
+    if window:
+        allowed &= j > i - window
+    return np.where(allowed, np.float32(0.0), np.float32(-np.inf)).astype(np.float32)
+
+
+def _check_shapes(tensors: dict[str, np.ndarray], c: MistralConfig) -> None:
+    expected = {
+        "tok_embeddings.weight": (c.vocab_size, c.dim),
+        "norm.weight": (c.dim,),
+        "output.weight": (c.vocab_size, c.dim),
+    }
+    for layer in range(c.n_layers):
+        p = f"layers.{layer}."
+        expected.update({
+            p + "attention.wq.weight": (c.n_heads * c.head_dim, c.dim),
+            p + "attention.wk.weight": (c.n_kv_heads * c.head_dim, c.dim),
+            p + "attention.wv.weight": (c.n_kv_heads * c.head_dim, c.dim),
+            p + "attention.wo.weight": (c.dim, c.n_heads * c.head_dim),
+            p + "feed_forward.w1.weight": (c.hidden_dim, c.dim),
+            p + "feed_forward.w2.weight": (c.dim, c.hidden_dim),
+            p + "feed_forward.w3.weight": (c.hidden_dim, c.dim),
+            p + "attention_norm.weight": (c.dim,),
+            p + "ffn_norm.weight": (c.dim,),
+        })
+    for name, shape in expected.items():
+        if name not in tensors:
+            raise InputError(f"weights lack tensor {name}")
+        if tuple(tensors[name].shape) != shape:
+            raise InputError(f"tensor {name} has shape {tuple(tensors[name].shape)}, config implies {shape}")
+    extra = sorted(set(tensors) - set(expected))
+    if extra:
+        raise InputError(f"weights hold tensors the config does not explain, e.g. {extra[0]}")

@@ -1,0 +1,195 @@
+"""mdist run: logits and greedy text equal transformers' MistralForCausalLM (an independent implementation)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import FIXTURE, random_mistral, run_mdist
+from mdist.convert import convert
+from mdist.runner import Model, Sampler, StreamDecoder, Tokenizer
+
+
+def hf_model(directory: Path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, attn_implementation="eager").eval()
+
+
+def hf_logits(model, tokens) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.tensor([list(tokens)])).logits[0].numpy()
+
+
+def assert_relative_close(actual: np.ndarray, expected: np.ndarray, tolerance: float = 1e-4) -> None:
+    error = np.abs(actual - expected).max() / np.abs(expected).max()
+    assert error <= tolerance, f"relative error {error:.2e}"
+
+
+@pytest.fixture(scope="module")
+def fixture_models(tmp_path_factory) -> tuple[Path, Path]:
+    base = tmp_path_factory.mktemp("fixture")
+    mistral, hf = base / "mistral", base / "hf"
+    convert(FIXTURE, mistral)
+    convert(FIXTURE, hf, layout="hf")
+    return mistral, hf
+
+
+SHAPES = [
+    dict(n_heads=4, n_kv_heads=4),  # GQA ratio 1, no window
+    dict(n_heads=4, n_kv_heads=2, sliding_window=7),  # ratio 2, window shorter than the sequence
+    dict(n_heads=8, n_kv_heads=2, head_dim=8, sliding_window=16, rope_theta=1e6),  # ratio 4
+    dict(n_heads=4, n_kv_heads=1, rope_theta=1e6, dtype="float32"),
+    dict(n_heads=2, n_kv_heads=1, dim=48, head_dim=32, hidden_dim=64, dtype="float16", sliding_window=3),
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_logits_match_transformers_in_both_layouts(tmp_path: Path, shape: dict) -> None:
+    src = random_mistral(tmp_path / "src", **shape)
+    convert(src, tmp_path / "mistral")
+    convert(src, tmp_path / "hf", layout="hf")
+    tokens = np.random.default_rng(0).integers(0, 300, 40)
+    expected = hf_logits(hf_model(tmp_path / "hf"), tokens)
+    for layout in ("mistral", "hf"):
+        actual = Model.load(tmp_path / layout).logits(tokens)
+        assert actual.dtype == np.float32 and actual.shape == (40, 300)
+        assert_relative_close(actual, expected)
+
+
+def test_per_layer_conversion_path_gives_the_same_logits(tmp_path: Path) -> None:
+    """Models too big for a float32 copy widen weights per layer; results must not change."""
+    src = random_mistral(tmp_path / "src", sliding_window=9)
+    convert(src, tmp_path / "m")
+    tokens = np.arange(30) * 7 % 300
+    cached = Model.load(tmp_path / "m")
+    streamed = Model.load(tmp_path / "m", f32_budget_bytes=0)
+    assert cached.weights.cached and not streamed.weights.cached
+    assert np.array_equal(cached.logits(tokens), streamed.logits(tokens))
+
+
+def test_fixture_logits_on_300_tokens(fixture_models) -> None:
+    mistral, hf = fixture_models
+    tokens = np.random.default_rng(3).integers(0, 2048, 300)
+    expected = hf_logits(hf_model(hf), tokens)
+    assert_relative_close(Model.load(mistral).logits(tokens), expected)
+    assert_relative_close(Model.load(hf).logits(tokens), expected)
+
+
+def test_fixture_greedy_200_tokens_equal_transformers(fixture_models) -> None:
+    mistral, hf = fixture_models
+    tokenizer = Tokenizer(FIXTURE / "tokenizer.model")
+    prompt = tokenizer.encode("ROMEO:")
+    with torch.no_grad():
+        out = hf_model(hf).generate(torch.tensor([prompt]), max_new_tokens=200, do_sample=False,
+                                    min_new_tokens=200, pad_token_id=0)
+    expected = out[0, len(prompt):].tolist()
+    result = run_mdist("run", str(mistral), "--prompt", "ROMEO:", "--max-tokens", "200", "--json")
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["token_ids"] == expected
+    assert payload["text"] == tokenizer.decode(expected)
+
+
+def test_incremental_decoding_beyond_the_window_equals_full_recompute(fixture_models) -> None:
+    model = Model.load(fixture_models[0])
+    tokens = np.random.default_rng(5).integers(0, 2048, 150)  # window is 64
+    full = model.logits(tokens)
+    cache = model.new_cache()
+    steps = [model.forward(tokens[:10], cache)] + [model.forward(tokens[i : i + 1], cache) for i in range(10, 150)]
+    assert cache.k.shape[2] == 64  # a rolling buffer of W slots
+    np.testing.assert_allclose(np.concatenate(steps), full, rtol=0, atol=2e-5 * np.abs(full).max())
+
+
+def test_stdout_carries_only_the_text_and_stderr_the_stats(fixture_models) -> None:
+    result = run_mdist("run", str(fixture_models[0]), "--prompt", "ROMEO:", "--max-tokens", "20")
+    assert result.returncode == 0, result.stderr
+    as_json = json.loads(run_mdist("run", str(fixture_models[0]), "--prompt", "ROMEO:", "--max-tokens", "20",
+                                   "--json").stdout)
+    assert result.stdout == as_json["text"] + "\n"
+    assert "ROMEO:" not in result.stdout.split("\n")[0] or as_json["text"].startswith("ROMEO:")
+    assert "decode" in result.stderr and "tok/s" in result.stderr
+
+
+def test_raw_pth_is_converted_once_and_reused(tmp_path: Path) -> None:
+    model_dir = tmp_path / "raw"
+    shutil.copytree(FIXTURE, model_dir)
+    first = run_mdist("run", str(model_dir), "--prompt", "KING:", "--max-tokens", "5")
+    assert first.returncode == 0, first.stderr
+    assert "converting" in first.stderr
+    assert (model_dir / "consolidated.safetensors").is_file()
+    second = run_mdist("run", str(model_dir), "--prompt", "KING:", "--max-tokens", "5")
+    assert "converting" not in second.stderr and second.stdout == first.stdout
+
+
+def test_sampling_is_reproducible_with_a_seed(fixture_models) -> None:
+    args = ["run", str(fixture_models[0]), "--prompt", "KING:", "--max-tokens", "30", "--temperature", "1.0",
+            "--top-p", "0.9", "--json"]
+    a = json.loads(run_mdist(*args, "--seed", "1").stdout)
+    b = json.loads(run_mdist(*args, "--seed", "1").stdout)
+    c = json.loads(run_mdist(*args, "--seed", "2").stdout)
+    assert a["token_ids"] == b["token_ids"] and a["token_ids"] != c["token_ids"]
+
+
+def test_greedy_picks_the_lowest_id_on_ties() -> None:
+    assert Sampler(0.0)(np.array([0.0, 3.0, 1.0, 3.0])) == 1
+
+
+def test_top_p_keeps_only_the_nucleus() -> None:
+    sampler = Sampler(1.0, top_p=0.5, seed=0)
+    logits = np.log(np.array([0.6, 0.3, 0.1]))
+    assert {sampler(logits) for _ in range(200)} == {0}
+    wider = Sampler(1.0, top_p=0.8, seed=0)
+    assert {wider(logits) for _ in range(400)} == {0, 1}
+
+
+def test_chat_template_and_safe_prompt() -> None:
+    tokenizer = Tokenizer(FIXTURE / "tokenizer.model")
+    chat = tokenizer.encode_prompt("hello", chat=True)
+    assert chat[0] == 1 and tokenizer.decode(chat[1:]) == "[INST] hello [/INST]"
+    safe = tokenizer.decode(tokenizer.encode_prompt("hello", safe_prompt=True)[1:])
+    assert safe.startswith("[INST] Always assist with care, respect, and truth.") and safe.endswith("hello [/INST]")
+
+
+def test_stream_decoder_keeps_multibyte_characters_whole() -> None:
+    tokenizer = Tokenizer(FIXTURE / "tokenizer.model")
+    text = "Oh — café ✓"
+    ids = tokenizer.encode(text, bos=False)
+    assert any(tokenizer.sp.IdToPiece(i).startswith("<0x") for i in ids)  # byte fallback in play
+    decoder = StreamDecoder(tokenizer, [1])
+    deltas = [decoder.push(i) for i in ids] + [decoder.flush()]
+    assert "".join(deltas) == tokenizer.decode(ids)
+    assert all("\ufffd" not in d for d in deltas)
+    assert "✓" in deltas or any("✓" in d for d in deltas)
+
+
+@pytest.mark.parametrize("case", ["missing tokenizer", "malformed params", "unknown architecture", "long prompt",
+                                  "non-utf8 prompt", "no weights"])
+def test_bad_input_is_one_clear_line_and_exit_2(tmp_path: Path, fixture_models, case: str) -> None:
+    model = tmp_path / "m"
+    shutil.copytree(fixture_models[0] if case != "unknown architecture" else fixture_models[1], model)
+    prompt = "hi"
+    if case == "missing tokenizer":
+        (model / "tokenizer.model").unlink()
+    elif case == "malformed params":
+        (model / "params.json").write_text('{"dim": 256, "n_layers": ')
+    elif case == "unknown architecture":
+        config = json.loads((model / "config.json").read_text())
+        config.update(model_type="gpt2", architectures=["GPT2LMHeadModel"])
+        (model / "config.json").write_text(json.dumps(config))
+    elif case == "long prompt":
+        prompt = "word " * 22_000  # 110,000 characters: over the bound, under the argv limit
+    elif case == "non-utf8 prompt":
+        prompt = "caf\udce9"  # what Python makes of the byte 0xE9 in argv
+    elif case == "no weights":
+        (model / "consolidated.safetensors").unlink()
+    result = run_mdist("run", str(model), "--prompt", prompt, "--max-tokens", "2",
+                       env={"PYTHONUTF8": "1"})
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mdist: error:"), result.stderr
