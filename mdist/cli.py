@@ -177,3 +177,149 @@ def run(model: Path, prompt: str, max_tokens: int, temperature: float, top_p: fl
 def _stream_stdout(text: str) -> None:
     sys.stdout.write(text)
     sys.stdout.flush()
+
+
+# -- verify, manifest, digest, sign ----------------------------------------------------------
+_STATUS_STYLE = {"ok": "green", "mismatch": "bold red", "missing": "bold red", "refused": "bold red",
+                 "unexpected": "yellow", "not checkable": "yellow"}
+
+
+@main.command()
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--manifest", "manifest_name", help="Release name from checksums/ or a manifest file (default: recognise).")
+@click.option("--signature", type=click.Path(path_type=Path), help="Also verify this model-signing signature.")
+@click.option("--public-key", type=click.Path(path_type=Path), help="PEM public key for --signature.")
+@click.option("--tensors", is_flag=True, help="Also check the per-tensor root digest when the manifest has one.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def verify(directory: Path, manifest_name: str | None, signature: Path | None, public_key: Path | None,
+           tensors: bool, as_json: bool) -> None:
+    """Check every file of DIRECTORY against a trusted manifest in checksums/.
+
+    Exit 0 only if everything that can be checked matched; 1 on any mismatch, missing file
+    or bad signature; 2 on bad input.
+
+    \b
+    Examples:
+      mdist verify ./mistral-7B-v0.1
+      mdist verify ./model --signature model.sig --public-key key.pub
+    """
+    from mdist.verify.pipeline import verify_command
+
+    if bool(signature) != bool(public_key):
+        raise click.UsageError("--signature and --public-key go together")
+    outcome = verify_command(directory, manifest_name, signature=signature, public_key=public_key,
+                             tensors=tensors, quiet=as_json, progress=byte_progress)
+    if as_json:
+        emit_json(outcome)
+    else:
+        _print_verify(outcome)
+    sys.exit(0 if outcome["ok"] else 1)
+
+
+def _print_verify(outcome: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    report = outcome["report"]
+    if report["manifest"] is None:
+        if report["candidates"]:
+            console.print(f"ambiguous: the folder matches {', '.join(report['candidates'])}; use --manifest")
+        else:
+            console.print("no known release matches this folder's file names and sizes; use --manifest")
+        return
+    how = "recognised as" if report["identified"] else "checked against"
+    console.print(f"{how} [bold]{report['manifest']}[/bold]")
+    table = Table("file", "status", "detail")
+    for row in report["files"]:
+        style = _STATUS_STYLE.get(row["status"], "")
+        detail = row["detail"]
+        if row["status"] == "mismatch" and row["expected"]:
+            detail += f"\n  expected {row['expected']}\n  actual   {row['actual']}"
+        table.add_row(row["path"], f"[{style}]{row['status']}[/{style}]", detail)
+    console.print(table)
+    for line in outcome.get("notes", []):
+        console.print(line)
+    console.print("[green]verified[/green]" if outcome["ok"] else "[bold red]NOT verified[/bold red]")
+
+
+@main.command()
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--name", required=True, help="Release name (lowercase, digits, . _ -).")
+@click.option("--title", help="Human-readable title.")
+@click.option("--out", type=click.Path(path_type=Path), help="Write here instead of stdout.")
+def manifest(directory: Path, name: str, title: str | None, out: Path | None) -> None:
+    """Write a manifest for a folder (for publishers): sizes, sha256 and the tensor root digest.
+
+    \b
+    Example:
+      mdist manifest ./my-model --name my-model-v1 --out checksums/my-model-v1.json
+    """
+    from mdist.verify.pipeline import build_manifest
+
+    data = build_manifest(directory, name, title)
+    text = json.dumps(data, indent=2) + "\n"
+    if out:
+        from mdist.atomic import write_bytes_atomic
+
+        write_bytes_atomic(out, text.encode())
+        click.echo(f"wrote {out}", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--per-tensor", is_flag=True, help="List every tensor's digest.")
+@click.option("--json", "as_json", is_flag=True)
+def digest(paths: tuple[Path, ...], per_tensor: bool, as_json: bool) -> None:
+    """Root digest over every tensor's (name, dtype, shape, bytes), independent of the file format.
+
+    A .pth, its consolidated.safetensors and its HF-layout conversion give the same digest.
+    With two PATHS, compare them and name the first tensors that differ (exit 1 if any).
+
+    \b
+    Example:
+      mdist digest ./mistral-7B-v0.1/consolidated.00.pth ./mistral-7b-hf
+    """
+    from mdist.verify.digest import compare, root_digest, tensor_digests
+
+    if len(paths) > 2:
+        raise click.UsageError("give one path, or two to compare")
+    results = [tensor_digests(p) for p in paths]
+    roots = [root_digest(r) for r in results]
+    differing = compare(*results) if len(results) == 2 else []
+    if as_json:
+        emit_json({"paths": [
+            {"path": str(p), "root": root, "tensors": len(r),
+             **({"per_tensor": [t.__dict__ for t in r]} if per_tensor else {})}
+            for p, root, r in zip(paths, roots, results)
+        ], "same": len(set(roots)) == 1, "differing": differing})
+    else:
+        for path, root, result in zip(paths, roots, results):
+            click.echo(f"{root}  {path}  ({len(result)} tensors)")
+            if per_tensor:
+                for tensor in sorted(result, key=lambda t: t.name):
+                    click.echo(f"  {tensor.line()}")
+        if len(paths) == 2:
+            if differing:
+                click.echo(f"DIFFERENT: {len(differing)} tensors differ, first: {', '.join(differing[:5])}")
+            else:
+                click.echo("same weights")
+    sys.exit(1 if differing else 0)
+
+
+@main.command()
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--private-key", required=True, type=click.Path(path_type=Path), help="PEM elliptic-curve private key.")
+@click.option("--signature", type=click.Path(path_type=Path), help="Where to write it (default: DIRECTORY.sig).")
+def sign(directory: Path, private_key: Path, signature: Path | None) -> None:
+    """Sign a model folder in the OpenSSF model-signing format (verifiable with `model_signing`).
+
+    \b
+    Example:
+      mdist sign ./my-model --private-key key.pem --signature my-model.sig
+    """
+    from mdist.verify.signing import sign as run_sign
+
+    click.echo(f"wrote signature {run_sign(directory, private_key, signature)}")

@@ -70,5 +70,4 @@ def fixture_copy(tmp_path: Path) -> Path:
     shutil.copytree(FIXTURE, target)
     for path in target.iterdir():
         path.chmod(0o644)
-    (target / "README.md").unlink()
     return target

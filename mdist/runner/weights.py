@@ -7,53 +7,15 @@ is converted tensor by tensor into a few reusable float32 buffers as each layer 
 
 from __future__ import annotations
 
-import json
-import struct
 from pathlib import Path
 
 import numpy as np
 
 from mdist.errors import InputError
+from mdist.convert.safetensors_reader import open_safetensors
 from mdist.layout import hf_to_mistral_name
 
-_DTYPES = {"BF16": np.uint16, "F16": np.float16, "F32": np.float32}
 DEFAULT_F32_BUDGET = 4 << 30
-
-
-def open_safetensors(path: Path) -> dict[str, np.ndarray]:
-    """Map a safetensors file read-only; return name -> array (bf16 as raw uint16 bits).
-
-    The format is an 8-byte header length, a JSON header and the tensor bytes. The library's
-    numpy loader copies every tensor; a memory map is what keeps a 14.5 GB model off the heap.
-    """
-    size = path.stat().st_size
-    with open(path, "rb") as handle:
-        head = handle.read(8)
-        if len(head) != 8:
-            raise InputError(f"{path} is not a safetensors file")
-        (header_len,) = struct.unpack("<Q", head)
-        if header_len > min(size - 8, 100 << 20):
-            raise InputError(f"{path} has an invalid safetensors header")
-        try:
-            header = json.loads(handle.read(header_len))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise InputError(f"{path} has an invalid safetensors header") from None
-    data_start = 8 + header_len
-    mapped = np.memmap(path, dtype=np.uint8, mode="r")
-    arrays: dict[str, np.ndarray] = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        dtype = _DTYPES.get(info.get("dtype"))
-        if dtype is None:
-            raise InputError(f"{path}: tensor {name} has unsupported dtype {info.get('dtype')}")
-        begin, end = info["data_offsets"]
-        shape = tuple(info["shape"])
-        itemsize = np.dtype(dtype).itemsize
-        if not (0 <= begin <= end <= size - data_start) or end - begin != itemsize * int(np.prod(shape, dtype=np.int64)):
-            raise InputError(f"{path}: tensor {name} has inconsistent offsets")
-        arrays[name] = mapped[data_start + begin : data_start + end].view(dtype).reshape(shape)
-    return arrays
 
 
 def load_tensors(directory: Path, layout: str) -> dict[str, np.ndarray]:
@@ -62,7 +24,7 @@ def load_tensors(directory: Path, layout: str) -> dict[str, np.ndarray]:
         path = directory / "consolidated.safetensors"
         if not path.is_file():
             raise InputError(f"{directory} has no consolidated.safetensors (run `mdist convert` first)")
-        return open_safetensors(path)
+        return {name: _runnable(path, name, array) for name, array in open_safetensors(path).items()}
     files = sorted(directory.glob("model*.safetensors"))
     if not files:
         raise InputError(f"{directory} has config.json but no model*.safetensors files")
@@ -70,10 +32,16 @@ def load_tensors(directory: Path, layout: str) -> dict[str, np.ndarray]:
     for file in files:
         for name, array in open_safetensors(file).items():
             try:
-                tensors[hf_to_mistral_name(name)] = array
+                tensors[hf_to_mistral_name(name)] = _runnable(file, name, array)
             except KeyError:
                 raise InputError(f"{file.name}: tensor {name} is not part of the Mistral architecture") from None
     return tensors
+
+
+def _runnable(path: Path, name: str, array: np.ndarray) -> np.ndarray:
+    if array.dtype not in (np.uint16, np.float16, np.float32):
+        raise InputError(f"{path.name}: tensor {name} is {array.dtype}; the runner takes bf16, f16 or f32 weights")
+    return array
 
 
 def to_float32(array: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

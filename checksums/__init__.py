@@ -1,0 +1,1 @@
+"""Known releases: one JSON manifest per release (see docs/manifests.md)."""

@@ -1,0 +1,118 @@
+"""Per-tensor digests that do not depend on the file format.
+
+The canonical form of a tensor is its Mistral name, its safetensors dtype, its shape and its
+bytes in C order with the interleaved rotary layout. So a `consolidated.00.pth`, its
+`consolidated.safetensors` and its HF-layout conversion all have the same root digest: proof
+that they hold the same weights, whichever source delivered them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from mdist.convert.checkpoint import Checkpoint
+from mdist.convert.safetensors_reader import dtype_name, open_safetensors
+from mdist.errors import InputError
+from mdist.layout import half_to_interleaved_rows, heads_for, hf_to_mistral_name
+from mdist.modelconfig import load_config
+
+DOMAIN = b"mdist-tensor-digest/1\n"
+_CHUNK = 16 << 20
+
+
+@dataclass(frozen=True)
+class TensorDigest:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    sha256: str
+
+    def line(self) -> str:
+        return f"{self.name}\t{self.dtype}\t{','.join(map(str, self.shape))}\t{self.sha256}"
+
+
+def root_digest(tensors: list[TensorDigest]) -> str:
+    hasher = hashlib.sha256(DOMAIN)
+    for tensor in sorted(tensors, key=lambda t: t.name):
+        hasher.update(tensor.line().encode() + b"\n")
+    return hasher.hexdigest()
+
+
+def _sha(chunks: Iterator[bytes]) -> str:
+    hasher = hashlib.sha256()
+    for chunk in chunks:
+        hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+def _array_chunks(array: np.ndarray) -> Iterator[bytes]:
+    rows = array.reshape(array.shape[0], -1) if array.ndim > 1 else array.reshape(-1, 1)
+    step = max(1, _CHUNK // max(1, rows[0].nbytes)) if len(rows) else 1
+    for start in range(0, len(rows), step):
+        yield np.ascontiguousarray(rows[start : start + step]).tobytes()
+
+
+def tensor_digests(path: Path) -> list[TensorDigest]:
+    """Digests of every tensor in a .pth, a safetensors file, or a model folder of either layout."""
+    path = Path(path)
+    if path.is_dir():
+        pth = sorted(path.glob("consolidated.*.pth"))
+        if (path / "consolidated.safetensors").is_file():
+            return _safetensors_digests([path / "consolidated.safetensors"])
+        if pth:
+            return _pth_digests(pth[0])
+        shards = sorted(path.glob("model*.safetensors"))
+        if shards:
+            return _hf_digests(path, shards)
+        raise InputError(f"{path} holds no checkpoint or safetensors weights")
+    if path.suffix == ".pth":
+        return _pth_digests(path)
+    if path.suffix == ".safetensors":
+        if path.name.startswith("model") and (path.parent / "config.json").is_file():
+            return _hf_digests(path.parent, sorted(path.parent.glob("model*.safetensors")))
+        return _safetensors_digests([path])
+    raise InputError(f"{path}: not a .pth, .safetensors or model folder")
+
+
+def _pth_digests(path: Path) -> list[TensorDigest]:
+    with Checkpoint(path) as checkpoint:
+        return [
+            TensorDigest(name, t.storage.dtype.safetensors_dtype, t.shape, _sha(checkpoint.iter_bytes(t)))
+            for name, t in checkpoint.tensors.items()
+        ]
+
+
+def _safetensors_digests(files: list[Path]) -> list[TensorDigest]:
+    result = []
+    for file in files:
+        for name, array in open_safetensors(file).items():
+            result.append(TensorDigest(name, dtype_name(array), tuple(array.shape), _sha(_array_chunks(array))))
+    return result
+
+
+def _hf_digests(directory: Path, files: list[Path]) -> list[TensorDigest]:
+    config, layout = load_config(directory)
+    result = []
+    for file in files:
+        for hf_name, array in open_safetensors(file).items():
+            try:
+                name = hf_to_mistral_name(hf_name)
+            except KeyError:
+                name = hf_name  # not a Mistral tensor: digested under its own name
+            heads = heads_for(name, config)
+            if heads is not None:
+                array = array[half_to_interleaved_rows(heads, config.head_dim)]
+            result.append(TensorDigest(name, dtype_name(array), tuple(array.shape), _sha(_array_chunks(array))))
+    return result
+
+
+def compare(a: list[TensorDigest], b: list[TensorDigest]) -> list[str]:
+    """Names of tensors that differ (or exist on one side only), in name order."""
+    left = {t.name: t for t in a}
+    right = {t.name: t for t in b}
+    return sorted(n for n in set(left) | set(right) if left.get(n) != right.get(n))

@@ -1,0 +1,39 @@
+"""Hash files fast: large reads, hashlib (which releases the GIL), files in parallel across cores."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Iterable
+
+CHUNK = 4 << 20
+
+
+def hash_file(path: Path, algorithms: Iterable[str] = ("sha256",),
+              on_bytes: Callable[[int], None] | None = None) -> dict[str, str]:
+    """Return {algorithm: hex digest} of one file, reading it once."""
+    hashers = {name: hashlib.new(name) for name in algorithms}
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as handle:
+        while True:
+            n = handle.readinto(buffer)
+            if not n:
+                break
+            for hasher in hashers.values():
+                hasher.update(view[:n])
+            if on_bytes:
+                on_bytes(n)
+    return {name: hasher.hexdigest() for name, hasher in hashers.items()}
+
+
+def hash_files(jobs: dict[Path, tuple[str, ...]], *, workers: int | None = None,
+               on_bytes: Callable[[int], None] | None = None) -> dict[Path, dict[str, str]]:
+    """Hash many files in parallel; jobs maps path -> algorithms. Largest files start first."""
+    workers = workers or min(len(jobs), os.cpu_count() or 1) or 1
+    order = sorted(jobs, key=lambda p: -p.stat().st_size)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {path: pool.submit(hash_file, path, jobs[path], on_bytes) for path in order}
+        return {path: future.result() for path, future in futures.items()}

@@ -1,0 +1,84 @@
+"""What `mdist verify` and `mdist manifest` do, as importable functions (the CLI only prints)."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+from mdist import __version__
+from mdist.errors import MdistError
+from mdist.verify.folder import list_files, verify_folder
+from mdist.verify.hashing import hash_files
+from mdist.verify.manifest import SCHEMA_ID, find_manifest
+
+
+def verify_command(directory: Path, manifest_name: str | None, *, signature: Path | None = None,
+                   public_key: Path | None = None, tensors: bool = False, quiet: bool = True,
+                   progress: Callable[..., Any] | None = None) -> dict[str, Any]:
+    manifest = find_manifest(manifest_name) if manifest_name else None
+    if progress is not None:
+        with progress("hashing", quiet=quiet) as bar:
+            task = bar.add_task("hashing", total=None)
+            report = verify_folder(directory, manifest, on_start=lambda n: bar.update(task, total=n),
+                                   on_bytes=lambda n: bar.advance(task, n))
+    else:
+        report = verify_folder(directory, manifest)
+    outcome: dict[str, Any] = {"report": report.to_json(), "notes": []}
+    ok = report.ok
+    if ok and tensors:
+        used = manifest or find_manifest(report.manifest)  # type: ignore[arg-type]
+        ok = _check_tensor_digest(directory, used.tensor_digest, outcome)
+    if signature is not None and public_key is not None:
+        from mdist.verify.signing import verify_signature
+
+        try:
+            verify_signature(directory, signature, public_key)
+            outcome["signature"] = "valid"
+            outcome["notes"].append(f"signature {signature}: valid")
+        except MdistError as exc:
+            if exc.exit_code != 1:
+                raise
+            outcome["signature"] = "invalid"
+            outcome["notes"].append(f"signature {signature}: INVALID ({exc})")
+            ok = False
+    outcome["ok"] = ok
+    return outcome
+
+
+def _check_tensor_digest(directory: Path, expected: str | None, outcome: dict[str, Any]) -> bool:
+    from mdist.verify.digest import root_digest, tensor_digests
+
+    if not expected:
+        outcome["notes"].append("tensor digest: not checkable (the manifest has none)")
+        return True
+    actual = root_digest(tensor_digests(directory))
+    outcome["tensor_digest"] = {"expected": expected, "actual": actual}
+    outcome["notes"].append(f"tensor digest: {'ok' if actual == expected else 'MISMATCH'}")
+    return actual == expected
+
+
+def build_manifest(directory: Path, name: str, title: str | None = None) -> dict[str, Any]:
+    from mdist.verify.digest import root_digest, tensor_digests
+
+    directory = Path(directory)
+    present, links = list_files(directory)
+    if links:
+        raise MdistError(f"{directory} contains symbolic links ({links[0]}); refusing to describe it")
+    digests = hash_files({directory / p: ("sha256",) for p in present})
+    files = {p: {"size": present[p], "sha256": digests[directory / p]["sha256"]} for p in sorted(present)}
+    data: dict[str, Any] = {
+        "schema": SCHEMA_ID,
+        "name": name,
+        "title": title or name,
+        "files_complete": True,
+        "files": files,
+    }
+    try:
+        data["tensor_digest"] = root_digest(tensor_digests(directory))
+    except MdistError:
+        pass  # a folder without weights has no tensor digest
+    today = datetime.date.today().isoformat()
+    data["provenance"] = [{"fields": ["files", "tensor_digest"],
+                           "source": f"computed by mdist {__version__} `mdist manifest` on {today}"}]
+    return data
