@@ -23,6 +23,7 @@ def atomic_writer(target: Path, *, overwrite: bool = False) -> Iterator[BinaryIO
         raise InputError(f"{target} exists; use --force to overwrite it")
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would surprise users of a model folder
     try:
         with os.fdopen(fd, "wb") as handle:
             yield handle
@@ -58,6 +59,12 @@ def require_free_space(directory: Path, needed_bytes: int, *, what: str) -> None
             f"not enough free space for {what} in {directory}: "
             f"need {needed_bytes / 1e9:.2f} GB, have {free / 1e9:.2f} GB"
         )
+
+
+def _umask() -> int:
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -323,3 +323,150 @@ def sign(directory: Path, private_key: Path, signature: Path | None) -> None:
     from mdist.verify.signing import sign as run_sign
 
     click.echo(f"wrote signature {run_sign(directory, private_key, signature)}")
+
+
+# -- fetch and seed --------------------------------------------------------------------------
+class _Reporter:
+    """Progress for long transfers: a rich bar on a terminal, a plain line every few seconds otherwise."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        import time
+
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, \
+            TransferSpeedColumn
+
+        self._time = time
+        self.console = _stderr_console()
+        self.quiet = quiet
+        self.live = self.console.is_terminal and not quiet
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                            TextColumn("{task.fields[peers]} peers"), TimeRemainingColumn(),
+                            console=self.console, disable=not self.live, transient=False)
+        self.task = None
+        self.last_line = 0.0
+
+    def __enter__(self) -> "_Reporter":
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(*exc)
+
+    def update(self, p) -> None:
+        if self.task is None:
+            self.task = self.bar.add_task(p.name or "metadata", total=p.total or None, peers=p.peers)
+        self.bar.update(self.task, description=f"{p.name or 'metadata'} [{p.state}]", total=p.total or None,
+                        completed=p.done, peers=p.peers)
+        now = self._time.monotonic()
+        if not self.live and not self.quiet and now - self.last_line >= 5:
+            self.last_line = now
+            percent = f"{100 * p.done / p.total:.1f}%" if p.total else "?"
+            click.echo(f"{p.name or 'metadata'}: {p.state} {percent} of {p.total / 1e6:.1f} MB, "
+                       f"{p.download_rate / 1e6:.1f} MB/s, {p.peers} peers, {p.hash_failures} hash failures", err=True)
+
+    def message(self, text: str) -> None:
+        if not self.quiet or "failed" in text or "banned" in text:
+            self.console.print(text, markup=False, highlight=False)
+
+
+def _term_as_interrupt() -> None:
+    import signal
+
+    def handler(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+@main.command()
+@click.argument("source")
+@click.option("--out", type=click.Path(path_type=Path), help="Download folder (default: named after the torrent/repo).")
+@click.option("--peer", "peers", multiple=True, metavar="HOST:PORT", help="Connect to this peer (repeatable).")
+@click.option("--tracker", "trackers", multiple=True, metavar="URL", help="Extra tracker (repeatable).")
+@click.option("--web-seed", "web_seeds", multiple=True, metavar="URL", help="Extra BEP 19 web seed (repeatable).")
+@click.option("--listen", metavar="IP:PORT", help="Listen address (default: all interfaces, any port).")
+@click.option("--no-dht", is_flag=True, help="No DHT, local discovery, UPnP or NAT-PMP (tests, private networks).")
+@click.option("--seed", "keep_seeding", is_flag=True, help="Keep seeding after completion until Ctrl-C.")
+@click.option("--timeout", default=300.0, show_default=True, type=click.FloatRange(1),
+              help="Give up after this many seconds without progress.")
+@click.option("--source", "prefer", type=click.Choice(["auto", "torrent", "hub"]), default="auto", show_default=True,
+              help="For a release name: force the swarm or the hub.")
+@click.option("--endpoint", help="Hub or mirror URL for hf:// sources (default: $HF_ENDPOINT or huggingface.co).")
+@click.option("--to-hf-cache", is_flag=True, help="hf:// only: store in the standard Hugging Face cache layout.")
+@click.option("--include", multiple=True, help="hf:// only: glob of files to fetch (repeatable).")
+@click.option("--exclude", multiple=True, help="hf:// only: glob of files to skip (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+def fetch(source: str, out: Path | None, peers: tuple[str, ...], trackers: tuple[str, ...],
+          web_seeds: tuple[str, ...], listen: str | None, no_dht: bool, keep_seeding: bool, timeout: float,
+          prefer: str, endpoint: str | None, to_hf_cache: bool, include: tuple[str, ...], exclude: tuple[str, ...],
+          as_json: bool) -> None:
+    """Fetch a model and verify every file before calling it done.
+
+    SOURCE is a magnet link, a .torrent file, hf://OWNER/REPO[@REVISION], or a release name
+    from checksums/ (see `mdist releases`).
+
+    \b
+    Examples:
+      mdist fetch mistral-7b-v0.1
+      mdist fetch 'magnet:?xt=urn:btih:208b101a0f51514ecf285885a8b0f6fb1a1e4d7d&dn=mistral-7B-v0.1'
+      mdist fetch hf://mistralai/Mistral-7B-v0.1 --include '*.safetensors' --out ./m7b
+    """
+    from mdist.fetch import FetchRequest, run_fetch
+
+    _term_as_interrupt()
+    request = FetchRequest(
+        source=source, out=out, peers=list(peers), trackers=list(trackers), web_seeds=list(web_seeds),
+        listen=listen, no_dht=no_dht, seed=keep_seeding, timeout=timeout, prefer=prefer, endpoint=endpoint,
+        to_hf_cache=to_hf_cache, include=list(include), exclude=list(exclude),
+    )
+    with _Reporter(quiet=as_json) as reporter:
+        result = run_fetch(request, reporter)
+    if as_json:
+        emit_json(result)
+    else:
+        click.echo(f"fetched {result['name']} into {result['out']} via {result['via']}: "
+                   f"{result['total_bytes'] / 1e6:.1f} MB, {len(result['files'])} files")
+        click.echo(f"verified: {result['verification']}")
+
+
+@main.command()
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--listen", metavar="IP:PORT", help="Listen address; when explicit, the magnet carries it as x.pe.")
+@click.option("--tracker", "trackers", multiple=True, metavar="URL", help="Tracker to announce to (repeatable).")
+@click.option("--web-seed", "web_seeds", multiple=True, metavar="URL", help="Web seed to list in the torrent.")
+@click.option("--torrent-out", type=click.Path(path_type=Path), help="Also write the .torrent file here.")
+@click.option("--torrent-version", type=click.Choice(["hybrid", "v1", "v2"]), default="hybrid", show_default=True)
+@click.option("--no-dht", is_flag=True, help="No DHT, local discovery, UPnP or NAT-PMP.")
+@click.option("--manifest", "manifest_name", help="Verify against this release (default: recognise it).")
+@click.option("--force", is_flag=True, help="Seed even if `mdist verify` rejects the folder.")
+def seed(directory: Path, listen: str | None, trackers: tuple[str, ...], web_seeds: tuple[str, ...],
+         torrent_out: Path | None, torrent_version: str, no_dht: bool, manifest_name: str | None,
+         force: bool) -> None:
+    """Share a verified model folder as a torrent; print its magnet link first, then seed until Ctrl-C.
+
+    \b
+    Example:
+      mdist seed ./mistral-7B-v0.1 --listen 0.0.0.0:6881 --torrent-out mistral.torrent
+    """
+    from mdist.seeding import run_seed
+
+    _term_as_interrupt()
+    run_seed(directory, listen=listen, trackers=list(trackers), web_seeds=list(web_seeds), torrent_out=torrent_out,
+             version=torrent_version, no_dht=no_dht, manifest_name=manifest_name, force=force,
+             echo=lambda line: (click.echo(line), sys.stdout.flush()),
+             note=lambda line: click.echo(line, err=True))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def releases(as_json: bool) -> None:
+    """List the known releases in checksums/."""
+    from mdist.verify.manifest import load_registry
+
+    registry = load_registry()
+    if as_json:
+        emit_json([{"name": m.name, "title": m.title, "sources": m.sources, "files": len(m.files)} for m in registry])
+        return
+    for m in registry:
+        via = ", ".join(k for k in ("magnet", "hub") if k in m.sources or (k == "hub" and "hub_alternative" in m.sources))
+        click.echo(f"{m.name:24} {m.title}  [{via or 'no source'}]")

@@ -1,0 +1,95 @@
+"""`mdist fetch`: resolve SOURCE, download through the swarm or the hub, verify, report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mdist.errors import InputError, VerificationError
+from mdist.sources.resolve import Source, resolve_source
+from mdist.verify.folder import verify_folder
+from mdist.verify.manifest import Manifest, find_by_infohash
+
+
+@dataclass
+class FetchRequest:
+    source: str
+    out: Path | None = None
+    peers: list[str] = field(default_factory=list)
+    trackers: list[str] = field(default_factory=list)
+    web_seeds: list[str] = field(default_factory=list)
+    listen: str | None = None
+    no_dht: bool = False
+    seed: bool = False
+    timeout: float = 300.0
+    prefer: str = "auto"
+    endpoint: str | None = None
+    to_hf_cache: bool = False
+    include: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+
+
+def verify_against(out: Path, manifest: Manifest | None) -> tuple[str | None, int, list[str]]:
+    """Check a finished download against its manifest; raise VerificationError on any mismatch."""
+    if manifest is None:
+        return None, 0, []
+    report = verify_folder(out, manifest)
+    bad = [r for r in report.files if r.status in ("mismatch", "missing", "refused")]
+    if bad:
+        details = "; ".join(f"{r.path}: {r.status} {r.detail}".strip() +
+                            (f" (expected {r.expected}, got {r.actual})" if r.expected else "") for r in bad)
+        raise VerificationError(f"download does not match {manifest.name}: {details}")
+    verified = sum(1 for r in report.files if r.status == "ok")
+    return manifest.name, verified, report.not_checked
+
+
+def run_fetch(request: FetchRequest, reporter) -> dict[str, Any]:
+    source = resolve_source(request.source)
+    if request.prefer == "hub":
+        if source.kind != "hub" and source.hub_fallback is None:
+            raise InputError(f"{request.source} has no hub repository")
+        source = source if source.kind == "hub" else source.hub_fallback  # type: ignore[assignment]
+    elif request.prefer == "torrent" and source.kind != "torrent":
+        raise InputError(f"{request.source} has no magnet link")
+    if source.kind == "hub":
+        return _fetch_hub(source, request, reporter)
+    try:
+        return _fetch_torrent(source, request, reporter)
+    except InputError as exc:
+        if source.hub_fallback is None or request.prefer != "auto" or "no progress" not in str(exc):
+            raise
+        reporter.message(f"swarm: {exc}; falling back to the hub ({source.hub_fallback.target})")
+        return _fetch_hub(source.hub_fallback, request, reporter)
+
+
+def _fetch_torrent(source: Source, request: FetchRequest, reporter) -> dict[str, Any]:
+    from mdist.sources.torrent_fetch import FetchOptions, fetch_torrent
+
+    def on_complete(out: Path, hashes) -> tuple[str | None, int, list[str]]:
+        manifest = source.manifest or find_by_infohash(hashes.v1 or "") or find_by_infohash(hashes.v2 or "")
+        return verify_against(out, manifest)
+
+    options = FetchOptions(out=request.out, peers=request.peers, trackers=request.trackers,
+                           web_seeds=request.web_seeds, listen=request.listen, no_dht=request.no_dht,
+                           timeout=request.timeout, seed=request.seed)
+    result = fetch_torrent(source.target, options, reporter, on_complete).to_json()
+    result["via"] = "bittorrent"
+    if result["manifest"]:
+        result["verification"] = (f"BitTorrent piece hashes, and sha256 of {result['verified_files']} files "
+                                  f"against {result['manifest']}"
+                                  + (f"; not checkable: {', '.join(result['not_checkable'])}"
+                                     if result["not_checkable"] else ""))
+    else:
+        result["verification"] = "BitTorrent piece hashes only (checksums/ does not know this info-hash)"
+    return result
+
+
+def _fetch_hub(source: Source, request: FetchRequest, reporter) -> dict[str, Any]:
+    from mdist.sources.hub import HubOptions, fetch_hub
+
+    options = HubOptions(out=request.out, endpoint=request.endpoint, to_hf_cache=request.to_hf_cache,
+                         include=request.include, exclude=request.exclude)
+    result = fetch_hub(source.target, source.revision, options, reporter, manifest=source.manifest)
+    result["via"] = "hub"
+    return result

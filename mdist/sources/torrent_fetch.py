@@ -1,0 +1,345 @@
+"""Download a torrent with libtorrent: resume, progress, flush-before-verify, safe paths.
+
+Completion means every piece passed libtorrent's hash check, the data was flushed to disk
+(libtorrent can report 'finished' before it is written), and, when checksums/ knows the
+release, every file's sha256 matched. Only then is `DIR/.mdist/complete.json` written.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+from mdist.atomic import require_free_space, write_bytes_atomic
+from mdist.errors import InputError, MdistError, VerificationError
+from mdist.sources.bt_session import Endpoint, lt, make_session, parse_endpoint
+from mdist.sources.torrent_meta import InfoHashes, check_info_dict, magnet_peers
+from mdist.verify.folder import STATE_DIR
+
+RESUME_FILE = "resume.fastresume"
+COMPLETE_FILE = "complete.json"
+SAVE_RESUME_EVERY = 3.0
+
+
+@dataclass
+class Progress:
+    name: str = ""
+    state: str = "metadata"
+    total: int = 0
+    done: int = 0
+    download_rate: float = 0.0
+    upload_rate: float = 0.0
+    peers: int = 0
+    seeds: int = 0
+    hash_failures: int = 0
+
+
+class Reporter(Protocol):
+    def update(self, progress: Progress) -> None: ...
+    def message(self, text: str) -> None: ...
+
+
+class SilentReporter:
+    def update(self, progress: Progress) -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        pass
+
+
+@dataclass
+class FetchOptions:
+    out: Path | None = None
+    peers: list[str] = field(default_factory=list)
+    trackers: list[str] = field(default_factory=list)
+    web_seeds: list[str] = field(default_factory=list)
+    listen: str | None = None
+    no_dht: bool = False
+    timeout: float = 300.0
+    seed: bool = False
+
+
+@dataclass
+class FetchResult:
+    out: str
+    name: str
+    info_hash_v1: str | None
+    info_hash_v2: str | None
+    total_bytes: int
+    downloaded_bytes: int
+    hash_failures: int
+    seconds: float
+    files: list[str]
+    manifest: str | None = None
+    verified_files: int = 0
+    not_checkable: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def load_source(source: str):
+    """add_torrent_params for a magnet link or a .torrent file; plus the raw info dict if known."""
+    lib = lt()
+    if source.startswith("magnet:"):
+        try:
+            params = lib.parse_magnet_uri(source)
+        except RuntimeError as exc:
+            raise InputError(f"cannot parse the magnet link: {exc}") from None
+        if not (params.info_hashes.has_v1() or params.info_hashes.has_v2()):
+            raise InputError("the magnet link has no urn:btih or urn:btmh info-hash")
+        return params, None
+    path = Path(source)
+    if not path.is_file():
+        raise InputError(f"{source} is neither a magnet link nor a .torrent file")
+    raw = path.read_bytes()
+    decoded = lib.bdecode(raw)
+    if not isinstance(decoded, dict) or b"info" not in decoded:
+        raise InputError(f"{source} is not a .torrent file")
+    info = decoded[b"info"]
+    check_info_dict(info)  # before libtorrent parses (and sanitises) any name
+    try:
+        params = lib.load_torrent_buffer(raw)
+    except RuntimeError as exc:
+        raise InputError(f"{source} is not a valid .torrent file: {exc}") from None
+    return params, info
+
+
+def fetch_torrent(source: str, options: FetchOptions, reporter: Reporter | None = None,
+                  on_complete: Callable[[Path, InfoHashes], tuple[str | None, int, list[str]]] | None = None,
+                  ) -> FetchResult:
+    """Fetch into options.out. `on_complete(out, hashes)` verifies content, returning
+    (manifest name, files verified, files not checkable); it raises VerificationError on mismatch."""
+    lib = lt()
+    reporter = reporter or SilentReporter()
+    params, raw_info = load_source(source)
+    for url in options.web_seeds:
+        params.url_seeds = list(params.url_seeds) + [url]
+    for url in options.trackers:
+        params.trackers = list(params.trackers) + [url]
+    requested = InfoHashes.of(params.info_hashes)
+    out = _output_dir(options.out, params, raw_info)
+    state_dir = out / STATE_DIR
+    state_dir.mkdir(parents=True, exist_ok=True)
+    (state_dir / COMPLETE_FILE).unlink(missing_ok=True)
+    params = _maybe_resume(params, state_dir, requested, reporter)
+    params.save_path = str(out)
+    # hold all transfers until the file list is checked (magnets learn it from peers)
+    params.flags |= lib.torrent_flags.upload_mode
+    params.flags &= ~lib.torrent_flags.paused
+    params.flags &= ~lib.torrent_flags.auto_managed
+
+    session = make_session(parse_endpoint(options.listen) if options.listen else None, no_dht=options.no_dht)
+    handle = session.add_torrent(params)
+    extra = magnet_peers(source) if source.startswith("magnet:") else []
+    peers = [parse_endpoint(p) for p in [*options.peers, *extra]]
+    engine = _Engine(session, handle, out, reporter, peers, options.timeout)
+    try:
+        if raw_info is not None:
+            engine.release(raw_info)
+        started = time.monotonic()
+        engine.run_until_finished()
+        hashes = InfoHashes.of(handle.info_hashes())
+        manifest, verified, unchecked = (None, 0, [])
+        if on_complete is not None:
+            manifest, verified, unchecked = on_complete(out, hashes)
+        files = engine.file_paths()
+        result = FetchResult(
+            out=str(out), name=engine.name, info_hash_v1=hashes.v1, info_hash_v2=hashes.v2,
+            total_bytes=engine.progress.total, downloaded_bytes=handle.status().total_payload_download,
+            hash_failures=engine.progress.hash_failures, seconds=round(time.monotonic() - started, 3),
+            files=files, manifest=manifest, verified_files=verified, not_checkable=unchecked,
+        )
+        write_bytes_atomic(state_dir / COMPLETE_FILE, json.dumps(result.to_json(), indent=2).encode())
+        engine.save_resume(wait=True)
+        if options.seed:
+            reporter.message("complete and verified; seeding until Ctrl-C")
+            engine.seed_forever()
+        return result
+    finally:
+        engine.save_resume(wait=True)
+        session.remove_torrent(handle)
+        del session
+
+
+def _output_dir(out: Path | None, params, raw_info: dict | None) -> Path:
+    if out is not None:
+        return Path(out)
+    name = params.name or (raw_info[b"name"].decode("utf-8", "replace") if raw_info else "")
+    if not name:
+        name = str(params.info_hashes.v1 if params.info_hashes.has_v1() else params.info_hashes.v2)
+    if name in (".", "..") or "/" in name or "\\" in name:
+        raise InputError(f"torrent name {name!r} cannot be a folder name; use --out")
+    return Path.cwd() / name
+
+
+def _maybe_resume(params, state_dir: Path, requested: InfoHashes, reporter: Reporter):
+    lib = lt()
+    resume_path = state_dir / RESUME_FILE
+    if not resume_path.is_file():
+        return params
+    try:
+        resumed = lib.read_resume_data(resume_path.read_bytes())
+    except RuntimeError:
+        reporter.message("ignoring unreadable resume data")
+        return params
+    if InfoHashes.of(resumed.info_hashes) != requested and not (
+        requested.v1 and InfoHashes.of(resumed.info_hashes).v1 == requested.v1
+    ) and not (requested.v2 and InfoHashes.of(resumed.info_hashes).v2 == requested.v2):
+        reporter.message("resume data is for another torrent; starting fresh")
+        return params
+    resumed.trackers = list(set(resumed.trackers) | set(params.trackers))
+    resumed.url_seeds = list(set(resumed.url_seeds) | set(params.url_seeds))
+    resumed.peers = list(params.peers)
+    reporter.message("resuming from saved state")
+    return resumed
+
+
+class _Engine:
+    """The alert loop of one download."""
+
+    def __init__(self, session, handle, out: Path, reporter: Reporter, peers: list[Endpoint], timeout: float):
+        self.session, self.handle, self.out = session, handle, out
+        self.reporter, self.peers, self.timeout = reporter, peers, timeout
+        self.progress = Progress()
+        self.name = ""
+        self.released = False
+        self.last_resume = 0.0
+        self.resume_pending = False
+
+    # -- metadata: check paths, then let data flow ------------------------------------------
+    def release(self, info: dict) -> None:
+        lib = lt()
+        check_info_dict(info)
+        ti = self.handle.torrent_file()
+        layout = ti.layout()
+        self.name = ti.name()
+        for index in range(layout.num_files()):  # multi-file torrents: drop the root folder
+            root, _, rest = layout.file_path(index).partition("/")
+            if rest and root == self.name:
+                self.handle.rename_file(index, rest)
+        status = self.handle.status()
+        require_free_space(self.out, max(0, ti.total_size() - status.total_wanted_done), what="the download")
+        self.handle.unset_flags(lib.torrent_flags.upload_mode)
+        self.released = True
+
+    def file_paths(self) -> list[str]:
+        layout = self.handle.torrent_file().layout()
+        pad = layout.flag_pad_file
+        paths = []
+        for index in range(layout.num_files()):
+            if layout.file_flags(index) & pad:
+                continue
+            path = layout.file_path(index)
+            root, _, rest = path.partition("/")
+            paths.append(rest if (rest and root == self.name) else path)
+        return sorted(paths)
+
+    # -- the loop -----------------------------------------------------------------------------
+    def run_until_finished(self) -> None:
+        lib = lt()
+        for peer in self.peers:
+            self.handle.connect_peer((peer.host, peer.port))
+        last_done, last_progress_at = -1, time.monotonic()
+        last_connect = time.monotonic()
+        flushing = False
+        while True:
+            for alert in self.session.pop_alerts():
+                if isinstance(alert, lib.metadata_received_alert) and not self.released:
+                    self.release(lib.bdecode(self.handle.torrent_file().info_section()))
+                elif isinstance(alert, lib.hash_failed_alert):
+                    self.progress.hash_failures += 1
+                    self.reporter.message(f"piece {alert.piece_index} failed its hash check; its sender is distrusted")
+                elif isinstance(alert, lib.peer_ban_alert):
+                    self.reporter.message(f"banned peer {alert.endpoint} for sending corrupt data")
+                elif isinstance(alert, (lib.torrent_error_alert, lib.file_error_alert)):
+                    raise InputError(f"download failed: {alert.message()}")
+                elif isinstance(alert, lib.save_resume_data_alert):
+                    write_bytes_atomic(self.out / STATE_DIR / RESUME_FILE, lib.write_resume_data_buf(alert.params))
+                    self.resume_pending = False
+                elif isinstance(alert, lib.save_resume_data_failed_alert):
+                    self.resume_pending = False
+                elif isinstance(alert, lib.torrent_finished_alert) and self.released and not flushing:
+                    flushing = True
+                    self.handle.flush_cache()
+                elif isinstance(alert, lib.cache_flushed_alert) and flushing:
+                    self._remove_pad_files()
+                    self._update()
+                    self.reporter.update(self.progress)
+                    return
+            now = time.monotonic()
+            self._update()
+            self.reporter.update(self.progress)
+            if self.progress.done != last_done:
+                last_done, last_progress_at = self.progress.done, now
+            elif now - last_progress_at > self.timeout:
+                failures = self.progress.hash_failures
+                detail = f"; {failures} pieces failed their hash check" if failures else ""
+                message = (f"no progress for {self.timeout:.0f}s ({self.progress.peers} peers connected, "
+                           f"{self.progress.done} of {self.progress.total or '?'} bytes{detail})")
+                raise (VerificationError if failures else InputError)(message)
+            if self.peers and now - last_connect > 5 and self.progress.peers == 0:
+                for peer in self.peers:
+                    self.handle.connect_peer((peer.host, peer.port))
+                last_connect = now
+            if self.released and now - self.last_resume > SAVE_RESUME_EVERY:
+                self.save_resume()
+            self.session.wait_for_alert(250)
+
+    def _update(self) -> None:
+        status = self.handle.status()
+        p = self.progress
+        p.name = self.name or status.name
+        p.state = "metadata" if not self.released else str(status.state).rsplit(".", 1)[-1]
+        p.total = status.total_wanted if self.released else 0
+        p.done = status.total_wanted_done
+        p.download_rate, p.upload_rate = status.download_payload_rate, status.upload_payload_rate
+        p.peers, p.seeds = status.num_peers, status.num_seeds
+
+    def _remove_pad_files(self) -> None:
+        pad_dir = self.out / ".pad"
+        if pad_dir.is_dir() and not pad_dir.is_symlink():
+            shutil.rmtree(pad_dir)
+
+    def save_resume(self, wait: bool = False) -> None:
+        lib = lt()
+        if not self.released or not self.handle.is_valid():
+            return
+        self.last_resume = time.monotonic()
+        if not self.resume_pending:
+            self.resume_pending = True
+            self.handle.save_resume_data(lib.save_resume_flags_t.save_info_dict)
+        if wait:
+            deadline = time.monotonic() + 10
+            while self.resume_pending and time.monotonic() < deadline:
+                for alert in self.session.pop_alerts():
+                    if isinstance(alert, lib.save_resume_data_alert):
+                        write_bytes_atomic(self.out / STATE_DIR / RESUME_FILE, lib.write_resume_data_buf(alert.params))
+                        self.resume_pending = False
+                    elif isinstance(alert, lib.save_resume_data_failed_alert):
+                        self.resume_pending = False
+                self.session.wait_for_alert(100)
+
+    def seed_forever(self) -> None:
+        while True:
+            self.session.pop_alerts()
+            self._update()
+            self.reporter.update(self.progress)
+            self.session.wait_for_alert(1000)
+
+
+def already_complete(out: Path) -> dict | None:
+    marker = out / STATE_DIR / COMPLETE_FILE
+    if marker.is_file():
+        try:
+            return json.loads(marker.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+    return None
+
+
+__all__ = ["fetch_torrent", "FetchOptions", "FetchResult", "Progress", "Reporter", "already_complete", "MdistError"]
