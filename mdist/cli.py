@@ -365,8 +365,7 @@ class _Reporter:
                        f"{p.download_rate / 1e6:.1f} MB/s, {p.peers} peers, {p.hash_failures} hash failures", err=True)
 
     def message(self, text: str) -> None:
-        if not self.quiet or "failed" in text or "banned" in text:
-            self.console.print(text, markup=False, highlight=False)
+        self.console.print(text, markup=False, highlight=False)  # stderr, so --json output stays clean
 
 
 def _term_as_interrupt() -> None:
@@ -439,9 +438,10 @@ def fetch(source: str, out: Path | None, peers: tuple[str, ...], trackers: tuple
 @click.option("--no-dht", is_flag=True, help="No DHT, local discovery, UPnP or NAT-PMP.")
 @click.option("--manifest", "manifest_name", help="Verify against this release (default: recognise it).")
 @click.option("--force", is_flag=True, help="Seed even if `mdist verify` rejects the folder.")
+@click.option("--upload-limit", default="0", help="Upload rate limit per second, e.g. 2MB (0: none).")
 def seed(directory: Path, listen: str | None, trackers: tuple[str, ...], web_seeds: tuple[str, ...],
          torrent_out: Path | None, torrent_version: str, no_dht: bool, manifest_name: str | None,
-         force: bool) -> None:
+         force: bool, upload_limit: str) -> None:
     """Share a verified model folder as a torrent; print its magnet link first, then seed until Ctrl-C.
 
     \b
@@ -453,6 +453,7 @@ def seed(directory: Path, listen: str | None, trackers: tuple[str, ...], web_see
     _term_as_interrupt()
     run_seed(directory, listen=listen, trackers=list(trackers), web_seeds=list(web_seeds), torrent_out=torrent_out,
              version=torrent_version, no_dht=no_dht, manifest_name=manifest_name, force=force,
+             upload_limit=0 if upload_limit.strip() == "0" else parse_size(upload_limit),
              echo=lambda line: (click.echo(line), sys.stdout.flush()),
              note=lambda line: click.echo(line, err=True))
 

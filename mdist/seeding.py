@@ -27,11 +27,11 @@ def check_before_seeding(directory: Path, manifest_name: str | None, force: bool
 
 def run_seed(directory: Path, *, listen: str | None, trackers: list[str], web_seeds: list[str],
              torrent_out: Path | None, version: str, no_dht: bool, manifest_name: str | None, force: bool,
-             echo: Callable[[str], None], note: Callable[[str], None]) -> None:
+             echo: Callable[[str], None], note: Callable[[str], None], upload_limit: int = 0) -> None:
     check_before_seeding(directory, manifest_name, force, note)
     endpoint = parse_endpoint(listen) if listen else None
     with Seeder(directory, listen=endpoint, trackers=trackers, web_seeds=web_seeds, no_dht=no_dht,
-                version=version) as seeder:
+                version=version, upload_limit=upload_limit) as seeder:
         info = seeder.start()
         if torrent_out:
             write_torrent(torrent_out, info.torrent)

@@ -27,6 +27,23 @@ def parse_hub(text: str) -> tuple[str, str | None]:
     return repo, revision or None
 
 
+def compose_magnet(sources: dict) -> str | None:
+    """A magnet link from a manifest's info-hashes, name and trackers (when it lists no magnet)."""
+    from urllib.parse import quote
+
+    parts = []
+    if sources.get("btih"):
+        parts.append(f"xt=urn:btih:{sources['btih']}")
+    if sources.get("btmh"):
+        parts.append(f"xt=urn:btmh:{sources['btmh']}")
+    if not parts:
+        return None
+    if sources.get("display_name"):
+        parts.append("dn=" + quote(sources["display_name"], safe=""))
+    parts += ["tr=" + quote(url, safe="") for url in sources.get("trackers", [])]
+    return "magnet:?" + "&".join(parts)
+
+
 def resolve_source(text: str) -> Source:
     if text.startswith("magnet:"):
         return Source("torrent", text)
@@ -44,8 +61,9 @@ def resolve_source(text: str) -> Source:
         hub_source = Source("hub", hub["repo"], hub.get("revision"), alternative) if hub else None
     else:
         hub_source = Source("hub", hub["repo"], hub.get("revision"), manifest) if hub else None
-    if sources.get("magnet"):
-        return Source("torrent", sources["magnet"], manifest=manifest, hub_fallback=hub_source)
+    magnet = sources.get("magnet") or compose_magnet(sources)
+    if magnet:
+        return Source("torrent", magnet, manifest=manifest, hub_fallback=hub_source)
     if hub_source:
         return hub_source
     raise InputError(f"release {manifest.name} lists no magnet link or hub repository to fetch from")

@@ -141,6 +141,8 @@ def fetch_torrent(source: str, options: FetchOptions, reporter: Reporter | None 
     try:
         if raw_info is not None:
             engine.release(raw_info)
+        elif handle.status().has_metadata:  # resumed: the saved state carries the info dict
+            engine.release(lib.bdecode(handle.torrent_file().info_section()))
         started = time.monotonic()
         engine.run_until_finished()
         hashes = InfoHashes.of(handle.info_hashes())

@@ -26,10 +26,11 @@ class Seeder:
 
     def __init__(self, directory: Path, *, listen: Endpoint | None = None, trackers: list[str] = (),
                  web_seeds: list[str] = (), no_dht: bool = False, version: str = "hybrid",
-                 torrent: bytes | None = None) -> None:
+                 torrent: bytes | None = None, upload_limit: int = 0) -> None:
         self.directory = Path(directory).resolve()
         self.listen, self.trackers, self.web_seeds = listen, list(trackers), list(web_seeds)
         self.no_dht, self.version, self.torrent = no_dht, version, torrent
+        self.upload_limit = upload_limit
         self.session = None
         self.handle = None
 
@@ -43,6 +44,8 @@ class Seeder:
         params.ti = lib.torrent_info(torrent)
         params.save_path = str(self.directory.parent)
         self.handle = self.session.add_torrent(params)
+        if self.upload_limit:
+            self.handle.set_upload_limit(self.upload_limit)  # a torrent's own limit binds local peers too
         states = lib.torrent_status.states
         checking = (states.checking_files, states.checking_resume_data)
         started = time.monotonic()

@@ -124,9 +124,13 @@ def find_manifest(name_or_path: str) -> Manifest:
 
 
 def find_by_infohash(info_hash: str) -> Manifest | None:
+    """The release with this BitTorrent v1 (40 hex) or v2 (64 hex, or 1220-prefixed) info-hash."""
     info_hash = info_hash.lower()
+    if not info_hash:
+        return None
     for manifest in load_registry():
-        if info_hash in (manifest.btih, manifest.btmh):
+        v2 = (manifest.btmh or "")[4:]
+        if info_hash in (manifest.btih, manifest.btmh, v2):
             return manifest
     return None
 

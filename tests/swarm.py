@@ -1,0 +1,149 @@
+"""Loopback swarm helpers for tests: mdist seeders, a tiny HTTP tracker, a Range-capable web seed."""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import unquote_to_bytes
+
+import libtorrent as lt
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on port {port}")
+
+
+@contextmanager
+def mdist_seeder(directory: Path, *args: str, timeout: float = 60.0) -> Iterator[str]:
+    """Run `mdist seed` in its own process; yield its magnet link (first stdout line)."""
+    proc = subprocess.Popen([sys.executable, "-m", "mdist", "seed", str(directory), "--listen", "127.0.0.1:0",
+                             "--no-dht", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], timeout)
+        line = proc.stdout.readline().strip() if ready else ""
+        if not line.startswith("magnet:"):
+            proc.kill()
+            raise RuntimeError(f"seeder did not start: {line!r} {proc.stderr.read()}")
+        yield line
+    finally:
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+
+
+def strip_peers(magnet: str) -> str:
+    return "&".join(part for part in magnet.split("&") if not part.startswith("x.pe="))
+
+
+def copy_release(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    for path in target.rglob("*"):
+        path.chmod(0o644 if path.is_file() else 0o755)
+    return target
+
+
+def corrupt_every_piece(path: Path, piece: int = 256 << 10) -> None:
+    data = bytearray(path.read_bytes())
+    for offset in range(100, len(data), piece):
+        data[offset] ^= 0xFF
+    with open(path, "r+b") as handle:  # in place: the seeder keeps serving the same inode
+        handle.write(bytes(data))
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+class _Tracker(BaseHTTPRequestHandler):
+    swarms: dict[bytes, dict[tuple[str, int], float]] = {}
+    announces: list[bytes] = []
+
+    def do_GET(self) -> None:  # noqa: N802
+        path, _, query = self.path.partition("?")
+        if path != "/announce":
+            self.send_error(404)
+            return
+        params: dict[str, bytes] = {}
+        for pair in query.split("&"):
+            key, _, value = pair.partition("=")
+            params[key] = unquote_to_bytes(value)
+        info_hash = params.get("info_hash", b"")
+        port = int(params.get("port", b"0"))
+        swarm = self.swarms.setdefault(info_hash, {})
+        self.announces.append(info_hash)
+        if params.get("event") == b"stopped":
+            swarm.pop((self.client_address[0], port), None)
+        else:
+            swarm[(self.client_address[0], port)] = time.time()
+        peers = b"".join(socket.inet_aton(host) + port.to_bytes(2, "big") for host, port in swarm
+                         if (host, port) != (self.client_address[0], port_of(params)))
+        body = lt.bencode({"interval": 2, "min interval": 1, "peers": peers})
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def port_of(params: dict[str, bytes]) -> int:
+    return int(params.get("port", b"0"))
+
+
+@contextmanager
+def http_tracker() -> Iterator[str]:
+    """A minimal BitTorrent HTTP tracker on 127.0.0.1; yields its announce URL."""
+    _Tracker.swarms = {}
+    _Tracker.announces = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Tracker)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/announce"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextmanager
+def range_http_server(directory: Path) -> Iterator[str]:
+    """rangehttpserver (Range-capable, unlike http.server) serving directory; yields the base URL."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "RangeHTTPServer", "-b", "127.0.0.1", str(port)], cwd=directory,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port)
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)

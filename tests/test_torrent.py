@@ -1,0 +1,224 @@
+"""mdist fetch / seed over real libtorrent swarms on 127.0.0.1 (every wait bounded)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import libtorrent as lt
+import pytest
+
+from conftest import FIXTURE, run_mdist
+from mdist.sources.torrent_meta import create_torrent
+from swarm import (copy_release, corrupt_every_piece, free_port, http_tracker, mdist_seeder, range_http_server,
+                   stop, strip_peers, wait_for_port)
+
+RELEASE_FILES = ("consolidated.00.pth", "params.json", "tokenizer.model")
+MANIFEST = json.loads((Path(__file__).resolve().parents[1] / "checksums" / "tiny-mistral.json").read_text())
+
+
+@pytest.fixture
+def release(tmp_path: Path) -> Path:
+    """A seedable copy of the fixture, in a folder named like the release."""
+    return copy_release(FIXTURE, tmp_path / "seed" / "tiny-mistral")
+
+
+def fetch_json(*args: str, timeout: float = 120) -> tuple[subprocess.CompletedProcess, dict | None]:
+    result = run_mdist("fetch", *args, "--no-dht", "--json", timeout=timeout)
+    payload = json.loads(result.stdout) if result.returncode == 0 else None
+    return result, payload
+
+
+def assert_same_files(a: Path, b: Path) -> None:
+    for name in RELEASE_FILES:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("version", ["hybrid", "v1", "v2"])
+def test_magnet_from_a_separate_seeder_process(release: Path, tmp_path: Path, version: str) -> None:
+    with mdist_seeder(release, "--torrent-version", version) as magnet:
+        assert ("urn:btih:" in magnet) == (version != "v2") and ("urn:btmh:" in magnet) == (version != "v1")
+        assert "x.pe=127.0.0.1:" in magnet
+        result, payload = fetch_json(magnet, "--out", str(tmp_path / "got"), "--timeout", "30")
+    assert result.returncode == 0, result.stderr
+    assert_same_files(release, tmp_path / "got")
+    assert sorted(payload["files"]) == sorted(RELEASE_FILES)
+    assert not (tmp_path / "got" / ".pad").exists()
+    assert (tmp_path / "got" / ".mdist" / "complete.json").is_file()
+    if version == "hybrid":  # the registry knows the hybrid torrent of tiny-mistral by its info-hashes
+        assert payload["info_hash_v1"] == MANIFEST["sources"]["btih"]
+        assert payload["manifest"] == "tiny-mistral" and payload["verified_files"] == 3
+    else:
+        assert payload["manifest"] is None and "piece hashes only" in payload["verification"]
+
+
+def test_release_name_fetch_uses_the_registry_magnet(release: Path, tmp_path: Path) -> None:
+    """`mdist fetch tiny-mistral` resolves the release's info-hash; the peer comes from --peer."""
+    with mdist_seeder(release) as magnet:
+        port = magnet.rsplit(":", 1)[1]
+        result, payload = fetch_json("tiny-mistral", "--peer", f"127.0.0.1:{port}", "--out", str(tmp_path / "got"),
+                                     "--timeout", "30")
+    assert result.returncode == 0, result.stderr
+    assert payload["manifest"] == "tiny-mistral"
+
+
+def test_peers_found_only_through_a_tracker(release: Path, tmp_path: Path) -> None:
+    with http_tracker() as announce, mdist_seeder(release, "--tracker", announce) as magnet:
+        bare = strip_peers(magnet)
+        assert "x.pe" not in bare
+        result, payload = fetch_json(bare, "--tracker", announce, "--out", str(tmp_path / "got"), "--timeout", "40")
+    assert result.returncode == 0, result.stderr
+    assert_same_files(release, tmp_path / "got")
+
+
+def test_corrupt_seeder_is_survived_with_an_honest_one(release: Path, tmp_path: Path) -> None:
+    bad = copy_release(release, tmp_path / "bad" / "tiny-mistral")
+    with mdist_seeder(release) as honest, mdist_seeder(bad, "--force") as corrupt:
+        corrupt_every_piece(bad / "consolidated.00.pth")  # after the seeder checked its data
+        peers = [m.rsplit("x.pe=", 1)[1] for m in (honest, corrupt)]
+        result, payload = fetch_json(strip_peers(honest), "--peer", peers[1], "--peer", peers[0],
+                                     "--out", str(tmp_path / "got"), "--timeout", "40")
+    assert result.returncode == 0, result.stderr
+    assert_same_files(release, tmp_path / "got")
+    assert payload["hash_failures"] >= 1
+    assert "failed its hash check" in result.stderr
+
+
+def test_only_a_corrupt_seeder_fails_after_timeout(release: Path, tmp_path: Path) -> None:
+    with mdist_seeder(release) as magnet:
+        corrupt_every_piece(release / "consolidated.00.pth")
+        result, _ = fetch_json(magnet, "--out", str(tmp_path / "got"), "--timeout", "6")
+    assert result.returncode == 1, result.stderr
+    assert "no progress for 6s" in result.stderr and "failed their hash check" in result.stderr
+    assert not (tmp_path / "got" / ".mdist" / "complete.json").exists()
+
+
+def test_web_seed_only(release: Path, tmp_path: Path) -> None:
+    with range_http_server(release.parent) as base:
+        torrent = tmp_path / "t.torrent"
+        torrent.write_bytes(create_torrent(release, web_seeds=[base]))
+        result, payload = fetch_json(str(torrent), "--out", str(tmp_path / "got"), "--timeout", "30")
+    assert result.returncode == 0, result.stderr
+    assert_same_files(release, tmp_path / "got")
+    assert payload["manifest"] == "tiny-mistral"
+
+
+def test_corrupted_web_seed_is_detected(release: Path, tmp_path: Path) -> None:
+    torrent = tmp_path / "t.torrent"
+    torrent.write_bytes(create_torrent(release))
+    corrupt_every_piece(release / "consolidated.00.pth")
+    with range_http_server(release.parent) as base:
+        result, _ = fetch_json(str(torrent), "--web-seed", base, "--out", str(tmp_path / "got"), "--timeout", "6")
+    assert result.returncode == 1
+    assert "hash check" in result.stderr
+    assert not (tmp_path / "got" / ".mdist" / "complete.json").exists()
+
+
+def test_resume_after_kill_9_fetches_only_the_missing_part(release: Path, tmp_path: Path) -> None:
+    total = sum((release / n).stat().st_size for n in RELEASE_FILES)
+    out = tmp_path / "got"
+    with mdist_seeder(release, "--upload-limit", "1MB") as magnet:
+        proc = subprocess.Popen([sys.executable, "-m", "mdist", "fetch", magnet, "--out", str(out), "--no-dht",
+                                 "--timeout", "60"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        resume = out / ".mdist" / "resume.fastresume"
+        while time.monotonic() < deadline and not _resume_has_half(resume):
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        assert _resume_has_half(resume), "never reached half way"
+        result, payload = fetch_json(magnet, "--out", str(out), "--timeout", "60")
+    assert result.returncode == 0, result.stderr
+    assert_same_files(release, out)
+    assert 0 < payload["downloaded_bytes"] < 0.75 * total, payload["downloaded_bytes"]
+    assert "resuming" in result.stderr
+
+
+def _resume_has_half(resume: Path) -> bool:
+    try:
+        params = lt.read_resume_data(resume.read_bytes())
+    except (OSError, RuntimeError):
+        return False
+    pieces = list(params.have_pieces)
+    return bool(pieces) and sum(pieces) >= len(pieces) * 0.45
+
+
+def _hostile_torrent(tmp_path: Path, name: bytes, files: list[dict] | None = None, tree: dict | None = None) -> Path:
+    info: dict = {b"name": name, b"piece length": 16384, b"pieces": b"\x00" * 20}
+    if files is not None:
+        info[b"files"] = files
+    elif tree is not None:
+        info[b"file tree"] = tree
+        info[b"meta version"] = 2
+        del info[b"pieces"]
+    else:
+        info[b"length"] = 10
+    path = tmp_path / "hostile.torrent"
+    path.write_bytes(lt.bencode({b"info": info}))
+    return path
+
+
+@pytest.mark.parametrize("case", ["dotdot name", "dotdot path", "absolute path", "slash in name", "v1 symlink",
+                                  "v2 symlink", "v2 dotdot"])
+def test_hostile_torrent_paths_are_refused(tmp_path: Path, case: str) -> None:
+    leaf = {b"": {b"length": 10, b"pieces root": b"\x00" * 32}}
+    torrents = {
+        "dotdot name": dict(name=b".."),
+        "dotdot path": dict(name=b"x", files=[{b"length": 10, b"path": [b"..", b"..", b"evil"]}]),
+        "absolute path": dict(name=b"x", files=[{b"length": 10, b"path": [b"/etc", b"passwd"]}]),
+        "slash in name": dict(name=b"../../evil"),
+        "v1 symlink": dict(name=b"x", files=[{b"length": 0, b"path": [b"link"], b"attr": b"l",
+                                              b"symlink path": [b"..", b"etc"]}]),
+        "v2 symlink": dict(name=b"x", tree={b"link": {b"": {b"attr": b"l", b"symlink path": [b"etc"]}}}),
+        "v2 dotdot": dict(name=b"x", tree={b"..": {b"evil": leaf}}),
+    }
+    path = _hostile_torrent(tmp_path, **torrents[case])
+    out = tmp_path / "sandbox" / "out"
+    result = run_mdist("fetch", str(path), "--out", str(out), "--no-dht", "--timeout", "3")
+    assert result.returncode == 1, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "refused" in result.stderr or "outside" in result.stderr
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p != path]
+    assert written == [], written
+
+
+def test_seed_refuses_an_unverified_folder(release: Path) -> None:
+    (release / "params.json").write_text("{}")
+    result = run_mdist("seed", str(release), "--no-dht", "--listen", "127.0.0.1:0", timeout=30)
+    assert result.returncode == 1 and "--force" in result.stderr
+
+
+# -- a third-party client: aria2 (Debian) ---------------------------------------------------------
+def _aria2(*args: str) -> list[str]:
+    return ["aria2c", "--enable-dht=false", "--enable-dht6=false", "--bt-enable-lpd=false",
+            "--enable-peer-exchange=false", "--console-log-level=warn", "--summary-interval=0", *args]
+
+
+def test_aria2_seeds_and_mdist_fetches(release: Path, tmp_path: Path) -> None:
+    torrent = tmp_path / "v1.torrent"
+    torrent.write_bytes(create_torrent(release, version="v1"))
+    port = free_port()
+    aria = subprocess.Popen(_aria2("-V", "--seed-ratio=0.0", "--seed-time=5", f"--listen-port={port}",
+                                   "-d", str(release.parent), str(torrent)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, timeout=30)
+        result, payload = fetch_json(str(torrent), "--peer", f"127.0.0.1:{port}", "--out", str(tmp_path / "got"),
+                                     "--timeout", "40")
+    finally:
+        stop(aria)
+    assert result.returncode == 0, result.stderr
+    assert_same_files(release, tmp_path / "got")
+
+
+def test_mdist_seeds_and_aria2_fetches(release: Path, tmp_path: Path) -> None:
+    torrent = tmp_path / "v1.torrent"
+    with http_tracker() as announce, mdist_seeder(release, "--torrent-version", "v1", "--tracker", announce,
+                                                  "--torrent-out", str(torrent)):
+        aria = subprocess.run(_aria2("--seed-time=0", "--bt-stop-timeout=60", "-d", str(tmp_path / "aria"),
+                                     str(torrent)), capture_output=True, text=True, timeout=120)
+    assert aria.returncode == 0, aria.stdout + aria.stderr
+    assert_same_files(release, tmp_path / "aria" / "tiny-mistral")
