@@ -416,7 +416,7 @@ def fetch(source: str, out: Path | None, peers: tuple[str, ...], trackers: tuple
     request = FetchRequest(
         source=source, out=out, peers=list(peers), trackers=list(trackers), web_seeds=list(web_seeds),
         listen=listen, no_dht=no_dht, seed=keep_seeding, timeout=timeout, prefer=prefer, endpoint=endpoint,
-        to_hf_cache=to_hf_cache, include=list(include), exclude=list(exclude),
+        to_hf_cache=to_hf_cache, include=list(include), exclude=list(exclude), quiet=as_json,
     )
     with _Reporter(quiet=as_json) as reporter:
         result = run_fetch(request, reporter)

@@ -28,6 +28,7 @@ class FetchRequest:
     to_hf_cache: bool = False
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
+    quiet: bool = False
 
 
 def verify_against(out: Path, manifest: Manifest | None) -> tuple[str | None, int, list[str]]:
@@ -89,7 +90,7 @@ def _fetch_hub(source: Source, request: FetchRequest, reporter) -> dict[str, Any
     from mdist.sources.hub import HubOptions, fetch_hub
 
     options = HubOptions(out=request.out, endpoint=request.endpoint, to_hf_cache=request.to_hf_cache,
-                         include=request.include, exclude=request.exclude)
+                         include=request.include, exclude=request.exclude, quiet=request.quiet)
     result = fetch_hub(source.target, source.revision, options, reporter, manifest=source.manifest)
     result["via"] = "hub"
     return result

@@ -13,6 +13,7 @@ from mdist.verify.hashing import hash_files
 from mdist.verify.manifest import FileEntry, Manifest, identify
 
 STATE_DIR = ".mdist"  # mdist's own resume and status files; never part of a release
+HF_STATE_DIR = ".cache"  # huggingface_hub's download bookkeeping in a --local-dir (.cache/huggingface)
 
 OK, MISMATCH, MISSING, UNEXPECTED, UNCHECKABLE, REFUSED = (
     "ok", "mismatch", "missing", "unexpected", "not checkable", "refused",
@@ -56,7 +57,8 @@ def list_files(directory: Path) -> tuple[dict[str, int], list[str]]:
     for root, dirs, names in os.walk(directory, followlinks=False):
         rel_root = Path(root).relative_to(directory)
         if rel_root == Path("."):
-            dirs[:] = [d for d in dirs if d != STATE_DIR]
+            dirs[:] = [d for d in dirs if d != STATE_DIR and not (
+                d == HF_STATE_DIR and (Path(root) / d / "huggingface").is_dir())]
         for d in list(dirs):
             if (Path(root) / d).is_symlink():
                 links.append(str(rel_root / d))
