@@ -471,3 +471,54 @@ def releases(as_json: bool) -> None:
     for m in registry:
         via = ", ".join(k for k in ("magnet", "hub") if k in m.sources or (k == "hub" and "hub_alternative" in m.sources))
         click.echo(f"{m.name:24} {m.title}  [{via or 'no source'}]")
+
+
+# -- demo ------------------------------------------------------------------------------------
+class _RichDemoUI:
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self.console = Console()
+        self.streaming = False
+
+    def step(self, step) -> None:
+        from rich.panel import Panel
+
+        if self.streaming:
+            self.console.print()
+            self.streaming = False
+        body = f"[green]✓[/green] {step.proves}\n[dim]{step.seconds:.2f}s[/dim]"
+        self.console.print(Panel(body, title=f"[bold]{step.title}[/bold]", title_align="left", expand=False))
+
+    def text(self, delta: str) -> None:
+        if not self.streaming:
+            self.console.print("[bold]generated:[/bold]")
+            self.streaming = True
+        sys.stdout.write(delta)
+        sys.stdout.flush()
+
+    def note(self, line: str) -> None:
+        self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+@main.command()
+@click.option("--workdir", type=click.Path(path_type=Path), help="Work here (kept); default: a temporary folder.")
+@click.option("--keep", is_flag=True, help="Keep the temporary work folder.")
+@click.option("--prompt", default="ROMEO:", show_default=True)
+@click.option("--max-tokens", default=80, show_default=True, type=click.IntRange(1, 2048))
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of the panels.")
+def demo(workdir: Path | None, keep: bool, prompt: str, max_tokens: int, as_json: bool) -> None:
+    """The whole pipeline on the bundled tiny model: seed -> fetch by magnet -> verify -> convert -> run.
+
+    Everything happens on 127.0.0.1 with DHT and other discovery off; no internet is needed.
+    """
+    from mdist.demo import DemoUI, run_demo
+
+    result = run_demo(workdir, keep=keep, prompt=prompt, max_tokens=max_tokens,
+                      ui=DemoUI() if as_json else _RichDemoUI())
+    if as_json:
+        emit_json(result)
+    else:
+        total = sum(s["seconds"] for s in result["steps"])
+        click.echo("")
+        click.echo(f"demo complete in {total:.1f}s" + (f"; files kept in {result['workdir']}" if result["kept"] else ""))
