@@ -134,16 +134,21 @@ class Model:
         positions = np.arange(cache.pos, cache.pos + T)
         past = cache.past_positions(cache.pos)
         mask = _attention_mask(np.concatenate([past, positions]), positions, c.sliding_window)
-        group = c.n_heads // c.n_kv_heads
-        w = self.weights
 
+        with self.weights.compute_context():
+            return self._layers(tokens, positions, past, mask, cache, last_only)
+
+    def _layers(self, tokens: np.ndarray, positions: np.ndarray, past: np.ndarray, mask: np.ndarray,
+                cache: KVCache, last_only: bool) -> np.ndarray:
+        c, w, T = self.config, self.weights, len(tokens)
+        group = c.n_heads // c.n_kv_heads
         x = w.rows("tok_embeddings.weight", tokens)
         for layer in range(c.n_layers):
             p = f"layers.{layer}."
-            h = rms_norm(x, w.get(p + "attention_norm.weight"), c.norm_eps)
-            q = (h @ w.get(p + "attention.wq.weight").T).reshape(T, c.n_heads, c.head_dim)
-            k = (h @ w.get(p + "attention.wk.weight").T).reshape(T, c.n_kv_heads, c.head_dim)
-            v = (h @ w.get(p + "attention.wv.weight").T).reshape(T, c.n_kv_heads, c.head_dim)
+            h = rms_norm(x, w.vector(p + "attention_norm.weight"), c.norm_eps)
+            q = w.matmul(h, p + "attention.wq.weight").reshape(T, c.n_heads, c.head_dim)
+            k = w.matmul(h, p + "attention.wk.weight").reshape(T, c.n_kv_heads, c.head_dim)
+            v = w.matmul(h, p + "attention.wv.weight").reshape(T, c.n_kv_heads, c.head_dim)
             q, k = self.rotary(q, positions), self.rotary(k, positions)
             k, v = k.transpose(1, 0, 2), v.transpose(1, 0, 2)  # (kv_heads, T, head_dim)
             past_k, past_v = cache.load(layer, past)
@@ -157,16 +162,16 @@ class Model:
             scores += mask
             attention = softmax(scores).reshape(c.n_kv_heads, group * T, -1) @ values
             attention = attention.reshape(c.n_heads, T, c.head_dim).transpose(1, 0, 2).reshape(T, -1)
-            x = x + attention @ w.get(p + "attention.wo.weight").T
-            h = rms_norm(x, w.get(p + "ffn_norm.weight"), c.norm_eps)
-            gate = silu(h @ w.get(p + "feed_forward.w1.weight").T)
-            gate *= h @ w.get(p + "feed_forward.w3.weight").T
-            x = x + gate @ w.get(p + "feed_forward.w2.weight").T
+            x = x + w.matmul(attention, p + "attention.wo.weight")
+            h = rms_norm(x, w.vector(p + "ffn_norm.weight"), c.norm_eps)
+            gate = silu(w.matmul(h, p + "feed_forward.w1.weight"))
+            gate *= w.matmul(h, p + "feed_forward.w3.weight")
+            x = x + w.matmul(gate, p + "feed_forward.w2.weight")
         cache.pos += T
         if last_only:
             x = x[-1:]
-        x = rms_norm(x, w.get("norm.weight"), c.norm_eps)
-        return x @ w.get("output.weight").T
+        x = rms_norm(x, w.vector("norm.weight"), c.norm_eps)
+        return w.matmul(x, "output.weight")
 
 
 def _attention_mask(key_positions: np.ndarray, query_positions: np.ndarray, window: int | None) -> np.ndarray:

@@ -7,6 +7,10 @@ is converted tensor by tensor into a few reusable float32 buffers as each layer 
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -58,35 +62,71 @@ def to_float32(array: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
 
 
 class WeightStore:
-    """Float32 views of the weights: cached whole when they fit the budget, else per use."""
+    """Weights as float32 for compute: widened once when that fits the budget, else on the fly.
+
+    On the fly (Mistral 7B), `matmul` widens a few rows at a time into a small per-thread buffer
+    that stays in cache and multiplies at once, so memory traffic is the stored bf16 bytes and
+    no large float32 copy ever exists; the cores split the rows.
+    """
+
+    CHUNK_BYTES = 4 << 20
 
     def __init__(self, tensors: dict[str, np.ndarray], f32_budget_bytes: int = DEFAULT_F32_BUDGET) -> None:
         self.stored = tensors
         total_f32 = sum(a.size * 4 for a in tensors.values())
         self.cached = total_f32 <= f32_budget_bytes
-        self._buffers: dict[str, np.ndarray] = {}
         self._f32: dict[str, np.ndarray] = {}
         if self.cached:
             self._f32 = {name: np.ascontiguousarray(to_float32(a)) for name, a in tensors.items()}
+        self._workers = max(1, os.cpu_count() or 1)
+        self._pool = None if self.cached else ThreadPoolExecutor(self._workers, thread_name_prefix="mdist-matmul")
+        self._local = threading.local()
 
     def __contains__(self, name: str) -> bool:
         return name in self.stored
 
+    def compute_context(self):
+        """While widening on the fly, our threads split the rows: keep BLAS to one thread each
+        (nested BLAS threads oversubscribe the cores: measured 5.0 s vs 3.2 s per 7B token)."""
+        if self.cached:
+            return contextlib.nullcontext()
+        from threadpoolctl import threadpool_limits
+
+        return threadpool_limits(limits=1, user_api="blas")
+
     def shape(self, name: str) -> tuple[int, ...]:
         return self.stored[name].shape
 
-    def get(self, name: str) -> np.ndarray:
-        """Float32 weight; when not cached, valid only until the next get() of the same role."""
+    def vector(self, name: str) -> np.ndarray:
+        """A 1-D weight (a norm) as float32."""
+        return self._f32[name] if self.cached else to_float32(self.stored[name])
+
+    def matmul(self, x: np.ndarray, name: str) -> np.ndarray:
+        """x @ W.T for a stored weight W of shape (out, in); x is (T, in) float32."""
         if self.cached:
-            return self._f32[name]
-        array = self.stored[name]
-        if array.dtype == np.float32:
-            return array
-        role = name.split(".", 2)[-1] if name.startswith("layers.") else name
-        buffer = self._buffers.get(role)
-        if buffer is None or buffer.shape != array.shape:
-            buffer = self._buffers[role] = np.empty(array.shape, dtype=np.float32)
-        return to_float32(array, buffer)
+            return x @ self._f32[name].T
+        weight = self.stored[name]
+        if weight.dtype == np.float32:
+            return x @ weight.T
+        out = np.empty((x.shape[0], weight.shape[0]), dtype=np.float32)
+        rows = weight.shape[0]
+        bounds = np.linspace(0, rows, self._workers + 1, dtype=np.int64)
+        jobs = [self._pool.submit(self._matmul_rows, x, weight, out, int(a), int(b))
+                for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+        for job in jobs:
+            job.result()
+        return out
+
+    def _matmul_rows(self, x: np.ndarray, weight: np.ndarray, out: np.ndarray, start: int, stop: int) -> None:
+        step = max(1, self.CHUNK_BYTES // (weight.shape[1] * 4))
+        buffer = getattr(self._local, "buffer", None)
+        if buffer is None or buffer.size < step * weight.shape[1]:
+            buffer = self._local.buffer = np.empty(step * weight.shape[1], dtype=np.float32)
+        for a in range(start, stop, step):
+            b = min(stop, a + step)
+            block = buffer[: (b - a) * weight.shape[1]].reshape(b - a, weight.shape[1])
+            to_float32(weight[a:b], block)
+            np.matmul(x, block.T, out=out[:, a:b])
 
     def rows(self, name: str, index: np.ndarray) -> np.ndarray:
         """Selected rows as float32 (the embedding lookup), without widening the whole table."""
