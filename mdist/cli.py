@@ -410,13 +410,15 @@ def fetch(source: str, out: Path | None, peers: tuple[str, ...], trackers: tuple
       mdist fetch 'magnet:?xt=urn:btih:208b101a0f51514ecf285885a8b0f6fb1a1e4d7d&dn=mistral-7B-v0.1'
       mdist fetch hf://mistralai/Mistral-7B-v0.1 --include '*.safetensors' --out ./m7b
     """
-    from mdist.fetch import FetchRequest, run_fetch
+    from mdist.fetch import FetchOptions, FetchRequest, HubOptions, run_fetch
 
     _term_as_interrupt()
     request = FetchRequest(
-        source=source, out=out, peers=list(peers), trackers=list(trackers), web_seeds=list(web_seeds),
-        listen=listen, no_dht=no_dht, seed=keep_seeding, timeout=timeout, prefer=prefer, endpoint=endpoint,
-        to_hf_cache=to_hf_cache, include=list(include), exclude=list(exclude), quiet=as_json,
+        source=source, prefer=prefer,
+        swarm=FetchOptions(out=out, peers=list(peers), trackers=list(trackers), web_seeds=list(web_seeds),
+                           listen=listen, no_dht=no_dht, seed=keep_seeding, timeout=timeout),
+        hub=HubOptions(out=out, endpoint=endpoint, to_hf_cache=to_hf_cache, include=list(include),
+                       exclude=list(exclude), quiet=as_json),
     )
     with _Reporter(quiet=as_json) as reporter:
         result = run_fetch(request, reporter)

@@ -45,7 +45,7 @@ class DemoUI:
 def run_demo(workdir: Path | None = None, *, keep: bool = False, prompt: str = DEFAULT_PROMPT,
              max_tokens: int = 80, ui: DemoUI | None = None, reporter=None) -> dict[str, Any]:
     from mdist.convert import convert
-    from mdist.fetch import FetchRequest, run_fetch
+    from mdist.fetch import FetchOptions, FetchRequest, run_fetch
     from mdist.runner.session import run_prompt
     from mdist.sources.bt_session import Endpoint
     from mdist.sources.torrent_fetch import SilentReporter
@@ -86,8 +86,8 @@ def run_demo(workdir: Path | None = None, *, keep: bool = False, prompt: str = D
             result = timed(
                 "fetch", "metadata and data came from the swarm; every piece passed its SHA-1/SHA-256 check, "
                          "data flushed to disk before hashing",
-                lambda: run_fetch(FetchRequest(source=info["magnet"], out=fetched, no_dht=True, timeout=60,
-                                               quiet=True), reporter))
+                lambda: run_fetch(FetchRequest(info["magnet"], FetchOptions(out=fetched, no_dht=True, timeout=60)),
+                                  reporter))
         if result.get("manifest") != RELEASE:
             raise VerificationError("the fetched torrent was not recognised as the tiny-mistral release")
         outcome = timed("verify", f"sha256 of every file equals checksums/{RELEASE}.json",

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from mdist.errors import InputError, VerificationError
+from mdist.sources.hub import HubOptions
+from mdist.sources.torrent_fetch import FetchOptions
 from mdist.sources.resolve import Source, resolve_source
 from mdist.verify.folder import verify_folder
 from mdist.verify.manifest import Manifest, find_by_infohash
@@ -14,21 +16,12 @@ from mdist.verify.manifest import Manifest, find_by_infohash
 
 @dataclass
 class FetchRequest:
+    """What to fetch, and the options of each transport (`swarm` for BitTorrent, `hub` for hf://)."""
+
     source: str
-    out: Path | None = None
-    peers: list[str] = field(default_factory=list)
-    trackers: list[str] = field(default_factory=list)
-    web_seeds: list[str] = field(default_factory=list)
-    listen: str | None = None
-    no_dht: bool = False
-    seed: bool = False
-    timeout: float = 300.0
-    prefer: str = "auto"
-    endpoint: str | None = None
-    to_hf_cache: bool = False
-    include: list[str] = field(default_factory=list)
-    exclude: list[str] = field(default_factory=list)
-    quiet: bool = False
+    swarm: FetchOptions = field(default_factory=FetchOptions)
+    hub: HubOptions = field(default_factory=HubOptions)
+    prefer: str = "auto"  # or "torrent" / "hub", for a release that lists both
 
 
 def verify_against(out: Path, manifest: Manifest | None) -> tuple[str | None, int, list[str]]:
@@ -65,16 +58,13 @@ def run_fetch(request: FetchRequest, reporter) -> dict[str, Any]:
 
 
 def _fetch_torrent(source: Source, request: FetchRequest, reporter) -> dict[str, Any]:
-    from mdist.sources.torrent_fetch import FetchOptions, fetch_torrent
+    from mdist.sources.torrent_fetch import fetch_torrent
 
     def on_complete(out: Path, hashes) -> tuple[str | None, int, list[str]]:
         manifest = source.manifest or find_by_infohash(hashes.v1 or "") or find_by_infohash(hashes.v2 or "")
         return verify_against(out, manifest)
 
-    options = FetchOptions(out=request.out, peers=request.peers, trackers=request.trackers,
-                           web_seeds=request.web_seeds, listen=request.listen, no_dht=request.no_dht,
-                           timeout=request.timeout, seed=request.seed)
-    result = fetch_torrent(source.target, options, reporter, on_complete).to_json()
+    result = fetch_torrent(source.target, request.swarm, reporter, on_complete).to_json()
     result["via"] = "bittorrent"
     if result["manifest"]:
         result["verification"] = (f"BitTorrent piece hashes, and sha256 of {result['verified_files']} files "
@@ -87,10 +77,8 @@ def _fetch_torrent(source: Source, request: FetchRequest, reporter) -> dict[str,
 
 
 def _fetch_hub(source: Source, request: FetchRequest, reporter) -> dict[str, Any]:
-    from mdist.sources.hub import HubOptions, fetch_hub
+    from mdist.sources.hub import fetch_hub
 
-    options = HubOptions(out=request.out, endpoint=request.endpoint, to_hf_cache=request.to_hf_cache,
-                         include=request.include, exclude=request.exclude, quiet=request.quiet)
-    result = fetch_hub(source.target, source.revision, options, reporter, manifest=source.manifest)
+    result = fetch_hub(source.target, source.revision, request.hub, reporter, manifest=source.manifest)
     result["via"] = "hub"
     return result
