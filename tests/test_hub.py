@@ -149,3 +149,25 @@ def test_clear_errors(mirror, tmp_path: Path, case: str) -> None:
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("mdist: error:"), result.stderr
+
+
+def test_release_falls_back_from_a_dead_swarm_to_the_hub(mirror, tmp_path: Path) -> None:
+    """A release listing a magnet and a hub repo: with no peer delivering, the hub is used."""
+    endpoint, commit, hf = mirror
+    registry = json.loads((Path(__file__).resolve().parents[1] / "checksums" / "tiny-mistral.json").read_text())
+    manifest = {
+        "schema": "mdist-manifest/1", "name": "tiny-mistral-both", "title": "test release", "files_complete": False,
+        "files": {"tokenizer.model": registry["files"]["tokenizer.model"]},
+        "sources": {"btih": registry["sources"]["btih"], "hub": {"repo": "org/tiny-mistral"}},
+        "provenance": [{"fields": ["files"], "source": "test"}],
+    }
+    path = tmp_path / "tiny-mistral-both.json"
+    path.write_text(json.dumps(manifest))
+    out = tmp_path / "got"
+    result, payload = fetch(str(path), "--no-dht", "--timeout", "3", "--endpoint", endpoint, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "falling back to the hub" in result.stderr
+    assert payload["via"] == "hub" and payload["commit"] == commit and payload["manifest"] == "tiny-mistral-both"
+    assert "1 files also against tiny-mistral-both" in payload["verification"]
+    forced, _ = fetch(str(path), "--no-dht", "--timeout", "3", "--source", "torrent", "--out", str(tmp_path / "t"))
+    assert forced.returncode == 2 and "no progress" in forced.stderr

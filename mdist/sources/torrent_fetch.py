@@ -189,9 +189,8 @@ def _maybe_resume(params, state_dir: Path, requested: InfoHashes, reporter: Repo
     except RuntimeError:
         reporter.message("ignoring unreadable resume data")
         return params
-    if InfoHashes.of(resumed.info_hashes) != requested and not (
-        requested.v1 and InfoHashes.of(resumed.info_hashes).v1 == requested.v1
-    ) and not (requested.v2 and InfoHashes.of(resumed.info_hashes).v2 == requested.v2):
+    saved = InfoHashes.of(resumed.info_hashes)
+    if not ((requested.v1 and saved.v1 == requested.v1) or (requested.v2 and saved.v2 == requested.v2)):
         reporter.message("resume data is for another torrent; starting fresh")
         return params
     resumed.trackers = list(set(resumed.trackers) | set(params.trackers))
