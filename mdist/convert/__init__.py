@@ -102,9 +102,8 @@ def convert(
 
 
 def _plain_source(checkpoint: Checkpoint, name: str, tensor: TensorRef) -> TensorSource:
-    return TensorSource(
-        name, tensor.storage.dtype.safetensors_dtype, tensor.shape, tensor.nbytes, lambda: checkpoint.iter_bytes(tensor)
-    )
+    return TensorSource(name, tensor.storage.dtype.safetensors_dtype, tensor.shape, tensor.nbytes,
+                        lambda: checkpoint.iter_bytes(tensor), checkpoint.file_range(tensor))
 
 
 def _hf_source(checkpoint: Checkpoint, name: str, tensor: TensorRef, config: MistralConfig) -> TensorSource:
@@ -115,7 +114,7 @@ def _hf_source(checkpoint: Checkpoint, name: str, tensor: TensorRef, config: Mis
     heads = heads_for(name, config)
     if heads is None:
         source = _plain_source(checkpoint, name, tensor)
-        return TensorSource(hf_name, source.dtype, source.shape, source.nbytes, source.chunks)
+        return TensorSource(hf_name, source.dtype, source.shape, source.nbytes, source.chunks, source.file_range)
     if tensor.shape[0] != heads * config.head_dim:
         raise InputError(f"{name} has {tensor.shape[0]} rows, expected {heads} heads x {config.head_dim}")
     order = interleaved_to_half_rows(heads, config.head_dim)

@@ -144,6 +144,13 @@ class Checkpoint:
         return start
 
     # -- reading -----------------------------------------------------------------------------
+    def file_range(self, tensor: TensorRef) -> tuple[int, int] | None:
+        """(fd, offset) when the tensor's bytes lie verbatim in the archive (stored and contiguous)."""
+        entry = self._entries[tensor.storage.key]
+        if entry.data_start < 0 or not tensor.is_contiguous() or tensor.numel == 0:
+            return None
+        return self._file.fileno(), entry.data_start + tensor.offset * tensor.storage.dtype.itemsize
+
     def iter_bytes(self, tensor: TensorRef, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
         """Yield the tensor's bytes in C order, at most about `chunk_bytes` at a time."""
         if tensor.numel == 0:
