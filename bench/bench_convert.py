@@ -48,7 +48,6 @@ def main() -> None:
     if args.write_only:
         write_pth(args.write_only, dict(MISTRAL_7B, n_layers=args.layers))
         return
-    config = dict(MISTRAL_7B, n_layers=args.layers)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="mdist-convert-"))
     try:
         src = work / "src"

@@ -56,7 +56,7 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from mdist.runner import Model, Sampler, generate_ids
+    from mdist.runner import Model
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp)

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from mdist import __version__
+from mdist import __version__, ui
 from mdist.errors import MdistError
 
 
@@ -48,35 +48,6 @@ def emit_json(payload: Any) -> None:
     click.echo(json.dumps(payload, indent=2, default=str))
 
 
-def _stderr_console():
-    from rich.console import Console
-
-    return Console(stderr=True)
-
-
-def byte_progress(description: str, *, quiet: bool = False):
-    """A rich progress bar on stderr for long byte-counting work (hidden when quiet)."""
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    console = _stderr_console()
-    return Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=quiet or not console.is_terminal,
-        transient=True,
-    )
-
-
 # -- convert ---------------------------------------------------------------------------------
 @main.command()
 @click.argument("src", type=click.Path(path_type=Path))
@@ -98,7 +69,7 @@ def convert(src: Path, out: Path | None, layout: str, shard_size: str, force: bo
     from mdist.convert import convert as run_convert
 
     started = time.monotonic()
-    with byte_progress("converting", quiet=as_json) as progress:
+    with ui.byte_progress("converting", quiet=as_json) as progress:
         task = progress.add_task("converting", total=None)
         result = run_convert(
             src, out, layout=layout, force=force, shard_bytes=parse_size(shard_size),
@@ -180,10 +151,6 @@ def _stream_stdout(text: str) -> None:
 
 
 # -- verify, manifest, digest, sign ----------------------------------------------------------
-_STATUS_STYLE = {"ok": "green", "mismatch": "bold red", "missing": "bold red", "refused": "bold red",
-                 "unexpected": "yellow", "not checkable": "yellow"}
-
-
 @main.command()
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.option("--manifest", "manifest_name", help="Release name from checksums/ or a manifest file (default: recognise).")
@@ -208,39 +175,12 @@ def verify(directory: Path, manifest_name: str | None, signature: Path | None, p
     if bool(signature) != bool(public_key):
         raise click.UsageError("--signature and --public-key go together")
     outcome = verify_command(directory, manifest_name, signature=signature, public_key=public_key,
-                             tensors=tensors, quiet=as_json, progress=byte_progress)
+                             tensors=tensors, quiet=as_json, progress=ui.byte_progress)
     if as_json:
         emit_json(outcome)
     else:
-        _print_verify(outcome)
+        ui.print_verify_report(outcome)
     sys.exit(0 if outcome["ok"] else 1)
-
-
-def _print_verify(outcome: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    report = outcome["report"]
-    if report["manifest"] is None:
-        if report["candidates"]:
-            console.print(f"ambiguous: the folder matches {', '.join(report['candidates'])}; use --manifest")
-        else:
-            console.print("no known release matches this folder's file names and sizes; use --manifest")
-        return
-    how = "recognised as" if report["identified"] else "checked against"
-    console.print(f"{how} [bold]{report['manifest']}[/bold]")
-    table = Table("file", "status", "detail")
-    for row in report["files"]:
-        style = _STATUS_STYLE.get(row["status"], "")
-        detail = row["detail"]
-        if row["status"] == "mismatch" and row["expected"]:
-            detail += f"\n  expected {row['expected']}\n  actual   {row['actual']}"
-        table.add_row(row["path"], f"[{style}]{row['status']}[/{style}]", detail)
-    console.print(table)
-    for line in outcome.get("notes", []):
-        console.print(line)
-    console.print("[green]verified[/green]" if outcome["ok"] else "[bold red]NOT verified[/bold red]")
 
 
 @main.command()
@@ -326,48 +266,6 @@ def sign(directory: Path, private_key: Path, signature: Path | None) -> None:
 
 
 # -- fetch and seed --------------------------------------------------------------------------
-class _Reporter:
-    """Progress for long transfers: a rich bar on a terminal, a plain line every few seconds otherwise."""
-
-    def __init__(self, quiet: bool = False) -> None:
-        import time
-
-        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, \
-            TransferSpeedColumn
-
-        self._time = time
-        self.console = _stderr_console()
-        self.quiet = quiet
-        self.live = self.console.is_terminal and not quiet
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                            TextColumn("{task.fields[peers]} peers"), TimeRemainingColumn(),
-                            console=self.console, disable=not self.live, transient=False)
-        self.task = None
-        self.last_line = 0.0
-
-    def __enter__(self) -> "_Reporter":
-        self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.bar.__exit__(*exc)
-
-    def update(self, p) -> None:
-        if self.task is None:
-            self.task = self.bar.add_task(p.name or "metadata", total=p.total or None, peers=p.peers)
-        self.bar.update(self.task, description=f"{p.name or 'metadata'} [{p.state}]", total=p.total or None,
-                        completed=p.done, peers=p.peers)
-        now = self._time.monotonic()
-        if not self.live and not self.quiet and now - self.last_line >= 5:
-            self.last_line = now
-            percent = f"{100 * p.done / p.total:.1f}%" if p.total else "?"
-            click.echo(f"{p.name or 'metadata'}: {p.state} {percent} of {p.total / 1e6:.1f} MB, "
-                       f"{p.download_rate / 1e6:.1f} MB/s, {p.peers} peers, {p.hash_failures} hash failures", err=True)
-
-    def message(self, text: str) -> None:
-        self.console.print(text, markup=False, highlight=False)  # stderr, so --json output stays clean
-
-
 def _term_as_interrupt() -> None:
     import signal
 
@@ -420,7 +318,7 @@ def fetch(source: str, out: Path | None, peers: tuple[str, ...], trackers: tuple
         hub=HubOptions(out=out, endpoint=endpoint, to_hf_cache=to_hf_cache, include=list(include),
                        exclude=list(exclude), quiet=as_json),
     )
-    with _Reporter(quiet=as_json) as reporter:
+    with ui.TransferReporter(quiet=as_json) as reporter:
         result = run_fetch(request, reporter)
     if as_json:
         emit_json(result)
@@ -476,33 +374,6 @@ def releases(as_json: bool) -> None:
 
 
 # -- demo ------------------------------------------------------------------------------------
-class _RichDemoUI:
-    def __init__(self) -> None:
-        from rich.console import Console
-
-        self.console = Console()
-        self.streaming = False
-
-    def step(self, step) -> None:
-        from rich.panel import Panel
-
-        if self.streaming:
-            self.console.print()
-            self.streaming = False
-        body = f"[green]✓[/green] {step.proves}\n[dim]{step.seconds:.2f}s[/dim]"
-        self.console.print(Panel(body, title=f"[bold]{step.title}[/bold]", title_align="left", expand=False))
-
-    def text(self, delta: str) -> None:
-        if not self.streaming:
-            self.console.print("[bold]generated:[/bold]")
-            self.streaming = True
-        sys.stdout.write(delta)
-        sys.stdout.flush()
-
-    def note(self, line: str) -> None:
-        self.console.print(line, markup=False, highlight=False, soft_wrap=True)
-
-
 @main.command()
 @click.option("--workdir", type=click.Path(path_type=Path), help="Work here (kept); default: a temporary folder.")
 @click.option("--keep", is_flag=True, help="Keep the temporary work folder.")
@@ -517,7 +388,7 @@ def demo(workdir: Path | None, keep: bool, prompt: str, max_tokens: int, as_json
     from mdist.demo import DemoUI, run_demo
 
     result = run_demo(workdir, keep=keep, prompt=prompt, max_tokens=max_tokens,
-                      ui=DemoUI() if as_json else _RichDemoUI())
+                      ui=DemoUI() if as_json else ui.RichDemoUI())
     if as_json:
         emit_json(result)
     else:

@@ -50,9 +50,9 @@ def resolve_source(text: str) -> Source:
     if text.startswith("hf://"):
         repo, revision = parse_hub(text)
         return Source("hub", repo, revision)
-    if text.endswith(".torrent") or Path(text).is_file():
+    if text.endswith(".torrent") or (Path(text).is_file() and not text.endswith(".json")):
         return Source("torrent", text)
-    manifest = find_manifest(text)  # raises a clear error listing the known releases
+    manifest = find_manifest(text)  # a release name or a manifest file; else a clear error
     sources = manifest.sources
     hub = sources.get("hub")
     if not hub and sources.get("hub_alternative"):

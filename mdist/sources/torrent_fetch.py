@@ -97,7 +97,10 @@ def load_source(source: str):
     if not path.is_file():
         raise InputError(f"{source} is neither a magnet link nor a .torrent file")
     raw = path.read_bytes()
-    decoded = lib.bdecode(raw)
+    try:
+        decoded = lib.bdecode(raw)
+    except RuntimeError:
+        decoded = None
     if not isinstance(decoded, dict) or b"info" not in decoded:
         raise InputError(f"{source} is not a .torrent file")
     info = decoded[b"info"]

@@ -1,0 +1,137 @@
+"""How mdist shows long work to a person: rich progress and tables on a terminal, plain lines otherwise.
+
+The commands in `mdist.cli` decide what to show; this module decides how.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+
+
+def stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def byte_progress(description: str, *, quiet: bool = False):
+    """A rich progress bar on stderr for long byte-counting work (hidden when quiet)."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    console = stderr_console()
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=quiet or not console.is_terminal,
+        transient=True,
+    )
+
+
+STATUS_STYLE = {"ok": "green", "mismatch": "bold red", "missing": "bold red", "refused": "bold red",
+                 "unexpected": "yellow", "not checkable": "yellow"}
+
+
+def print_verify_report(outcome: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    report = outcome["report"]
+    if report["manifest"] is None:
+        if report["candidates"]:
+            console.print(f"ambiguous: the folder matches {', '.join(report['candidates'])}; use --manifest")
+        else:
+            console.print("no known release matches this folder's file names and sizes; use --manifest")
+        return
+    how = "recognised as" if report["identified"] else "checked against"
+    console.print(f"{how} [bold]{report['manifest']}[/bold]")
+    table = Table("file", "status", "detail")
+    for row in report["files"]:
+        style = STATUS_STYLE.get(row["status"], "")
+        detail = row["detail"]
+        if row["status"] == "mismatch" and row["expected"]:
+            detail += f"\n  expected {row['expected']}\n  actual   {row['actual']}"
+        table.add_row(row["path"], f"[{style}]{row['status']}[/{style}]", detail)
+    console.print(table)
+    for line in outcome.get("notes", []):
+        console.print(line)
+    console.print("[green]verified[/green]" if outcome["ok"] else "[bold red]NOT verified[/bold red]")
+
+
+class TransferReporter:
+    """Progress for long transfers: a rich bar on a terminal, a plain line every few seconds otherwise."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, \
+            TransferSpeedColumn
+
+        self.console = stderr_console()
+        self.quiet = quiet
+        self.live = self.console.is_terminal and not quiet
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                            TextColumn("{task.fields[peers]} peers"), TimeRemainingColumn(),
+                            console=self.console, disable=not self.live, transient=False)
+        self.task = None
+        self.last_line = 0.0
+
+    def __enter__(self) -> "TransferReporter":
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(*exc)
+
+    def update(self, p) -> None:
+        if self.task is None:
+            self.task = self.bar.add_task(p.name or "metadata", total=p.total or None, peers=p.peers)
+        self.bar.update(self.task, description=f"{p.name or 'metadata'} [{p.state}]", total=p.total or None,
+                        completed=p.done, peers=p.peers)
+        now = time.monotonic()
+        if not self.live and not self.quiet and now - self.last_line >= 5:
+            self.last_line = now
+            percent = f"{100 * p.done / p.total:.1f}%" if p.total else "?"
+            click.echo(f"{p.name or 'metadata'}: {p.state} {percent} of {p.total / 1e6:.1f} MB, "
+                       f"{p.download_rate / 1e6:.1f} MB/s, {p.peers} peers, {p.hash_failures} hash failures", err=True)
+
+    def message(self, text: str) -> None:
+        self.console.print(text, markup=False, highlight=False, soft_wrap=True)  # stderr: --json stays clean
+
+
+class RichDemoUI:
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self.console = Console()
+        self.streaming = False
+
+    def step(self, step) -> None:
+        from rich.panel import Panel
+
+        if self.streaming:
+            self.console.print()
+            self.streaming = False
+        body = f"[green]✓[/green] {step.proves}\n[dim]{step.seconds:.2f}s[/dim]"
+        self.console.print(Panel(body, title=f"[bold]{step.title}[/bold]", title_align="left", expand=False))
+
+    def text(self, delta: str) -> None:
+        if not self.streaming:
+            self.console.print("[bold]generated:[/bold]")
+            self.streaming = True
+        sys.stdout.write(delta)
+        sys.stdout.flush()
+
+    def note(self, line: str) -> None:
+        self.console.print(line, markup=False, highlight=False, soft_wrap=True)
