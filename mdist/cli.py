@@ -369,7 +369,9 @@ def releases(as_json: bool) -> None:
         emit_json([{"name": m.name, "title": m.title, "sources": m.sources, "files": len(m.files)} for m in registry])
         return
     for m in registry:
-        via = ", ".join(k for k in ("magnet", "hub") if k in m.sources or (k == "hub" and "hub_alternative" in m.sources))
+        has = {"magnet": any(k in m.sources for k in ("magnet", "btih", "btmh")),
+               "hub": any(k in m.sources for k in ("hub", "hub_alternative"))}
+        via = ", ".join(k for k, present in has.items() if present)
         click.echo(f"{m.name:24} {m.title}  [{via or 'no source'}]")
 
 
