@@ -68,7 +68,7 @@ def write_model(directory: Path, config: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--workdir", type=Path, help="where to write the 14.5 GB model (default: a temp dir)")
-    parser.add_argument("--tokens", type=int, default=4)
+    parser.add_argument("--tokens", type=int, default=5)
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args()
     from mdist.runner import Model

@@ -74,6 +74,35 @@ def test_per_layer_conversion_path_gives_the_same_logits(tmp_path: Path) -> None
     np.testing.assert_allclose(streamed.logits(tokens), expected, rtol=0, atol=1e-5 * np.abs(expected).max())
 
 
+@pytest.mark.parametrize("kernels", ["numba", "numpy"])
+def test_streamed_bf16_decoding_matches_cached(tmp_path: Path, kernels: str) -> None:
+    """Decoding with weights widened on the fly (compiled kernel or numpy) equals the cached path."""
+    import subprocess
+    import sys
+
+    src = random_mistral(tmp_path / "src", sliding_window=6, dtype="bfloat16")
+    convert(src, tmp_path / "m")
+    script = f"""
+import numpy as np, sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from mdist.runner import Model
+from mdist.runner.kernels import bf16_gemv
+tokens = np.arange(20) * 11 % 300
+cached = Model.load({str(tmp_path / "m")!r})
+streamed = Model.load({str(tmp_path / "m")!r}, f32_budget_bytes=0)
+assert (bf16_gemv() is not None) == ({kernels!r} == "numba")
+cache = streamed.new_cache()
+steps = np.concatenate([streamed.forward(tokens[:3], cache)]  # a short prompt takes the kernel too
+                       + [streamed.forward(tokens[i:i + 1], cache) for i in range(3, 20)])
+expected = cached.logits(tokens)
+np.testing.assert_allclose(steps, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+print("ok")
+"""
+    env = dict(__import__("os").environ, MDIST_KERNELS=kernels)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
+
+
 def test_fixture_logits_on_300_tokens(fixture_models) -> None:
     mistral, hf = fixture_models
     tokens = np.random.default_rng(3).integers(0, 2048, 300)

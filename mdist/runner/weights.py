@@ -18,6 +18,7 @@ import numpy as np
 from mdist.errors import InputError
 from mdist.convert.safetensors_reader import open_safetensors
 from mdist.layout import hf_to_mistral_name
+from mdist.runner.kernels import MAX_TOKENS, bf16_gemv
 
 DEFAULT_F32_BUDGET = 4 << 30
 
@@ -64,9 +65,9 @@ def to_float32(array: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
 class WeightStore:
     """Weights as float32 for compute: widened once when that fits the budget, else on the fly.
 
-    On the fly (Mistral 7B), `matmul` widens a few rows at a time into a small per-thread buffer
-    that stays in cache and multiplies at once, so memory traffic is the stored bf16 bytes and
-    no large float32 copy ever exists; the cores split the rows.
+    On the fly (Mistral 7B), decoding uses the compiled bf16 kernel when numba is there; otherwise,
+    and for prompts, `matmul` widens a few rows at a time into a small per-thread buffer that stays
+    in cache and multiplies at once, so no large float32 copy ever exists; the cores split the rows.
     """
 
     CHUNK_BYTES = 4 << 20
@@ -109,6 +110,10 @@ class WeightStore:
         if weight.dtype == np.float32:
             return x @ weight.T
         out = np.empty((x.shape[0], weight.shape[0]), dtype=np.float32)
+        kernel = bf16_gemv() if weight.dtype == np.uint16 and x.shape[0] <= MAX_TOKENS else None
+        if kernel is not None:  # decoding: one pass over the bf16 bytes, widened in registers
+            kernel(weight, np.ascontiguousarray(x), out)
+            return out
         rows = weight.shape[0]
         bounds = np.linspace(0, rows, self._workers + 1, dtype=np.int64)
         jobs = [self._pool.submit(self._matmul_rows, x, weight, out, int(a), int(b))
