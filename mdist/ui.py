@@ -9,6 +9,7 @@ import sys
 import time
 
 import click
+from rich.markup import escape
 
 
 def stderr_console():
@@ -82,7 +83,7 @@ class TransferReporter:
         self.quiet = quiet
         self.live = self.console.is_terminal and not quiet
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                            TextColumn("{task.fields[peers]} peers"), TimeRemainingColumn(),
+                            TextColumn("{task.fields[peers]}"), TimeRemainingColumn(),
                             console=self.console, disable=not self.live, transient=False)
         self.task = None
         self.last_line = 0.0
@@ -95,16 +96,18 @@ class TransferReporter:
         self.bar.__exit__(*exc)
 
     def update(self, p) -> None:
+        swarm = f"{p.peers} peers" if p.source == "bittorrent" else p.source
         if self.task is None:
-            self.task = self.bar.add_task(p.name or "metadata", total=p.total or None, peers=p.peers)
-        self.bar.update(self.task, description=f"{p.name or 'metadata'} [{p.state}]", total=p.total or None,
-                        completed=p.done, peers=p.peers)
+            self.task = self.bar.add_task(p.name or "metadata", total=p.total or None, peers=swarm)
+        self.bar.update(self.task, description=escape(f"{p.name or 'metadata'} [{p.state}]"), total=p.total or None,
+                        completed=p.done, peers=swarm)
         now = time.monotonic()
         if not self.live and not self.quiet and now - self.last_line >= 5:
             self.last_line = now
             percent = f"{100 * p.done / p.total:.1f}%" if p.total else "?"
+            checks = f", {p.hash_failures} hash failures" if p.source == "bittorrent" else ""
             click.echo(f"{p.name or 'metadata'}: {p.state} {percent} of {p.total / 1e6:.1f} MB, "
-                       f"{p.download_rate / 1e6:.1f} MB/s, {p.peers} peers, {p.hash_failures} hash failures", err=True)
+                       f"{p.download_rate / 1e6:.1f} MB/s, {swarm}{checks}", err=True)
 
     def message(self, text: str) -> None:
         self.console.print(text, markup=False, highlight=False, soft_wrap=True)  # stderr: --json stays clean

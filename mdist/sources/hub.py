@@ -119,7 +119,8 @@ def fetch_hub(repo: str, revision: str | None, options: HubOptions, reporter,
     if options.quiet:
         disable_progress_bars()
     kwargs: dict[str, Any] = dict(repo_id=repo, revision=commit, endpoint=endpoint,
-                                  allow_patterns=[f.path for f in selected])
+                                  allow_patterns=[f.path for f in selected],
+                                  tqdm_class=_reporting_tqdm(reporter, repo))
     if options.to_hf_cache:
         from huggingface_hub import constants
 
@@ -154,6 +155,39 @@ def fetch_hub(repo: str, revision: str | None, options: HubOptions, reporter,
     if not options.to_hf_cache:
         write_bytes_atomic(folder / STATE_DIR / "complete.json", json.dumps(result, indent=2).encode())
     return result
+
+
+def _reporting_tqdm(reporter, name: str):
+    """A tqdm class that shows huggingface_hub's byte counts through mdist's reporter (rich on a
+    terminal, plain lines otherwise) instead of drawing tqdm bars of its own."""
+    from tqdm import tqdm
+
+    from mdist.sources.torrent_fetch import Progress
+
+    class ReportingTqdm(tqdm):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.pop("name", None)
+            kwargs["disable"] = False
+            kwargs["file"] = _NullWriter()
+            super().__init__(*args, **kwargs)
+
+        def update(self, n: float | None = 1) -> bool | None:
+            shown = super().update(n)
+            if self.unit == "B" and str(self.desc).startswith("Reconstruct"):  # bytes written, out of the total
+                rate = self.format_dict.get("rate") or 0.0
+                reporter.update(Progress(name=name, state="downloading", total=int(self.total or 0),
+                                         done=int(self.n), download_rate=float(rate), source="hub"))
+            return shown
+
+    return ReportingTqdm
+
+
+class _NullWriter:
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
 
 
 def _verify_download(folder: Path, files: list[RemoteFile], in_cache: bool) -> dict[str, int]:

@@ -36,6 +36,7 @@ class Progress:
     peers: int = 0
     seeds: int = 0
     hash_failures: int = 0
+    source: str = "bittorrent"  # or "hub": no peers or piece hashes to show
 
 
 class Reporter(Protocol):
