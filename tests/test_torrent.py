@@ -223,3 +223,29 @@ def test_mdist_seeds_and_aria2_fetches(release: Path, tmp_path: Path) -> None:
                                      str(torrent)), capture_output=True, text=True, timeout=120)
     assert aria.returncode == 0, aria.stdout + aria.stderr
     assert_same_files(release, tmp_path / "aria" / "tiny-mistral")
+
+
+def test_fetch_with_seed_keeps_sharing_after_completion(release: Path, tmp_path: Path) -> None:
+    """A --seed fetcher becomes a seeder: a third peer gets the release from it alone."""
+    port = free_port()
+    middle = tmp_path / "middle"
+    with mdist_seeder(release) as magnet:
+        proc = subprocess.Popen([sys.executable, "-m", "mdist", "fetch", magnet, "--out", str(middle), "--no-dht",
+                                 "--seed", "--listen", f"127.0.0.1:{port}", "--timeout", "30"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not (middle / ".mdist" / "complete.json").exists():
+                time.sleep(0.2)
+            assert (middle / ".mdist" / "complete.json").exists()
+        except BaseException:
+            stop(proc)
+            raise
+    try:  # the original seeder is gone; only the --seed fetcher has the data
+        result, payload = fetch_json(strip_peers(magnet), "--peer", f"127.0.0.1:{port}",
+                                     "--out", str(tmp_path / "third"), "--timeout", "30")
+    finally:
+        stop(proc)
+    assert result.returncode == 0, result.stderr
+    assert_same_files(release, tmp_path / "third")
+    assert proc.returncode is not None
