@@ -152,3 +152,19 @@ def test_checkpoint_arrays_match_torch() -> None:
         for name, ref in checkpoint.tensors.items():
             raw = np.asarray(checkpoint.array(ref))
             assert np.array_equal(raw, expected[name].view(torch.int16).numpy().view(np.uint16)), name
+
+
+def test_deflated_archive_with_views(tmp_path: Path) -> None:
+    """Storage offsets and strides inside deflated entries (streamed from the middle of a stream)."""
+    torch.manual_seed(2)
+    base = torch.randn(12, 10).to(torch.bfloat16)
+    state = {"base": base, "rows": base[3:9], "transposed": base.t(), "column": base[:, 4]}
+    torch.save(state, tmp_path / "plain.pth")
+    (tmp_path / "m").mkdir()
+    with zipfile.ZipFile(tmp_path / "plain.pth") as src, \
+            zipfile.ZipFile(tmp_path / "m" / "consolidated.00.pth", "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info), compress_type=zipfile.ZIP_DEFLATED)
+    convert(tmp_path / "m", tmp_path / "out")
+    expected = torch.load(tmp_path / "plain.pth", weights_only=True)
+    assert_bit_identical(expected, load_safetensors(tmp_path / "out" / "consolidated.safetensors"))
