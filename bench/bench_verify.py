@@ -11,11 +11,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import print_result  # noqa: E402
+from common import best_of, print_result  # noqa: E402
 
 
 def make_files(directory: Path, sizes: list[int]) -> list[Path]:
@@ -33,22 +32,13 @@ def make_files(directory: Path, sizes: list[int]) -> list[Path]:
     return paths
 
 
-def best(fn, repeat: int = 3) -> float:
-    times = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return min(times)
-
-
 def compare(paths: list[Path]) -> tuple[float, float]:
     from mdist.verify.hashing import hash_files
 
     for path in paths:  # warm the page cache for both
         subprocess.run(["cat", str(path)], stdout=subprocess.DEVNULL, check=True)
-    theirs = best(lambda: subprocess.run(["sha256sum", *map(str, paths)], stdout=subprocess.DEVNULL, check=True))
-    ours = best(lambda: hash_files({p: ("sha256",) for p in paths}))
+    theirs = best_of(lambda: subprocess.run(["sha256sum", *map(str, paths)], stdout=subprocess.DEVNULL, check=True))
+    ours = best_of(lambda: hash_files({p: ("sha256",) for p in paths}))
     return theirs, ours
 
 

@@ -42,11 +42,6 @@ def write_bytes_atomic(target: Path, data: bytes, *, overwrite: bool = True) -> 
         handle.write(data)
 
 
-def copy_atomic(source: Path, target: Path, *, overwrite: bool = False) -> None:
-    with atomic_writer(target, overwrite=overwrite) as handle, open(source, "rb") as src:
-        shutil.copyfileobj(src, handle, 1 << 20)
-
-
 def require_free_space(directory: Path, needed_bytes: int, *, what: str) -> None:
     """Fail early with a clear message rather than half-way through a long write."""
     directory = Path(directory)

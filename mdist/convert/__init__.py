@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -113,8 +113,7 @@ def _hf_source(checkpoint: Checkpoint, name: str, tensor: TensorRef, config: Mis
         raise InputError(f"tensor {name!r} is not part of the Mistral architecture") from None
     heads = heads_for(name, config)
     if heads is None:
-        source = _plain_source(checkpoint, name, tensor)
-        return TensorSource(hf_name, source.dtype, source.shape, source.nbytes, source.chunks, source.file_range)
+        return replace(_plain_source(checkpoint, name, tensor), name=hf_name)
     if tensor.shape[0] != heads * config.head_dim:
         raise InputError(f"{name} has {tensor.shape[0]} rows, expected {heads} heads x {config.head_dim}")
     order = interleaved_to_half_rows(heads, config.head_dim)

@@ -12,7 +12,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 from mdist.atomic import atomic_writer
 
@@ -109,8 +109,3 @@ def plan_shards(tensors: list[TensorSource], max_shard_bytes: int) -> list[list[
         shards[-1].append(tensor)
         size += tensor.nbytes
     return shards
-
-
-def iter_chunks(data: bytes, chunk_bytes: int = 16 << 20) -> Iterator[bytes]:
-    for start in range(0, len(data), chunk_bytes):
-        yield data[start : start + chunk_bytes]

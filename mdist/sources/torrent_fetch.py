@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from mdist.atomic import require_free_space, write_bytes_atomic
-from mdist.errors import InputError, MdistError, VerificationError
+from mdist.errors import InputError, VerificationError
 from mdist.sources.bt_session import Endpoint, lt, make_session, parse_endpoint
 from mdist.sources.torrent_meta import InfoHashes, check_info_dict, magnet_peers
 from mdist.verify.folder import STATE_DIR
@@ -335,16 +335,3 @@ class _Engine:
             self._update()
             self.reporter.update(self.progress)
             self.session.wait_for_alert(1000)
-
-
-def already_complete(out: Path) -> dict | None:
-    marker = out / STATE_DIR / COMPLETE_FILE
-    if marker.is_file():
-        try:
-            return json.loads(marker.read_text())
-        except (OSError, json.JSONDecodeError):
-            return None
-    return None
-
-
-__all__ = ["fetch_torrent", "FetchOptions", "FetchResult", "Progress", "Reporter", "already_complete", "MdistError"]

@@ -59,9 +59,6 @@ class InfoHashes:
         v2 = str(hashes.v2) if hashes.has_v2() else None
         return cls(v1, v2)
 
-    def best(self) -> str:
-        return self.v1 or self.v2 or ""
-
 
 def magnet_link(torrent_info, *, peer: Endpoint | None = None) -> str:
     lib = lt()

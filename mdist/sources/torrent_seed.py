@@ -67,9 +67,6 @@ class Seeder:
                              f"({status.progress * 100:.1f}% present)")
         return False
 
-    def status(self):
-        return self.handle.status()
-
     def serve_forever(self, on_status: Callable[[object], None] | None = None) -> None:
         while True:
             self.session.pop_alerts()

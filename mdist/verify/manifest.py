@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass, field
@@ -101,11 +102,10 @@ def _registry_files() -> list[tuple[str, str]]:
     return sorted(found)
 
 
-def load_registry() -> list[Manifest]:
-    manifests = []
-    for filename, text in _registry_files():
-        manifests.append(parse_manifest(json.loads(text), f"checksums/{filename}"))
-    return manifests
+@functools.lru_cache(maxsize=1)
+def load_registry() -> tuple[Manifest, ...]:
+    """The packaged manifests, parsed once per process (fetch and verify consult them repeatedly)."""
+    return tuple(parse_manifest(json.loads(text), f"checksums/{name}") for name, text in _registry_files())
 
 
 def find_manifest(name_or_path: str) -> Manifest:
