@@ -1,16 +1,23 @@
-"""A real Hugging Face mirror for tests: olah (offline) serving a local git repo with LFS objects."""
+"""Hub servers for tests: olah (a real mirror, offline) serving a local git repo with LFS objects, a
+proxy that alters bodies on their way through, and FakeHub, a small server of our own whose listing
+and bytes a test controls (olah recomputes hashes from what it serves, so it cannot lie)."""
 
 from __future__ import annotations
 
 import hashlib
+import http.client
+import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
+from urllib.parse import unquote, urlsplit
 
 from swarm import free_port, wait_for_port
 
@@ -74,3 +81,194 @@ def olah_server(mirrors: Path, workdir: Path) -> Iterator[str]:
             proc.kill()
         log.close()
         time.sleep(0.1)
+
+
+def flip_middle_byte(body: bytes) -> bytes:
+    """Same length, different bytes: a size check cannot tell."""
+    altered = bytearray(body)
+    altered[len(altered) // 2] ^= 0x01
+    return bytes(altered)
+
+
+class _LyingProxy(BaseHTTPRequestHandler):
+    """Forwards to a real mirror, but alters the body of every file `tamper(path)` selects.
+    Headers (sizes, ETags, the LFS oid) stay the mirror's: the hashes still advertise the original."""
+
+    upstream = ""
+    tamper: Callable[[str], bool] = staticmethod(lambda path: False)
+
+    def _forward(self, method: str) -> None:
+        target = urlsplit(self.upstream)
+        conn = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "range")}
+        conn.request(method, self.path, headers=headers)
+        response = conn.getresponse()
+        body = response.read() if method == "GET" else b""
+        if method == "GET" and "/resolve/" in self.path and self.tamper(self.path) and body:
+            body = flip_middle_byte(body)
+        self.send_response(response.status)
+        mine = f"127.0.0.1:{self.server.server_address[1]}"
+        for key, value in response.getheaders():
+            if key.lower() in ("transfer-encoding", "connection", "content-length"):
+                continue
+            self.send_header(key, value.replace(target.netloc, mine))
+        length = response.getheader("Content-Length") if method == "HEAD" else str(len(body))
+        if length is not None:
+            self.send_header("Content-Length", length)
+        self.end_headers()
+        if method == "GET":
+            self.wfile.write(body)
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._forward("GET")
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._forward("HEAD")
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@contextmanager
+def lying_proxy(upstream: str, tamper: Callable[[str], bool]) -> Iterator[str]:
+    """A proxy in front of `upstream` that flips a byte of each file tamper(request path) selects."""
+    handler = type("Proxy", (_LyingProxy,), {"upstream": upstream, "tamper": staticmethod(tamper)})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def listing_entry(path: str, data: bytes, lfs: bool | None = None) -> dict:
+    """A file as the hub's tree API lists it: git blob id, size, and for LFS files the sha256."""
+    lfs = path.endswith(LFS_SUFFIXES) if lfs is None else lfs
+    if not lfs:
+        return {"type": "file", "oid": git_blob_id(data), "size": len(data), "path": path}
+    oid = hashlib.sha256(data).hexdigest()
+    pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {len(data)}\n".encode()
+    return {"type": "file", "oid": git_blob_id(pointer), "size": len(data), "path": path,
+            "lfs": {"oid": oid, "size": len(data), "pointerSize": len(pointer)}}
+
+
+def git_blob_id(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def folder_files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+class FakeHub:
+    """What a hub (or a lying mirror) answers for one repo; every request is recorded.
+
+    listings: the tree listing for each successive tree request (the last one repeats).
+    served: bytes served for a path instead of files[path], under files[path]'s hashes.
+    sha: what the revision API says the commit is (default: commit).
+    delays: seconds to wait before answering a GET of a path.
+    """
+
+    def __init__(self, repo: str, commit: str, files: dict[str, bytes], *, listings: list[list[dict]] | None = None,
+                 served: dict[str, bytes] | None = None, sha: str | None = None,
+                 delays: dict[str, float] | None = None) -> None:
+        self.repo, self.commit, self.files = repo, commit, files
+        self.listings = listings or [[listing_entry(p, d) for p, d in files.items()]]
+        self.served = served or {}
+        self.sha = commit if sha is None else sha
+        self.delays = delays or {}
+        self.requests: list[str] = []
+        self.endpoint = ""
+        self._tree_calls = 0
+
+    def listing(self) -> list[dict]:
+        listing = self.listings[min(self._tree_calls, len(self.listings) - 1)]
+        self._tree_calls += 1
+        return listing
+
+    def downloads(self) -> list[str]:
+        return [r for r in self.requests if "/resolve/" in r]
+
+    def entry(self, path: str) -> dict | None:
+        for listing in self.listings:
+            for entry in listing:
+                if entry.get("path") == path:
+                    return entry
+        return None
+
+
+class _FakeHubHandler(BaseHTTPRequestHandler):
+    hub: FakeHub
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._answer(head=False)
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._answer(head=True)
+
+    def _answer(self, head: bool) -> None:
+        hub = self.hub
+        hub.requests.append(f"{self.command} {self.path}")
+        path = unquote(urlsplit(self.path).path)
+        api = f"/api/models/{hub.repo}/"
+        resolve = f"/{hub.repo}/resolve/"
+        if path.startswith(api + "revision/"):
+            return self._json({"id": hub.repo, "sha": hub.sha, "siblings": []})
+        if path.startswith(api + "tree/"):
+            return self._json(hub.listing())
+        if path.startswith(resolve):
+            return self._file(path[len(resolve):].partition("/")[2], head)
+        self.send_response(404)
+        self.send_header("X-Error-Code", "RepoNotFound")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _json(self, payload: object) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _file(self, name: str, head: bool) -> None:
+        hub = self.hub
+        entry = hub.entry(name)
+        if entry is None or name not in hub.files:
+            self.send_response(404)
+            self.send_header("X-Error-Code", "EntryNotFound")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        body = hub.served.get(name, hub.files[name])
+        if not head:
+            time.sleep(hub.delays.get(name, 0.0))
+        self.send_response(200)
+        self.send_header("X-Repo-Commit", hub.commit)
+        lfs = entry.get("lfs")
+        self.send_header("ETag", f'"{(lfs or {}).get("oid") or entry.get("oid") or "none"}"')
+        if lfs:
+            self.send_header("X-Linked-Etag", f'"{lfs.get("oid")}"')
+            self.send_header("X-Linked-Size", str(len(body)))
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@contextmanager
+def fake_hub(hub: FakeHub) -> Iterator[FakeHub]:
+    """Serve `hub` on 127.0.0.1; hub.endpoint is its URL."""
+    handler = type("Handler", (_FakeHubHandler,), {"hub": hub})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    hub.endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        yield hub
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
 from conftest import FIXTURE, run_mdist
-from hubmirror import build_mirror_repo, olah_server
+from hubmirror import build_mirror_repo, flip_middle_byte, git_blob_id, lying_proxy, olah_server
 from mdist.convert import convert
 from swarm import free_port
 
@@ -61,62 +57,33 @@ def test_hf_endpoint_variable_and_revision_pinning(mirror, tmp_path: Path) -> No
     assert not (tmp_path / "got" / "model-00001-of-00001.safetensors").exists()
 
 
-class _LyingProxy(BaseHTTPRequestHandler):
-    """Forwards to the real mirror, but flips one byte of every safetensors body it serves.
-    Headers (sizes, ETags, the LFS oid) stay the mirror's: the hashes still advertise the original."""
-
-    upstream = ""
-
-    def _forward(self, method: str) -> None:
-        target = urlsplit(self.upstream)
-        conn = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "range")}
-        conn.request(method, self.path, headers=headers)
-        response = conn.getresponse()
-        body = response.read() if method == "GET" else b""
-        if method == "GET" and "/resolve/" in self.path and self.path.endswith(".safetensors") and body:
-            body = bytearray(body)
-            body[len(body) // 2] ^= 0x01
-            body = bytes(body)
-        self.send_response(response.status)
-        mine = f"127.0.0.1:{self.server.server_address[1]}"
-        for key, value in response.getheaders():
-            if key.lower() in ("transfer-encoding", "connection", "content-length"):
-                continue
-            self.send_header(key, value.replace(target.netloc, mine))
-        length = response.getheader("Content-Length") if method == "HEAD" else str(len(body))
-        if length is not None:
-            self.send_header("Content-Length", length)
-        self.end_headers()
-        if method == "GET":
-            self.wfile.write(body)
-
-    def do_GET(self) -> None:  # noqa: N802
-        self._forward("GET")
-
-    def do_HEAD(self) -> None:  # noqa: N802
-        self._forward("HEAD")
-
-    def log_message(self, *args) -> None:
-        pass
-
-
 def test_tampered_mirror_is_detected(mirror, tmp_path: Path) -> None:
     endpoint, commit, _ = mirror
-    _LyingProxy.upstream = endpoint
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _LyingProxy)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        out = tmp_path / "got"
-        result, _ = fetch("hf://org/tiny-mistral", "--endpoint", f"http://127.0.0.1:{server.server_address[1]}",
-                          "--out", str(out))
-    finally:
-        server.shutdown()
-        server.server_close()
+    out = tmp_path / "got"
+    with lying_proxy(endpoint, lambda path: path.endswith(".safetensors")) as liar:
+        result, _ = fetch("hf://org/tiny-mistral", "--endpoint", liar, "--out", str(out))
     assert result.returncode == 1, result.stderr
     line = result.stderr.strip().splitlines()[-1]
     assert "model-00001-of-00001.safetensors" in line and "sha256 mismatch" in line and "expected" in line
     assert not (out / "model-00001-of-00001.safetensors").exists()
+    assert not (out / ".mdist" / "complete.json").exists()
+
+
+def test_tampered_small_file_is_detected(mirror, tmp_path: Path) -> None:
+    """A small (non-LFS) file is checked by its git blob id: a mirror altering config.json under
+    the original id is refused, the file removed, both hashes named."""
+    endpoint, _, hf = mirror
+    out = tmp_path / "got"
+    with lying_proxy(endpoint, lambda path: path.endswith("/config.json")) as liar:
+        result, _ = fetch("hf://org/tiny-mistral", "--endpoint", liar, "--out", str(out))
+    assert result.returncode == 1, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    data = (hf / "config.json").read_bytes()
+    expected = git_blob_id(data)
+    altered = git_blob_id(flip_middle_byte(data))
+    assert "config.json" in line and "git blob sha1 mismatch" in line, line
+    assert expected in line and altered in line, line
+    assert not (out / "config.json").exists()
     assert not (out / ".mdist" / "complete.json").exists()
 
 
