@@ -1,15 +1,57 @@
-"""The Mistral architecture's hyper-parameters, read from `params.json` or HF `config.json`."""
+"""The Mistral architecture's hyper-parameters, read from `params.json` or HF `config.json`.
+
+Both files come from outside: every value used is checked for type (bool is not an int, NaN is
+not a number) and for an upper bound before anything is sized by it, so a hostile file is one
+line of error instead of a multi-gigabyte allocation. Keys mdist does not use (a Mixtral `moe`
+block, `max_seq_len`, ...) are ignored.
+"""
 
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from mdist.errors import InputError
+from mdist.jsonio import read_json_file
 
 DEFAULT_ROPE_THETA = 10000.0  # Mistral 7B v0.1's params.json has no key; its code used 10000.
+
+# Upper bounds, each far above any published Mistral model (Mistral Large 2: dim 12288, 88 layers,
+# 96 heads of 128, hidden 28672, vocab 32768; NeMo: vocab 131072), far below what exhausts memory.
+# In this order, so an error names the first bad key (head_dim's default derives from dim, n_heads).
+LIMITS = {
+    "dim": 1 << 16,
+    "n_layers": 1 << 10,
+    "n_heads": 1 << 10,
+    "n_kv_heads": 1 << 10,
+    "head_dim": 1 << 10,
+    "hidden_dim": 1 << 20,
+    "vocab_size": 1 << 21,
+}
+MAX_ATTENTION_WIDTH = 1 << 16  # n_heads * head_dim, the width of the q projection: bounded like dim
+MAX_SLIDING_WINDOW = 1 << 31  # the runner's cache is min(window, context), so this only bounds arithmetic
+MAX_ROPE_THETA = 1e12  # published values reach 1e8; beyond, every rotary frequency rounds to 1
+MAX_NORM_EPS = 1.0  # RMSNorm's epsilon is ~1e-5; a value near 1 would swamp the activations
+
+
+def _is_int(value: Any) -> bool:
+    return type(value) is int  # JSON true/false are bools, not dimensions
+
+
+def _is_real(value: Any) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)  # NaN and Infinity parse from JSON
+
+
+def _show(value: Any) -> str:
+    """A value from the file for a one-line message (a huge string or list is cut)."""
+    return repr(value)[:60]
+
+
+def _default_head_dim(dim: Any, n_heads: Any) -> Any:
+    """dim // n_heads where both are usable; else dim, so the bad key itself is named first."""
+    return dim // n_heads if _is_int(dim) and _is_int(n_heads) and n_heads > 0 else dim
 
 
 @dataclass(frozen=True)
@@ -26,20 +68,23 @@ class MistralConfig:
     rope_theta: float = DEFAULT_ROPE_THETA
 
     def __post_init__(self) -> None:
-        for name in ("dim", "n_layers", "head_dim", "hidden_dim", "n_heads", "n_kv_heads", "vocab_size"):
+        for name, limit in LIMITS.items():
             value = getattr(self, name)
-            if type(value) is not int or value <= 0:
-                raise InputError(f"model config: {name} must be a positive integer, got {value!r}")
+            if not _is_int(value) or not 0 < value <= limit:
+                raise InputError(f"model config: {name} must be an integer in 1..{limit}, got {_show(value)}")
         if self.n_heads % self.n_kv_heads:
             raise InputError("model config: n_heads must be a multiple of n_kv_heads")
         if self.head_dim % 2:
             raise InputError("model config: head_dim must be even for rotary embeddings")
-        if self.sliding_window is not None and (type(self.sliding_window) is not int or self.sliding_window <= 0):
-            raise InputError("model config: sliding_window must be a positive integer or absent")
-        if not (isinstance(self.norm_eps, (int, float)) and self.norm_eps > 0):
-            raise InputError("model config: norm_eps must be a positive number")
-        if not (isinstance(self.rope_theta, (int, float)) and self.rope_theta > 0):
-            raise InputError("model config: rope_theta must be a positive number")
+        if self.n_heads * self.head_dim > MAX_ATTENTION_WIDTH:
+            raise InputError(f"model config: n_heads * head_dim must be at most {MAX_ATTENTION_WIDTH}")
+        window = self.sliding_window
+        if window is not None and (not _is_int(window) or not 0 < window <= MAX_SLIDING_WINDOW):
+            raise InputError(f"model config: sliding_window must be absent or an integer in 1..{MAX_SLIDING_WINDOW}")
+        if not (_is_real(self.norm_eps) and 0 < self.norm_eps <= MAX_NORM_EPS):
+            raise InputError(f"model config: norm_eps must be a number in (0, {MAX_NORM_EPS}], got {_show(self.norm_eps)}")
+        if not (_is_real(self.rope_theta) and 0 < self.rope_theta <= MAX_ROPE_THETA):
+            raise InputError(f"model config: rope_theta must be a number in (0, {MAX_ROPE_THETA:g}], got {_show(self.rope_theta)}")
 
     # -- Mistral's params.json ---------------------------------------------------------------
     @classmethod
@@ -51,7 +96,7 @@ class MistralConfig:
             return cls(
                 dim=dim,
                 n_layers=params["n_layers"],
-                head_dim=params.get("head_dim", dim // n_heads if isinstance(dim, int) and isinstance(n_heads, int) and n_heads else 0),
+                head_dim=params.get("head_dim", _default_head_dim(dim, n_heads)),
                 hidden_dim=params["hidden_dim"],
                 n_heads=n_heads,
                 n_kv_heads=params.get("n_kv_heads", n_heads),
@@ -74,18 +119,22 @@ class MistralConfig:
     def from_hf_config(cls, config: dict[str, Any]) -> "MistralConfig":
         if not isinstance(config, dict):
             raise InputError("config.json must hold a JSON object")
-        architectures = config.get("architectures") or []
-        if config.get("model_type") != "mistral" and "MistralForCausalLM" not in architectures:
-            raise InputError(
-                f"unsupported architecture {config.get('model_type') or architectures!r}: mdist runs Mistral models"
-            )
+        architectures, model_type = config.get("architectures") or [], config.get("model_type")
+        if not isinstance(architectures, list) or not all(isinstance(a, str) for a in architectures):
+            raise InputError("config.json: architectures must be a list of strings")
+        if model_type is not None and not isinstance(model_type, str):
+            raise InputError("config.json: model_type must be a string")
+        if model_type != "mistral" and "MistralForCausalLM" not in architectures:
+            raise InputError(f"unsupported architecture {_show(model_type or architectures)}: mdist runs Mistral models")
         rope = config.get("rope_parameters") or {}
+        if not isinstance(rope, dict):
+            raise InputError("config.json: rope_parameters must be an object")
         try:
             dim, n_heads = config["hidden_size"], config["num_attention_heads"]
             return cls(
                 dim=dim,
                 n_layers=config["num_hidden_layers"],
-                head_dim=config.get("head_dim") or (dim // n_heads if isinstance(dim, int) and isinstance(n_heads, int) and n_heads else 0),
+                head_dim=config.get("head_dim") or _default_head_dim(dim, n_heads),
                 hidden_dim=config["intermediate_size"],
                 n_heads=n_heads,
                 n_kv_heads=config.get("num_key_value_heads") or n_heads,
@@ -125,12 +174,8 @@ class MistralConfig:
 
 
 def read_json(path: Path) -> Any:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path} is missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path} is not valid JSON: {exc}") from None
+    """A small JSON file from outside: bounded, regular files only, errors as one line."""
+    return read_json_file(Path(path))
 
 
 def load_config(directory: Path) -> tuple[MistralConfig, str]:

@@ -63,7 +63,10 @@ class KVCache:
 
     def __init__(self, config: MistralConfig, capacity: int) -> None:
         self.window = config.sliding_window
-        slots = self.window if self.window else capacity
+        # A ring of W slots only when the window is the smaller: memory follows the context used,
+        # not a window a config file may set to 2**31. Otherwise one slot per position, capped.
+        self.rolling = bool(self.window) and self.window <= capacity
+        slots = self.window if self.rolling else capacity
         shape = (config.n_layers, config.n_kv_heads, slots, config.head_dim)
         self.k = np.zeros(shape, dtype=np.float32)
         self.v = np.zeros(shape, dtype=np.float32)
@@ -77,7 +80,7 @@ class KVCache:
 
     def store(self, layer: int, positions: np.ndarray, k: np.ndarray, v: np.ndarray) -> None:
         """k, v: (kv_heads, T, head_dim). Only the last `slots` positions can matter later."""
-        if positions[-1] >= self.slots and not self.window:
+        if positions[-1] >= self.slots and not self.rolling:
             raise InputError(f"sequence longer than the cache capacity of {self.slots} tokens")
         keep = slice(-self.slots, None)
         slots = positions[keep] % self.slots

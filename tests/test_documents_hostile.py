@@ -1,0 +1,358 @@
+"""Hostile documents from outside: safetensors headers, params.json / config.json and manifests.
+
+Every document is checked against a schema (types, ranges) before use; a hostile one is refused
+with one line (an MdistError), never a traceback, a hang or a huge allocation. For safetensors
+the `safetensors` library is the reference: each file it refuses is fed to both readers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import struct
+import tracemalloc
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mdist.convert.safetensors_reader import MAX_HEADER_BYTES, open_safetensors
+from mdist.errors import InputError, MdistError
+from mdist.modelconfig import MistralConfig, load_config, read_json
+from mdist.runner.model import KVCache
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc)
+    assert text and "\n" not in text, repr(text)
+    return text
+
+
+@contextmanager
+def _deadline(seconds: int):
+    """Fail instead of hanging (a FIFO blocks open() forever on a reader that does not check)."""
+    def expire(signum, frame):
+        raise TimeoutError(f"still blocked after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+# -- safetensors ------------------------------------------------------------------------------------
+
+def _st(header: dict | bytes, data: bytes = b"") -> bytes:
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return struct.pack("<Q", len(raw)) + raw + data
+
+
+def _t(dtype: str, shape: list, offsets: list) -> dict:
+    return {"dtype": dtype, "shape": shape, "data_offsets": offsets}
+
+
+def _raw_entry(name: str = "a", shape: str = "[2]", offsets: str = "[0,8]") -> str:
+    return f'"{name}":{{"dtype":"F32","shape":{shape},"data_offsets":{offsets}}}'
+
+
+# Files the safetensors library refuses; mdist must refuse each of them too.
+LIBRARY_REFUSES = {
+    "duplicate tensor, file not covered": _st(("{" + _raw_entry() + "," + _raw_entry(shape="[1]", offsets="[0,4]") + "}").encode(), bytes(8)),
+    "duplicate field": _st(b'{"a":{"dtype":"F32","dtype":"F32","shape":[2],"data_offsets":[0,8]}}', bytes(8)),
+    "overlapping ranges": _st({"a": _t("F32", [2], [0, 8]), "b": _t("F32", [2], [4, 12])}, bytes(12)),
+    "two tensors, one range": _st({"a": _t("F32", [2], [0, 8]), "b": _t("F32", [2], [0, 8])}, bytes(8)),
+    "hole between tensors": _st({"a": _t("F32", [1], [0, 4]), "b": _t("F32", [1], [8, 12])}, bytes(12)),
+    "uncovered tail": _st({"a": _t("F32", [2], [0, 8])}, bytes(12)),
+    "data shorter than offsets": _st({"a": _t("F32", [2], [0, 8])}, bytes(4)),
+    "reversed offsets": _st({"a": _t("F32", [0], [8, 0])}, bytes(8)),
+    "three offsets": _st({"a": _t("F32", [2], [0, 8, 8])}, bytes(8)),
+    "float shape": _st({"a": _t("F32", [2.0], [0, 8])}, bytes(8)),
+    "float shape 1e3": _st({"a": _t("F32", [1e3], [0, 4000])}, bytes(4000)),
+    "string offsets": _st({"a": _t("F32", [2], ["0", "8"])}, bytes(8)),
+    "bool in shape": _st({"a": _t("F32", [True, 2], [0, 8])}, bytes(8)),
+    "bool offsets": _st({"a": _t("F32", [1], [False, True])}, bytes(1)),
+    "negative shape": _st({"a": _t("F32", [-2], [0, 8])}, bytes(8)),
+    "shape product overflows int64": _st({"a": _t("F32", [2**32, 2**32], [0, 8])}, bytes(8)),
+    "shape (0, 2**64-1)": _st({"a": _t("F32", [0, 2**64 - 1], [0, 0])}),
+    "shape (0, 2**70)": _st({"a": _t("F32", [0, 2**70], [0, 0])}),
+    "rank 70": _st({"a": _t("F32", [1] * 70, [0, 4])}, bytes(4)),
+    "dtype as a list": _st({"a": _t(["F32"], [2], [0, 8])}, bytes(8)),
+    "unknown dtype": _st({"a": _t("Q9", [2], [0, 8])}, bytes(8)),
+    "tensor entry null": _st({"a": None}, bytes(8)),
+    "metadata value an int": _st({"__metadata__": {"x": 1}, "a": _t("F32", [2], [0, 8])}, bytes(8)),
+    "metadata a list": _st({"__metadata__": ["x"], "a": _t("F32", [2], [0, 8])}, bytes(8)),
+    "tensor named __metadata__": _st({"__metadata__": _t("F32", [2], [0, 8])}, bytes(8)),
+    "tensor named __metadata__ beside another": _st({"__metadata__": _t("F32", [2], [0, 8]), "a": _t("F32", [2], [8, 16])}, bytes(16)),
+    "lone surrogate in a name": _st(("{" + _raw_entry(name="a\\udc80") + "}").encode(), bytes(8)),
+    "lone surrogate in metadata": _st(b'{"__metadata__":{"k":"\\ud800"},' + _raw_entry().encode() + b"}", bytes(8)),
+    "invalid UTF-8": _st(b'{"a\xff":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}', bytes(8)),
+    "NaN": _st(b'{"a":{"dtype":"F32","shape":[NaN],"data_offsets":[0,4]}}', bytes(4)),
+    "deeply nested list": _st(b"[" * 100_000 + b"]" * 100_000),
+    "deeply nested value": _st(b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
+    "not an object": _st(b"[]"),
+    "NUL after the object": _st(("{" + _raw_entry() + "}").encode() + b"\0\0", bytes(8)),
+    "empty header": _st(b""),
+    "header length past the file": struct.pack("<Q", 1000) + b"{}",
+    "header length 2**63": struct.pack("<Q", 2**63) + b"{}",
+    "shorter than 8 bytes": b"abc",
+    "empty file": b"",
+}
+
+# Files the library accepts that mdist refuses on purpose (see the reader's docstring).
+MDIST_STRICTER = {
+    "duplicate tensor, same entry": _st(("{" + _raw_entry() + "," + _raw_entry() + "}").encode(), bytes(8)),
+    "duplicate metadata key": _st(b'{"__metadata__":{"x":"1","x":"2"},' + _raw_entry().encode() + b"}", bytes(8)),
+    "control character in a name": _st(("{" + _raw_entry(name="a\\u0001") + "}").encode(), bytes(8)),
+    "newline in a name": _st(("{" + _raw_entry(name="a\\nb") + "}").encode(), bytes(8)),
+    "unknown field in an entry": _st({"a": {**_t("F32", [2], [0, 8]), "x": 1}}, bytes(8)),
+    "header over the limit": _st({"__metadata__": {"x": "a" * MAX_HEADER_BYTES}}),
+}
+
+# Files both accept: the checks must not refuse what is valid.
+BOTH_ACCEPT = {
+    "one tensor": _st({"a": _t("F32", [2], [0, 8])}, np.arange(2, dtype=np.float32).tobytes()),
+    "no tensors": _st({}),
+    "scalar": _st({"a": _t("F32", [], [0, 4])}, np.float32(3).tobytes()),
+    "zero-size tensors anywhere": _st({"a": _t("F32", [0, 5], [0, 0]), "b": _t("I8", [3], [0, 3]), "c": _t("F16", [2, 0], [3, 3])}, b"\1\2\3"),
+    "metadata null": _st({"__metadata__": None, "a": _t("U8", [1], [0, 1])}, b"\7"),
+    "metadata strings": _st({"__metadata__": {"format": "pt", "note": "a\nb"}, "a": _t("U8", [1], [0, 1])}, b"\7"),
+    "whitespace around the header": _st(b"  {" + _raw_entry().encode() + b"}   ", bytes(8)),
+    "unaligned and out of order": _st({"b": _t("F32", [1], [1, 5]), "a": _t("U8", [1], [0, 1])}, bytes(5)),
+    "empty name": _st({"": _t("U8", [1], [0, 1])}, b"\1"),
+}
+
+
+def _library_refuses(path: Path) -> bool:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            for key in handle.keys():
+                handle.get_tensor(key)
+    except Exception:  # the library raises SafetensorError, ValueError, ...: any refusal counts
+        return True
+    return False
+
+
+def _write(tmp_path: Path, data: bytes) -> Path:
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("case", sorted(LIBRARY_REFUSES))
+def test_files_the_library_refuses_are_refused(tmp_path: Path, case: str) -> None:
+    path = _write(tmp_path, LIBRARY_REFUSES[case])
+    assert _library_refuses(path), "the reference accepts this file: the case is wrong"
+    with pytest.raises(InputError) as caught:
+        open_safetensors(path)
+    assert str(path) in _one_line(caught.value)
+
+
+@pytest.mark.parametrize("case", sorted(MDIST_STRICTER))
+def test_mdist_is_stricter_than_the_library(tmp_path: Path, case: str) -> None:
+    path = _write(tmp_path, MDIST_STRICTER[case])
+    with pytest.raises(InputError) as caught:
+        open_safetensors(path)
+    _one_line(caught.value)
+
+
+@pytest.mark.parametrize("case", sorted(BOTH_ACCEPT))
+def test_valid_files_read_like_the_library(tmp_path: Path, case: str) -> None:
+    from safetensors.numpy import load_file
+
+    path = _write(tmp_path, BOTH_ACCEPT[case])
+    expected = load_file(str(path))
+    ours = open_safetensors(path)
+    assert sorted(ours) == sorted(expected)
+    for name, array in expected.items():
+        assert ours[name].shape == array.shape and ours[name].tobytes() == array.tobytes()
+
+
+def test_a_huge_header_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    """95 MB of header took 2 GB to parse; the length is checked first (a sparse file costs no disk)."""
+    path = tmp_path / "huge.safetensors"
+    header_len = 95 << 20
+    with open(path, "wb") as handle:
+        handle.write(struct.pack("<Q", header_len) + b'{"__metadata__":{"x":"')
+        handle.truncate(8 + header_len + 8)
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputError) as caught:
+            open_safetensors(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert str(MAX_HEADER_BYTES) in _one_line(caught.value)
+    assert peak < 1 << 20
+
+
+def test_a_fifo_is_refused_not_waited_on(tmp_path: Path) -> None:
+    fifo = tmp_path / "model.safetensors"
+    os.mkfifo(fifo)
+    with _deadline(5), pytest.raises(InputError) as caught:
+        open_safetensors(fifo)
+    assert "not a regular file" in _one_line(caught.value)
+
+
+def test_a_device_is_refused(tmp_path: Path) -> None:
+    link = tmp_path / "model.safetensors"
+    link.symlink_to("/dev/zero")
+    with _deadline(5), pytest.raises(InputError) as caught:
+        open_safetensors(link)
+    assert "not a regular file" in _one_line(caught.value)
+
+
+def test_round_trip_with_the_library_writer(tmp_path: Path) -> None:
+    from safetensors.numpy import save_file
+
+    tensors = {"x": np.arange(12, dtype=np.float32).reshape(3, 4), "y": np.ones((2, 2, 2), dtype=np.int8),
+               "z": np.zeros((0, 7), dtype=np.float16)}
+    save_file(tensors, str(tmp_path / "m.safetensors"), metadata={"format": "np"})
+    ours = open_safetensors(tmp_path / "m.safetensors")
+    for name, array in tensors.items():
+        np.testing.assert_array_equal(ours[name], array)
+
+
+# -- params.json / config.json ----------------------------------------------------------------------
+
+MISTRAL_7B = {"dim": 4096, "n_layers": 32, "head_dim": 128, "hidden_dim": 14336, "n_heads": 32, "n_kv_heads": 8,
+              "norm_eps": 1e-05, "sliding_window": 4096, "vocab_size": 32000}
+MIXTRAL_8X7B = {"dim": 4096, "n_layers": 32, "head_dim": 128, "hidden_dim": 14336, "n_heads": 32, "n_kv_heads": 8,
+                "norm_eps": 1e-05, "vocab_size": 32000, "rope_theta": 1e6,
+                "moe": {"num_experts_per_tok": 2, "num_experts": 8}}
+HF_MISTRAL_7B = MistralConfig.from_params(MISTRAL_7B).to_hf_config()
+
+BAD_PARAMS = {
+    "dim a bool": {"dim": True},
+    "dim a float": {"dim": 4096.0},
+    "dim a string": {"dim": "4096"},
+    "dim too large": {"dim": 1 << 17, "head_dim": 128},
+    "n_layers 10**9": {"n_layers": 10**9},
+    "n_layers a float": {"n_layers": 32.5},
+    "n_heads a list": {"n_heads": [32]},
+    "n_heads 0": {"n_heads": 0},
+    "n_heads 10**6": {"n_heads": 10**6, "n_kv_heads": 10**6},
+    "n_kv_heads negative": {"n_kv_heads": -8},
+    "head_dim 10**5": {"head_dim": 10**5},
+    "head_dim odd": {"head_dim": 127},
+    "attention width too large": {"n_heads": 1024, "n_kv_heads": 8, "head_dim": 1024},
+    "hidden_dim 10**8": {"hidden_dim": 10**8},
+    "vocab_size 10**9": {"vocab_size": 10**9},
+    "vocab_size null": {"vocab_size": None},
+    "sliding_window 10**12": {"sliding_window": 10**12},
+    "sliding_window a bool": {"sliding_window": True},
+    "sliding_window 0": {"sliding_window": 0},
+    "rope_theta a string": {"rope_theta": "1e6"},
+    "rope_theta NaN": {"rope_theta": math.nan},
+    "rope_theta inf": {"rope_theta": math.inf},
+    "rope_theta 1e300": {"rope_theta": 1e300},
+    "rope_theta a bool": {"rope_theta": True},
+    "norm_eps NaN": {"norm_eps": math.nan},
+    "norm_eps inf": {"norm_eps": math.inf},
+    "norm_eps 0": {"norm_eps": 0},
+    "norm_eps a string": {"norm_eps": "1e-5"},
+    "norm_eps a dict": {"norm_eps": {}},
+}
+
+BAD_HF = {
+    "architectures an int": {"architectures": 5, "model_type": None},
+    "architectures a string": {"architectures": "MistralForCausalLM", "model_type": None},
+    "architectures of ints": {"architectures": [1, 2], "model_type": None},
+    "model_type a list": {"model_type": ["mistral"], "architectures": None},
+    "rope_parameters a list": {"rope_parameters": [1], "rope_theta": None},
+    "hidden_size a bool": {"hidden_size": True},
+    "num_hidden_layers 10**9": {"num_hidden_layers": 10**9},
+    "sliding_window 10**12": {"sliding_window": 10**12},
+    "rope_theta a string": {"rope_theta": "big"},
+    "rms_norm_eps NaN": {"rms_norm_eps": math.nan},
+    "head_dim a string": {"head_dim": "128"},
+}
+
+
+def _model_dir(tmp_path: Path, name: str, content: dict | str) -> Path:
+    folder = tmp_path / "model"
+    folder.mkdir(exist_ok=True)
+    (folder / name).write_text(content if isinstance(content, str) else json.dumps(content))
+    return folder
+
+
+def test_published_configs_parse(tmp_path: Path) -> None:
+    assert load_config(_model_dir(tmp_path, "params.json", MISTRAL_7B))[0].sliding_window == 4096
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps(HF_MISTRAL_7B))
+    assert load_config(hf) == (MistralConfig.from_params(MISTRAL_7B), "hf")
+
+
+def test_mixtral_params_with_a_moe_block_do_not_crash(tmp_path: Path) -> None:
+    config, layout = load_config(_model_dir(tmp_path, "params.json", MIXTRAL_8X7B))
+    assert layout == "mistral" and config.rope_theta == 1e6 and config.dim == 4096
+
+
+@pytest.mark.parametrize("case", sorted(BAD_PARAMS))
+def test_bad_params_json_is_one_line(tmp_path: Path, case: str) -> None:
+    folder = _model_dir(tmp_path, "params.json", {**MISTRAL_7B, **BAD_PARAMS[case]})
+    with pytest.raises(InputError) as caught:
+        load_config(folder)
+    _one_line(caught.value)
+
+
+@pytest.mark.parametrize("case", sorted(BAD_HF))
+def test_bad_config_json_is_one_line(tmp_path: Path, case: str) -> None:
+    config = {**HF_MISTRAL_7B, **BAD_HF[case]}
+    folder = _model_dir(tmp_path, "config.json", {k: v for k, v in config.items() if v is not None})
+    with pytest.raises(InputError) as caught:
+        load_config(folder)
+    _one_line(caught.value)
+
+
+@pytest.mark.parametrize("content", ["[" * 100_000 + "]" * 100_000, '{"dim": ' + "[" * 100_000, "\udcff", "{} {}"])
+def test_unparseable_params_json_is_one_line(tmp_path: Path, content: str) -> None:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "params.json").write_bytes(content.encode("utf-8", "surrogateescape"))
+    with pytest.raises(InputError) as caught:
+        load_config(folder)
+    _one_line(caught.value)
+
+
+def test_params_json_as_a_fifo_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    os.mkfifo(folder / "config.json")
+    with _deadline(5), pytest.raises(InputError) as caught:
+        read_json(folder / "config.json")
+    assert "not a regular file" in _one_line(caught.value)
+
+
+def _tiny(window: int | None) -> MistralConfig:
+    return MistralConfig(dim=8, n_layers=1, head_dim=2, hidden_dim=8, n_heads=4, n_kv_heads=1, norm_eps=1e-5,
+                         vocab_size=16, sliding_window=window)
+
+
+def test_kv_cache_follows_the_context_not_the_window() -> None:
+    """A window of 2**31 (allowed) must not size the cache: min(window, capacity) slots."""
+    cache = KVCache(_tiny(1 << 31), 8)
+    assert cache.k.shape[2] == 8 and cache.v.shape[2] == 8
+
+
+def test_kv_cache_smaller_than_the_window_refuses_to_wrap() -> None:
+    cache = KVCache(_tiny(1000), 4)
+    kv = np.zeros((1, 4, 2), dtype=np.float32)
+    cache.store(0, np.arange(4), kv, kv)
+    with pytest.raises(InputError):
+        cache.store(0, np.arange(4, 8), kv, kv)  # slot = position % 4 would overwrite visible keys
+
+
+def test_kv_cache_with_a_small_window_still_rolls() -> None:
+    cache = KVCache(_tiny(4), 16)
+    assert cache.k.shape[2] == 4
+    kv = np.ones((1, 8, 2), dtype=np.float32)
+    cache.store(0, np.arange(8), kv, kv)  # positions past the window reuse slots
