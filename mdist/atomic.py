@@ -16,13 +16,19 @@ from mdist.errors import InputError
 def atomic_writer(target: Path, *, overwrite: bool = False) -> Iterator[BinaryIO]:
     """Yield a file in target's directory under a temporary name; fsync and rename on success.
 
-    On any exception the temporary file is removed and the target is untouched.
+    On any exception the temporary file is removed and the target is untouched. The rename
+    replaces an existing symlink at `target` itself: nothing is ever written through a link.
     """
     target = Path(target)
-    if target.exists() and not overwrite:
+    if os.path.lexists(target) and not overwrite:
         raise InputError(f"{target} exists; use --force to overwrite it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    if target.is_dir() and not target.is_symlink():
+        raise InputError(f"{target} is a folder; cannot write a file there")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    except OSError as exc:
+        raise InputError(f"cannot write {target}: {exc.strerror}") from None
     os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would surprise users of a model folder
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -31,15 +37,24 @@ def atomic_writer(target: Path, *, overwrite: bool = False) -> Iterator[BinaryIO
             os.fsync(handle.fileno())
         os.replace(tmp_name, target)
         _fsync_dir(target.parent)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
+        if isinstance(exc, OSError):
+            raise InputError(f"cannot write {target}: {exc.strerror or exc}") from None
         raise
 
 
 def write_bytes_atomic(target: Path, data: bytes, *, overwrite: bool = True) -> None:
     with atomic_writer(target, overwrite=overwrite) as handle:
         handle.write(data)
+
+
+def copy_file_atomic(source: Path, target: Path, *, max_bytes: int, overwrite: bool = True) -> None:
+    """Copy a small regular file (a tokenizer, a config) by atomic rename, never through a link."""
+    from mdist.jsonio import read_small_file
+
+    write_bytes_atomic(target, read_small_file(Path(source), max_bytes), overwrite=overwrite)
 
 
 def require_free_space(directory: Path, needed_bytes: int, *, what: str) -> None:

@@ -20,19 +20,38 @@ from mdist.errors import MdistError
 
 
 class _Group(click.Group):
-    """Maps mdist's typed errors to one stderr line and their exit code."""
+    """Maps every error to one stderr line and its exit code (usage errors included)."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            result = super().main(*args, standalone_mode=False, **kwargs)
+        except click.ClickException as exc:  # usage errors: one line, with where to find help
+            hint = " (see `mdist --help`)" if isinstance(exc, click.UsageError) else ""
+            click.echo(f"mdist: error: {exc.format_message()}{hint}", err=True)
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.echo("mdist: interrupted", err=True)
+            sys.exit(130)
+        sys.exit(result if isinstance(result, int) else 0)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except MdistError as exc:
-            if ctx.obj and ctx.obj.get("debug"):
-                traceback.print_exc()
-            click.echo(f"mdist: error: {exc}", err=True)
-            sys.exit(exc.exit_code)
+            self._fail(ctx, str(exc), exc.exit_code)
+        except OSError as exc:  # a file mdist could not read or write: unreadable input
+            where = f": {exc.filename}" if exc.filename else ""
+            self._fail(ctx, f"{exc.strerror or exc}{where}", 2)
         except KeyboardInterrupt:
             click.echo("mdist: interrupted", err=True)
             sys.exit(130)
+
+    @staticmethod
+    def _fail(ctx: click.Context, message: str, code: int) -> None:
+        if ctx.obj and ctx.obj.get("debug"):
+            traceback.print_exc()
+        click.echo(f"mdist: error: {ui.printable(message)}", err=True)
+        sys.exit(code)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -51,7 +70,8 @@ def emit_json(payload: Any) -> None:
 # -- convert ---------------------------------------------------------------------------------
 @main.command()
 @click.argument("src", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), help="Output folder (default: next to SRC).")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Output folder (default: SRC's own folder; the files are recorded as derived in .mdist/).")
 @click.option("--layout", type=click.Choice(["mistral", "hf"]), default="mistral", show_default=True,
               help="mistral: consolidated.safetensors; hf: transformers shards + config.json.")
 @click.option("--shard-size", default="5GB", show_default=True, help="Maximum shard size for --layout hf.")
@@ -157,13 +177,16 @@ def _stream_stdout(text: str) -> None:
 @click.option("--signature", type=click.Path(path_type=Path), help="Also verify this model-signing signature.")
 @click.option("--public-key", type=click.Path(path_type=Path), help="PEM public key for --signature.")
 @click.option("--tensors", is_flag=True, help="Also check the per-tensor root digest when the manifest has one.")
+@click.option("--strict", is_flag=True, help="Unexpected files fail the check too (exit 1).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def verify(directory: Path, manifest_name: str | None, signature: Path | None, public_key: Path | None,
-           tensors: bool, as_json: bool) -> None:
+           tensors: bool, strict: bool, as_json: bool) -> None:
     """Check every file of DIRECTORY against a trusted manifest in checksums/.
 
-    Exit 0 only if everything that can be checked matched; 1 on any mismatch, missing file
-    or bad signature; 2 on bad input.
+    Exit 0 only if everything that can be checked matched; 1 on any mismatch, missing file,
+    refused file (weights that are not part of the release, links) or bad signature, and with
+    --strict on any unexpected file; 2 on bad input. Files mdist derived here (conversions) are
+    listed as derived.
 
     \b
     Examples:
@@ -175,7 +198,7 @@ def verify(directory: Path, manifest_name: str | None, signature: Path | None, p
     if bool(signature) != bool(public_key):
         raise click.UsageError("--signature and --public-key go together")
     outcome = verify_command(directory, manifest_name, signature=signature, public_key=public_key,
-                             tensors=tensors, quiet=as_json, progress=ui.byte_progress)
+                             tensors=tensors, strict=strict, quiet=as_json, progress=ui.byte_progress)
     if as_json:
         emit_json(outcome)
     else:

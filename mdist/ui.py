@@ -42,7 +42,7 @@ def byte_progress(description: str, *, quiet: bool = False):
 
 
 STATUS_STYLE = {"ok": "green", "mismatch": "bold red", "missing": "bold red", "refused": "bold red",
-                 "unexpected": "yellow", "not checkable": "yellow"}
+                 "unexpected": "yellow", "not checkable": "yellow", "derived": "cyan"}
 
 
 def print_verify_report(outcome: dict) -> None:
@@ -58,18 +58,26 @@ def print_verify_report(outcome: dict) -> None:
             console.print("no known release matches this folder's file names and sizes; use --manifest")
         return
     how = "recognised as" if report["identified"] else "checked against"
-    console.print(f"{how} [bold]{report['manifest']}[/bold]")
+    console.print(f"{how} [bold]{escape(report['manifest'])}[/bold]")
     table = Table("file", "status", "detail")
     for row in report["files"]:
         style = STATUS_STYLE.get(row["status"], "")
         detail = row["detail"]
         if row["status"] == "mismatch" and row["expected"]:
             detail += f"\n  expected {row['expected']}\n  actual   {row['actual']}"
-        table.add_row(row["path"], f"[{style}]{row['status']}[/{style}]", detail)
+        table.add_row(escape(printable(row["path"])), f"[{style}]{row['status']}[/{style}]", escape(detail))
     console.print(table)
     for line in outcome.get("notes", []):
-        console.print(line)
-    console.print("[green]verified[/green]" if outcome["ok"] else "[bold red]NOT verified[/bold red]")
+        console.print(escape(line))
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(report.get("counts", {}).items()))
+    verdict = "[green]verified[/green]" if outcome["ok"] else "[bold red]NOT verified[/bold red]"
+    console.print(f"{verdict} ({escape(counts)})" if counts else verdict)
+
+
+def printable(text: str) -> str:
+    """A file name as it can be shown: control characters and lone surrogates escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text.encode("utf-8", "surrogateescape")
+                   .decode("utf-8", "backslashreplace"))
 
 
 class TransferReporter:

@@ -61,7 +61,7 @@ def test_missing_extra_and_truncated_files(fixture_copy: Path) -> None:
     code, payload = verify_json(fixture_copy, "--manifest", "tiny-mistral")
     assert code == 1
     assert statuses(payload) == {"consolidated.00.pth": "ok", "params.json": "mismatch",
-                                 "tokenizer.model": "missing", "evil.pth": "unexpected"}
+                                 "tokenizer.model": "missing", "evil.pth": "refused"}
     row = next(r for r in payload["report"]["files"] if r["path"] == "params.json")
     assert "size 100" in row["detail"]
 

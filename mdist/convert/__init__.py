@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
-import shutil
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from mdist.atomic import require_free_space, write_bytes_atomic
+from mdist.atomic import copy_file_atomic, require_free_space, write_bytes_atomic
 from mdist.convert.checkpoint import Checkpoint
 from mdist.convert.pickle_reader import TensorRef
 from mdist.convert.safetensors_writer import TensorSource, plan_shards, write_safetensors
+from mdist.derived import record_derived
 from mdist.errors import InputError
 from mdist.layout import heads_for, interleaved_to_half_rows, mistral_to_hf_name
+from mdist.model_folder import inspect_folder, model_path
 from mdist.modelconfig import MistralConfig, read_json
 
 __all__ = ["convert", "find_checkpoint", "ConversionResult", "Checkpoint"]
@@ -22,6 +24,8 @@ DEFAULT_SHARD_BYTES = 5 * 10**9
 MISTRAL_FILE = "consolidated.safetensors"
 HF_INDEX = "model.safetensors.index.json"
 _SIDE_FILES = ("params.json", "tokenizer.model")
+_HF_TOKENIZER_FILES = ["tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"]
+MAX_SIDE_FILE_BYTES = 64 << 20  # a SentencePiece model is ~0.5 MB (Mistral 7B); params.json a few hundred bytes
 
 
 @dataclass
@@ -34,18 +38,17 @@ class ConversionResult:
 
 
 def find_checkpoint(src: Path) -> tuple[Path, Path]:
-    """Return (checkpoint file, folder of its side files) for a folder or a .pth path."""
+    """(checkpoint file, folder of its side files) for a .pth path, or the folder's pth layout as
+    mdist.model_folder sees it (a known release holding foreign weights is refused)."""
     src = Path(src)
     if src.is_file():
         return src, src.parent
-    if not src.is_dir():
+    if not src.exists():
         raise InputError(f"{src} does not exist")
-    candidates = sorted(src.glob("consolidated.*.pth"))
-    if not candidates:
-        raise InputError(f"{src} holds no consolidated.*.pth checkpoint")
-    if len(candidates) > 1:
-        raise InputError(f"{src} holds {len(candidates)} checkpoint shards; only single-file checkpoints are supported")
-    return candidates[0], src
+    layout = inspect_folder(model_path(src)).choose("convert")
+    if len(layout.weights) > 1:
+        raise InputError(f"{src} holds {len(layout.weights)} checkpoint shards; only single-file checkpoints are supported")
+    return src / layout.weights[0], src
 
 
 def convert(
@@ -82,7 +85,7 @@ def convert(
         total = sum(s.nbytes for s in sources)
         targets = [path for path, _ in shards] + _extra_targets(layout, out, side_dir)
         if not force:
-            existing = [str(p) for p in targets if p.exists() and not _is_same_file(p, side_dir)]
+            existing = [str(p) for p in targets if os.path.lexists(p) and not _is_same_file(p, side_dir)]
             if existing:
                 raise InputError(f"{existing[0]} exists; use --force to overwrite")
         out.mkdir(parents=True, exist_ok=True)
@@ -98,6 +101,8 @@ def convert(
         result.files += _write_hf_side_files(out, side_dir, config, shards, total)
     else:
         result.files += _copy_side_files(side_dir, out)
+    sources = [checkpoint_path] + [side_dir / name for name in _SIDE_FILES if (side_dir / name).is_file()]
+    record_derived(out, [p for p in result.files if not _is_same_file(p, side_dir)], sources)
     return result
 
 
@@ -128,22 +133,26 @@ def _hf_source(checkpoint: Checkpoint, name: str, tensor: TensorRef, config: Mis
 
 
 def _extra_targets(layout: str, out: Path, side_dir: Path) -> list[Path]:
+    """Every other file the layout writes: all of them are in the overwrite check."""
     if layout == "hf":
-        return [out / HF_INDEX, out / "config.json", out / "generation_config.json"]
+        names = [HF_INDEX, "config.json", "generation_config.json"]
+        if (side_dir / "tokenizer.model").is_file():
+            names += _HF_TOKENIZER_FILES
+        return [out / name for name in names]
     return [out / f for f in _SIDE_FILES if (side_dir / f).is_file()]
 
 
 def _is_same_file(target: Path, side_dir: Path) -> bool:
-    source = side_dir / target.name
-    return target.name in _SIDE_FILES and source.exists() and source.resolve() == target.resolve()
+    """A side file converted in place is its own source: not copied, not overwritten."""
+    return target.name in _SIDE_FILES and target.parent.resolve() == side_dir.resolve()
 
 
 def _copy_side_files(side_dir: Path, out: Path) -> list[Path]:
     copied = []
     for name in _SIDE_FILES:
         source, target = side_dir / name, out / name
-        if source.is_file() and source.resolve() != target.resolve():
-            write_bytes_atomic(target, source.read_bytes())
+        if source.is_file() and not _is_same_file(target, side_dir):
+            copy_file_atomic(source, target, max_bytes=MAX_SIDE_FILE_BYTES)
             copied.append(target)
     return copied
 
@@ -160,9 +169,9 @@ def _write_hf_side_files(
     dump("config.json", config.to_hf_config())
     dump("generation_config.json", {"bos_token_id": 1, "eos_token_id": 2})
     if (side_dir / "tokenizer.model").is_file():
-        if (side_dir / "tokenizer.model").resolve() != (out / "tokenizer.model").resolve():
-            shutil.copyfile(side_dir / "tokenizer.model", out / "tokenizer.model")
-        written.append(out / "tokenizer.model")
+        if not _is_same_file(out / "tokenizer.model", side_dir):
+            copy_file_atomic(side_dir / "tokenizer.model", out / "tokenizer.model", max_bytes=MAX_SIDE_FILE_BYTES)
+            written.append(out / "tokenizer.model")
         dump(
             "tokenizer_config.json",
             {

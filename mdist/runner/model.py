@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from mdist.errors import InputError
-from mdist.modelconfig import MistralConfig, load_config
+from mdist.modelconfig import MistralConfig
+from mdist.model_folder import read_config
 from mdist.runner.weights import DEFAULT_F32_BUDGET, WeightStore, load_tensors
 
 MAX_CONTEXT = 32768
@@ -101,15 +102,15 @@ class Model:
 
     @classmethod
     def load(cls, path: Path | str, *, f32_budget_bytes: int = DEFAULT_F32_BUDGET) -> "Model":
-        """Load a Mistral-layout (consolidated.safetensors) or HF-layout folder; .pth is converted first."""
-        from mdist.runner.resolve import resolve_model_dir
+        """Load the weights mdist.model_folder chooses for `run` (a raw .pth is converted once first)."""
+        from mdist.runner.resolve import resolve_model
 
-        directory = resolve_model_dir(Path(path))
-        config, layout = load_config(directory)
+        directory, layout = resolve_model(Path(path))
+        config = read_config(directory, layout)
         tensors = load_tensors(directory, layout)
         _check_shapes(tensors, config)
         weights = WeightStore(tensors, f32_budget_bytes)
-        return cls(config, weights, "interleaved" if layout == "mistral" else "half", directory)
+        return cls(config, weights, "half" if layout.kind == "hf" else "interleaved", directory)
 
     def __post_init__(self) -> None:
         self.rotary = Rotary(self.config.head_dim, self.config.rope_theta, self.rope_style)

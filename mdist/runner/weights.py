@@ -18,28 +18,26 @@ import numpy as np
 from mdist.errors import InputError
 from mdist.convert.safetensors_reader import open_safetensors
 from mdist.layout import hf_to_mistral_name
+from mdist.model_folder import Layout
 from mdist.runner.kernels import MAX_TOKENS, bf16_gemv
 
 DEFAULT_F32_BUDGET = 4 << 30
 
 
-def load_tensors(directory: Path, layout: str) -> dict[str, np.ndarray]:
-    """Return every tensor under its Mistral name, from either layout's safetensors files."""
-    if layout == "mistral":
-        path = directory / "consolidated.safetensors"
-        if not path.is_file():
-            raise InputError(f"{directory} has no consolidated.safetensors (run `mdist convert` first)")
-        return {name: _runnable(path, name, array) for name, array in open_safetensors(path).items()}
-    files = sorted(directory.glob("model*.safetensors"))
-    if not files:
-        raise InputError(f"{directory} has config.json but no model*.safetensors files")
+def load_tensors(directory: Path, layout: Layout) -> dict[str, np.ndarray]:
+    """Every tensor of the layout's weight files (and no other file), under its Mistral name."""
     tensors: dict[str, np.ndarray] = {}
-    for file in files:
+    for file_name in layout.weights:
+        file = directory / file_name
         for name, array in open_safetensors(file).items():
-            try:
-                tensors[hf_to_mistral_name(name)] = _runnable(file, name, array)
-            except KeyError:
-                raise InputError(f"{file.name}: tensor {name} is not part of the Mistral architecture") from None
+            if layout.kind == "hf":
+                try:
+                    name = hf_to_mistral_name(name)
+                except KeyError:
+                    raise InputError(f"{file.name}: tensor {name} is not part of the Mistral architecture") from None
+            if name in tensors:
+                raise InputError(f"{file.name}: tensor {name} appears in more than one weight file")
+            tensors[name] = _runnable(file, name, array)
     return tensors
 
 

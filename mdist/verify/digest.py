@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -19,7 +19,8 @@ from mdist.convert.checkpoint import Checkpoint
 from mdist.convert.safetensors_reader import dtype_name, open_safetensors
 from mdist.errors import InputError
 from mdist.layout import half_to_interleaved_rows, heads_for, hf_to_mistral_name
-from mdist.modelconfig import load_config
+from mdist.model_folder import MISTRAL, PTH, Layout, inspect_folder, read_config
+from mdist.modelconfig import MistralConfig
 
 DOMAIN = b"mdist-tensor-digest/1\n"
 _CHUNK = 16 << 20
@@ -57,26 +58,43 @@ def _array_chunks(array: np.ndarray) -> Iterator[bytes]:
         yield np.ascontiguousarray(rows[start : start + step]).tobytes()
 
 
-def tensor_digests(path: Path) -> list[TensorDigest]:
-    """Digests of every tensor in a .pth, a safetensors file, or a model folder of either layout."""
-    path = Path(path)
+def tensor_digests(path: Path, note: Callable[[str], None] | None = None) -> list[TensorDigest]:
+    """Digests of every tensor in a .pth, a safetensors file, or a model folder (the layout that
+    mdist.model_folder chooses for `digest`: the release's own files first)."""
+    digests = _digests(Path(path), note)
+    seen: set[str] = set()
+    for tensor in digests:
+        if tensor.name in seen:
+            raise InputError(f"{path}: tensor {tensor.name} appears more than once")
+        seen.add(tensor.name)
+    return digests
+
+
+def _digests(path: Path, note: Callable[[str], None] | None) -> list[TensorDigest]:
     if path.is_dir():
-        pth = sorted(path.glob("consolidated.*.pth"))
-        if (path / "consolidated.safetensors").is_file():
-            return _safetensors_digests([path / "consolidated.safetensors"])
-        if pth:
-            return _pth_digests(pth[0])
-        shards = sorted(path.glob("model*.safetensors"))
-        if shards:
-            return _hf_digests(path, shards)
-        raise InputError(f"{path} holds no checkpoint or safetensors weights")
+        contents = inspect_folder(path)
+        return _layout_digests(path, contents.choose("digest", note=note))
+    if not path.exists():
+        raise InputError(f"{path} does not exist")
     if path.suffix == ".pth":
         return _pth_digests(path)
     if path.suffix == ".safetensors":
         if path.name.startswith("model") and (path.parent / "config.json").is_file():
-            return _hf_digests(path.parent, sorted(path.parent.glob("model*.safetensors")))
+            return _digests(path.parent, note)
         return _safetensors_digests([path])
     raise InputError(f"{path}: not a .pth, .safetensors or model folder")
+
+
+def _layout_digests(directory: Path, layout: Layout) -> list[TensorDigest]:
+    if layout.kind == PTH:
+        if len(layout.weights) > 1:
+            raise InputError(f"{directory} holds {len(layout.weights)} checkpoint shards; only single-file "
+                             f"checkpoints are supported")
+        return _pth_digests(directory / layout.weights[0])
+    files = [directory / name for name in layout.weights]
+    if layout.kind == MISTRAL:
+        return _safetensors_digests(files)
+    return _hf_digests(read_config(directory, layout), files)
 
 
 def _pth_digests(path: Path) -> list[TensorDigest]:
@@ -95,8 +113,7 @@ def _safetensors_digests(files: list[Path]) -> list[TensorDigest]:
     return result
 
 
-def _hf_digests(directory: Path, files: list[Path]) -> list[TensorDigest]:
-    config, layout = load_config(directory)
+def _hf_digests(config: MistralConfig, files: list[Path]) -> list[TensorDigest]:
     result = []
     for file in files:
         for hf_name, array in open_safetensors(file).items():

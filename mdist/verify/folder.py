@@ -8,15 +8,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from mdist.errors import InputError
+from mdist.model_folder import STATE_DIR, inspect_folder, is_weight_file, list_files  # noqa: F401 (re-exported)
 from mdist.verify.hashing import hash_files
-from mdist.verify.manifest import FileEntry, Manifest, identify
+from mdist.verify.manifest import FileEntry, Manifest
 
-STATE_DIR = ".mdist"  # mdist's own resume and status files; never part of a release
-HF_STATE_DIR = ".cache"  # huggingface_hub's download bookkeeping in a --local-dir (.cache/huggingface)
-
-OK, MISMATCH, MISSING, UNEXPECTED, UNCHECKABLE, REFUSED = (
-    "ok", "mismatch", "missing", "unexpected", "not checkable", "refused",
+OK, MISMATCH, MISSING, UNEXPECTED, UNCHECKABLE, REFUSED, DERIVED = (
+    "ok", "mismatch", "missing", "unexpected", "not checkable", "refused", "derived",
 )
 FAILING = {MISMATCH, MISSING, REFUSED}
 
@@ -38,55 +35,43 @@ class Report:
     files: list[FileResult] = field(default_factory=list)
     not_checked: list[str] = field(default_factory=list)
 
+    strict: bool = False  # unexpected files fail too
+
     @property
     def ok(self) -> bool:
-        return self.manifest is not None and not any(r.status in FAILING for r in self.files)
+        failing = FAILING | ({UNEXPECTED} if self.strict else set())
+        return self.manifest is not None and not any(r.status in failing for r in self.files)
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for result in self.files:
+            counts[result.status] = counts.get(result.status, 0) + 1
+        return counts
 
     def to_json(self) -> dict:
         data = asdict(self)
         data["ok"] = self.ok
+        data["counts"] = self.counts()
         return data
 
 
-def list_files(directory: Path) -> tuple[dict[str, int], list[str]]:
-    """Regular files under directory (relative path -> size), and symlinks found (never followed)."""
-    if not directory.is_dir():
-        raise InputError(f"{directory} is not a folder")
-    files: dict[str, int] = {}
-    links: list[str] = []
-    for root, dirs, names in os.walk(directory, followlinks=False):
-        rel_root = Path(root).relative_to(directory)
-        if rel_root == Path("."):
-            dirs[:] = [d for d in dirs if d != STATE_DIR and not (
-                d == HF_STATE_DIR and (Path(root) / d / "huggingface").is_dir())]
-        for d in list(dirs):
-            if (Path(root) / d).is_symlink():
-                links.append(str(rel_root / d))
-                dirs.remove(d)
-        for name in names:
-            full = Path(root) / name
-            rel = (rel_root / name).as_posix()
-            if full.is_symlink():
-                links.append(rel)
-            elif full.is_file():
-                files[rel] = full.stat().st_size
-    return files, sorted(links)
-
-
-def verify_folder(directory: Path, manifest: Manifest | None = None, *,
+def verify_folder(directory: Path, manifest: Manifest | None = None, *, strict: bool = False,
                   on_start: Callable[[int], None] | None = None,
                   on_bytes: Callable[[int], None] | None = None) -> Report:
+    """Hash every file the manifest lists; judge every other file (derived, foreign weights, extra)."""
     directory = Path(directory)
-    present, links = list_files(directory)
-    candidates: list[Manifest] = []
+    contents = inspect_folder(directory, release=manifest)
+    present, links = contents.files, contents.others
     identified = manifest is None
     if manifest is None:
-        manifest, candidates = identify(present)
+        manifest = contents.release
         if manifest is None:
-            return Report(None, True, [m.name for m in candidates])
-    report = Report(manifest.name, identified)
+            from mdist.verify.manifest import identify
+
+            return Report(None, True, [m.name for m in identify(present)[1]])
+    report = Report(manifest.name, identified, strict=strict)
     for link in links:
-        report.files.append(FileResult(link, REFUSED, "symbolic link: not followed"))
+        report.files.append(FileResult(link, REFUSED, "not a regular file (symbolic link, FIFO or device): not followed"))
 
     jobs: dict[Path, tuple[str, ...]] = {}
     for path, entry in manifest.files.items():
@@ -109,11 +94,26 @@ def verify_folder(directory: Path, manifest: Manifest | None = None, *,
             continue
         report.files.append(_judge(directory / path, entry, digests.get(directory / path, {})))
     for path in sorted(set(present) - set(manifest.files)):
-        detail = "not part of the release" if manifest.files_complete else "not listed in the manifest"
-        report.files.append(FileResult(path, UNEXPECTED, detail))
+        report.files.append(_judge_extra(path, manifest, contents))
     report.files.sort(key=lambda r: r.path)
     report.not_checked = [r.path for r in report.files if r.status == UNCHECKABLE]
     return report
+
+
+def _judge_extra(path: str, manifest: Manifest, contents) -> FileResult:
+    """A file the manifest does not list: mdist's own derivation, foreign weights, or just extra."""
+    if path in contents.derived.valid:
+        return FileResult(path, DERIVED, "written by mdist here from the release's files (not re-hashed)")
+    if path in contents.derived.stale:
+        if is_weight_file(path):
+            return FileResult(path, REFUSED, "derived by mdist, but it or its source changed since; "
+                                             "mdist will not load it (convert again)")
+        return FileResult(path, UNEXPECTED, "derived by mdist, but it or its source changed since")
+    if is_weight_file(path):
+        return FileResult(path, REFUSED, f"weights that are not part of {manifest.name}: mdist refuses to load "
+                                         f"this folder while the file is here")
+    detail = "not part of the release" if manifest.files_complete else "not listed in the manifest"
+    return FileResult(path, UNEXPECTED, detail)
 
 
 def _judge(path: Path, entry: FileEntry, digests: dict[str, str]) -> FileResult:

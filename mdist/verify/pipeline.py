@@ -14,16 +14,16 @@ from mdist.verify.manifest import SCHEMA_ID, find_manifest
 
 
 def verify_command(directory: Path, manifest_name: str | None, *, signature: Path | None = None,
-                   public_key: Path | None = None, tensors: bool = False, quiet: bool = True,
-                   progress: Callable[..., Any] | None = None) -> dict[str, Any]:
+                   public_key: Path | None = None, tensors: bool = False, strict: bool = False,
+                   quiet: bool = True, progress: Callable[..., Any] | None = None) -> dict[str, Any]:
     manifest = find_manifest(manifest_name) if manifest_name else None
     if progress is not None:
         with progress("hashing", quiet=quiet) as bar:
             task = bar.add_task("hashing", total=None)
-            report = verify_folder(directory, manifest, on_start=lambda n: bar.update(task, total=n),
+            report = verify_folder(directory, manifest, strict=strict, on_start=lambda n: bar.update(task, total=n),
                                    on_bytes=lambda n: bar.advance(task, n))
     else:
-        report = verify_folder(directory, manifest)
+        report = verify_folder(directory, manifest, strict=strict)
     outcome: dict[str, Any] = {"report": report.to_json(), "notes": []}
     ok = report.ok
     if ok and tensors:
@@ -52,7 +52,7 @@ def _check_tensor_digest(directory: Path, expected: str | None, outcome: dict[st
     if not expected:
         outcome["notes"].append("tensor digest: not checkable (the manifest has none)")
         return True
-    actual = root_digest(tensor_digests(directory))
+    actual = root_digest(tensor_digests(directory, note=outcome["notes"].append))
     outcome["tensor_digest"] = {"expected": expected, "actual": actual}
     outcome["notes"].append(f"tensor digest: {'ok' if actual == expected else 'MISMATCH'}")
     return actual == expected
@@ -64,7 +64,7 @@ def build_manifest(directory: Path, name: str, title: str | None = None) -> dict
     directory = Path(directory)
     present, links = list_files(directory)
     if links:
-        raise MdistError(f"{directory} contains symbolic links ({links[0]}); refusing to describe it")
+        raise MdistError(f"{directory} contains {links[0]}, which is not a regular file; refusing to describe it")
     digests = hash_files({directory / p: ("sha256",) for p in present})
     files = {p: {"size": present[p], "sha256": digests[directory / p]["sha256"]} for p in sorted(present)}
     data: dict[str, Any] = {
@@ -79,6 +79,6 @@ def build_manifest(directory: Path, name: str, title: str | None = None) -> dict
     except MdistError:
         pass  # a folder without weights has no tensor digest
     today = datetime.date.today().isoformat()
-    data["provenance"] = [{"fields": ["files", "tensor_digest"],
+    data["provenance"] = [{"fields": ["files"] + (["tensor_digest"] if "tensor_digest" in data else []),
                            "source": f"computed by mdist {__version__} `mdist manifest` on {today}"}]
     return data

@@ -1,0 +1,176 @@
+"""Files mdist derived itself (conversions), recorded so that no downloaded folder can forge them.
+
+`mdist convert` and `mdist run` write files next to a release (consolidated.safetensors, an HF
+layout). Those are not part of the release, yet they are what `run` loads, so they must be told
+apart from a file an attacker put in the folder. Each record in `DIR/.mdist/derived.json` carries
+an HMAC-SHA256 under a key that never leaves this machine (`$XDG_STATE_HOME/mdist/derived.key`,
+mode 0600): a folder from a torrent, a mirror or a USB disk cannot produce a valid one. A record
+binds the derived file and the files it was made from by (size, mtime_ns, inode), so replacing
+either makes the record stale: mdist may overwrite a stale file but never loads it as derived.
+
+What this does not defend against: someone who can write to your home folder (the key) or who
+edits a derived file in place while keeping its size, mtime and inode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from mdist.atomic import write_bytes_atomic
+from mdist.errors import InputError
+from mdist.jsonio import parse_json, read_small_file
+
+RECORD_FILE = "derived.json"
+STATE_DIR = ".mdist"
+_KEY_BYTES = 32
+_MAX_RECORD_BYTES = 1 << 20
+
+VALID, STALE = "derived", "stale"
+
+
+def _key_path() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "mdist" / "derived.key"
+
+
+def _load_key(create: bool) -> bytes | None:
+    path = _key_path()
+    with contextlib.suppress(FileNotFoundError):
+        data = path.read_bytes()
+        if len(data) == _KEY_BYTES:
+            return data
+    if not create:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = secrets.token_bytes(_KEY_BYTES)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:  # another mdist process made it first
+        return _load_key(create=False)
+    except OSError as exc:
+        raise InputError(f"cannot create mdist's key {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(key)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return key
+
+
+def _identity(path: Path) -> list[int] | None:
+    """(size, mtime_ns, inode) of a regular file, not following a final symlink."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None
+    if not (info.st_mode & 0o170000 == 0o100000):
+        return None
+    return [info.st_size, info.st_mtime_ns, info.st_ino]
+
+
+def _mac(key: bytes, name: str, identity: list[int], sources: dict[str, list[int]]) -> str:
+    message = json.dumps([name, identity, sorted(sources.items())], separators=(",", ":")).encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True)
+class DerivedState:
+    valid: frozenset[str]  # derived by mdist, unchanged, from unchanged sources: safe to load
+    stale: frozenset[str]  # derived by mdist, but it or a source changed: overwrite, never load
+
+    def known(self, name: str) -> bool:
+        return name in self.valid or name in self.stale
+
+
+NONE = DerivedState(frozenset(), frozenset())
+
+
+def _records(directory: Path) -> dict[str, dict]:
+    path = directory / STATE_DIR / RECORD_FILE
+    try:
+        data = parse_json(read_small_file(path, _MAX_RECORD_BYTES), str(path))
+    except InputError:
+        return {}
+    files = data.get("files") if isinstance(data, dict) else None
+    return files if isinstance(files, dict) else {}
+
+
+def _source_identities(directory: Path, sources: object) -> dict[str, list[int]] | None:
+    if not isinstance(sources, dict):
+        return None
+    current = {}
+    for name in sources:
+        if not isinstance(name, str):
+            return None
+        identity = _identity(Path(name) if os.path.isabs(name) else directory / name)
+        if identity is None:
+            return None
+        current[name] = identity
+    return current
+
+
+def derived_state(directory: Path) -> DerivedState:
+    """Which files of `directory` mdist derived (valid), and which it derived but have changed (stale)."""
+    directory = Path(directory)
+    records = _records(directory)
+    key = _load_key(create=False) if records else None
+    if key is None:
+        return NONE
+    valid, stale = set(), set()
+    for name, record in records.items():
+        if not (isinstance(name, str) and isinstance(record, dict) and isinstance(record.get("mac"), str)):
+            continue
+        recorded_sources = record.get("sources")
+        if not isinstance(recorded_sources, dict) or not isinstance(record.get("identity"), list):
+            continue
+        expected = _mac(key, name, record["identity"], recorded_sources)
+        if not hmac.compare_digest(expected, record["mac"]):
+            continue  # not written by mdist on this machine
+        now = _identity(directory / name)
+        sources_now = _source_identities(directory, recorded_sources)
+        if now == record["identity"] and sources_now == recorded_sources:
+            valid.add(name)
+        else:
+            stale.add(name)
+    return DerivedState(frozenset(valid), frozenset(stale))
+
+
+def record_derived(directory: Path, outputs: list[Path], sources: list[Path]) -> None:
+    """Record `outputs` (files in `directory`) as made by mdist from `sources`.
+
+    A source inside `directory` is named relative to it (the folder may move); one elsewhere by
+    its absolute path.
+    """
+    directory = Path(directory)
+    key = _load_key(create=True)
+    assert key is not None
+    source_ids: dict[str, list[int]] = {}
+    for source in sources:
+        source = Path(source)
+        try:
+            name = source.resolve().relative_to(directory.resolve()).as_posix()
+        except ValueError:
+            name = str(source.resolve())
+        identity = _identity(source)
+        if identity is not None:
+            source_ids[name] = identity
+    records = _records(directory)
+    for output in outputs:
+        name = Path(output).resolve().relative_to(directory.resolve()).as_posix()
+        source_ids.pop(name, None)
+    for output in outputs:
+        name = Path(output).resolve().relative_to(directory.resolve()).as_posix()
+        identity = _identity(directory / name)
+        if identity is None:
+            continue
+        records[name] = {"identity": identity, "sources": source_ids,
+                         "mac": _mac(key, name, identity, source_ids)}
+    payload = json.dumps({"note": "files mdist derived here; see docs/trust-model.md", "files": records},
+                         indent=1, sort_keys=True)
+    write_bytes_atomic(directory / STATE_DIR / RECORD_FILE, payload.encode())

@@ -1,0 +1,266 @@
+"""What a model folder holds: the one answer that run, convert, digest, verify and seed all ask.
+
+A folder can hold three layouts of the same model:
+  pth      params.json + consolidated.00.pth            (Mistral's release, a pickle)
+  mistral  params.json + consolidated.safetensors       (what `mdist convert` writes by default)
+  hf       config.json + model.safetensors.index.json and its shards, or model.safetensors
+
+The rule (docs/trust-model.md): when the folder is a known release (recognised from its file
+names and sizes), a layout is used only if each of its files is part of the release or was
+derived by mdist on this machine (mdist.derived); a weight file that is neither makes every
+command refuse the folder (exit 1), because `verify` cannot vouch for it. Among usable layouts,
+`run` prefers mistral, then hf, then pth (converted once); `digest` and `convert` prefer the
+release's own pth. When more than one layout is present, the choice is said on stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from mdist.derived import DerivedState, derived_state
+from mdist.errors import InputError, UnsafeContentError
+from mdist.jsonio import read_json_file
+from mdist.modelconfig import MistralConfig, read_json
+from mdist.paths import check_component
+from mdist.verify.manifest import Manifest, identify
+
+STATE_DIR = ".mdist"  # mdist's own resume, status and derived-file records; never part of a release
+HF_STATE_DIR = ".cache"  # huggingface_hub's download bookkeeping in a --local-dir (.cache/huggingface)
+
+PTH, MISTRAL, HF = "pth", "mistral", "hf"
+PREFERENCE = {
+    "run": (MISTRAL, HF, PTH),
+    "digest": (PTH, MISTRAL, HF),
+    "convert": (PTH,),
+}
+MISTRAL_WEIGHTS = "consolidated.safetensors"
+HF_INDEX = "model.safetensors.index.json"
+HF_SINGLE = "model.safetensors"
+TOKENIZER = "tokenizer.model"
+_PTH_NAME = re.compile(r"^consolidated\.\d{2}\.pth$")
+# Anything a loader (ours, transformers, llama.cpp, torch) might pick up as weights.
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".gguf", ".ggml", ".npz", ".h5",
+                   ".msgpack", ".onnx", ".pkl", ".pickle")
+_SPLIT_PIECE = re.compile(r"\.(pth|safetensors|bin)-split\d+$")
+
+
+def is_weight_file(name: str) -> bool:
+    lowered = name.lower()
+    return lowered.endswith(WEIGHT_SUFFIXES) or bool(_SPLIT_PIECE.search(lowered))
+
+
+@dataclass(frozen=True)
+class Layout:
+    kind: str
+    config: str | None  # params.json / config.json; a bare .pth can be converted without one
+    weights: tuple[str, ...]
+    extra: tuple[str, ...] = ()  # other files the loader reads (an HF index)
+
+    def files(self, tokenizer: str | None) -> tuple[str, ...]:
+        return (*((self.config,) if self.config else ()), *self.extra, *self.weights,
+                *((tokenizer,) if tokenizer else ()))
+
+
+def list_files(directory: Path) -> tuple[dict[str, int], list[str]]:
+    """Regular files under directory (relative path -> size), and other entries (links, FIFOs, devices).
+
+    Symbolic links are never followed; mdist's state folder and huggingface_hub's download
+    bookkeeping are not part of a model.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise InputError(f"{directory} is not a folder")
+    files: dict[str, int] = {}
+    others: list[str] = []
+
+    def fail(exc: OSError) -> None:
+        raise InputError(f"cannot read {exc.filename}: {exc.strerror}")
+
+    for root, dirs, names in os.walk(directory, followlinks=False, onerror=fail):
+        rel_root = Path(root).relative_to(directory)
+        if rel_root == Path("."):
+            dirs[:] = [d for d in dirs if d != STATE_DIR and not (
+                d == HF_STATE_DIR and (Path(root) / d / "huggingface").is_dir())]
+        for d in list(dirs):
+            if (Path(root) / d).is_symlink():
+                others.append((rel_root / d).as_posix())
+                dirs.remove(d)
+        for name in names:
+            rel = (rel_root / name).as_posix()
+            try:
+                info = os.lstat(Path(root) / name)
+            except OSError as exc:
+                raise InputError(f"cannot read {rel}: {exc.strerror}") from None
+            if stat.S_ISREG(info.st_mode):
+                files[rel] = info.st_size
+            else:
+                others.append(rel)
+    return files, sorted(others)
+
+
+@dataclass
+class FolderContents:
+    """A folder's files, its complete layouts, its derived files and the release it looks like."""
+
+    path: Path
+    files: dict[str, int]
+    others: list[str]  # symlinks, FIFOs, devices: never followed or read
+    layouts: list[Layout]
+    derived: DerivedState
+    release: Manifest | None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def tokenizer(self) -> str | None:
+        return TOKENIZER if TOKENIZER in self.files else None
+
+    def in_release(self, name: str) -> bool:
+        if self.release is None or name not in self.release.files:
+            return False
+        size = self.release.files[name].size
+        return size is None or size == self.files.get(name)
+
+    def trusted(self, name: str) -> bool:
+        """Part of the release (by name and size; verify checks the hash) or validly derived here."""
+        return self.in_release(name) or name in self.derived.valid
+
+    def foreign_weights(self) -> list[str]:
+        """Weight files of a known release that are neither part of it nor mdist's own derivations."""
+        if self.release is None:
+            return []
+        return sorted(n for n in self.files if is_weight_file(n) and not self.in_release(n)
+                      and not self.derived.known(n))
+
+    def usable(self, layout: Layout) -> bool:
+        files = layout.files(self.tokenizer)
+        if any(name in self.derived.stale for name in files):
+            return False
+        return self.release is None or all(self.trusted(name) for name in files)
+
+    def choose(self, purpose: str, note: Callable[[str], None] | None = None) -> Layout:
+        """The layout `purpose` uses; refuses a known release that holds foreign weights."""
+        foreign = self.foreign_weights()
+        if foreign:
+            raise UnsafeContentError(
+                f"{self.path} looks like {self.release.name} but also holds {foreign[0]}, which is not part "  # type: ignore[union-attr]
+                f"of that release and was not derived by mdist here; refusing to load weights from this folder "
+                f"(remove the file, or run `mdist verify {self.path}`)")
+        wanted = PREFERENCE[purpose]
+        usable = [layout for kind in wanted for layout in self.layouts if layout.kind == kind and self.usable(layout)]
+        if not usable:
+            raise InputError(self._nothing_usable(purpose))
+        chosen = usable[0]
+        if note is not None and len(self.layouts) > 1:
+            kinds = ", ".join(sorted({layout.kind for layout in self.layouts}))
+            note(f"{self.path} holds several layouts ({kinds}); {purpose} uses {chosen.kind} "
+                 f"({', '.join(chosen.weights)})")
+        return chosen
+
+    def _nothing_usable(self, purpose: str) -> str:
+        if self.problems:
+            return f"{self.path}: {self.problems[0]}"
+        unusable = [layout for layout in self.layouts if layout.kind in PREFERENCE[purpose]]
+        if unusable:
+            layout = unusable[0]
+            stale = [n for n in layout.files(self.tokenizer) if n in self.derived.stale]
+            if stale:
+                return f"{self.path}: {stale[0]} was derived by mdist from files that have changed since"
+            untrusted = [n for n in layout.files(self.tokenizer) if not self.trusted(n)]
+            return (f"{self.path}: {untrusted[0]} is not part of {self.release.name}"  # type: ignore[union-attr]
+                    f" (name or size differs)")
+        if purpose == "convert":
+            return f"{self.path} holds no consolidated.00.pth checkpoint"
+        return (f"{self.path} holds no model weights: expected params.json with consolidated.safetensors or "
+                f"consolidated.00.pth, or config.json with model.safetensors / {HF_INDEX}")
+
+
+def _hf_layout(directory: Path, files: dict[str, int], problems: list[str]) -> Layout | None:
+    if HF_INDEX in files:
+        try:
+            index = read_json_file(directory / HF_INDEX, HF_INDEX)
+            weight_map = index.get("weight_map") if isinstance(index, dict) else None
+            if not isinstance(weight_map, dict) or not weight_map:
+                raise InputError(f"{HF_INDEX} has no weight_map")
+            shards = sorted({check_component(v, HF_INDEX) for v in weight_map.values() if isinstance(v, str)})
+            if len(shards) == 0 or not all(isinstance(v, str) for v in weight_map.values()):
+                raise InputError(f"{HF_INDEX} maps tensors to something other than file names")
+        except (InputError, UnsafeContentError) as exc:
+            problems.append(str(exc))
+            return None
+        missing = [s for s in shards if s not in files or not s.endswith(".safetensors")]
+        if missing:
+            problems.append(f"{HF_INDEX} names {missing[0]}, which is not a safetensors file in the folder")
+            return None
+        return Layout(HF, "config.json", tuple(shards), (HF_INDEX,))
+    if HF_SINGLE in files:
+        return Layout(HF, "config.json", (HF_SINGLE,))
+    return None
+
+
+def _find_layouts(directory: Path, files: dict[str, int], problems: list[str]) -> list[Layout]:
+    layouts = []
+    params = "params.json" if "params.json" in files else None
+    checkpoints = sorted(n for n in files if _PTH_NAME.match(n))
+    if checkpoints:
+        layouts.append(Layout(PTH, params, tuple(checkpoints)))
+    if params:
+        if MISTRAL_WEIGHTS in files:
+            layouts.append(Layout(MISTRAL, "params.json", (MISTRAL_WEIGHTS,)))
+    if "config.json" in files:
+        hf = _hf_layout(directory, files, problems)
+        if hf is not None:
+            layouts.append(hf)
+    return layouts
+
+
+def recognise(files: dict[str, int]) -> Manifest | None:
+    """The release these files (name -> size) belong to, by names and sizes alone (no hashing).
+
+    A release is named only when at least one of its weight files is there: sharing a tokenizer
+    or a config with a release does not make a folder that release.
+    """
+    release = identify(files)[0]
+    if release is None:
+        return None
+    weights = [path for path in release.files if is_weight_file(path)]
+    if weights and not any(path in files and release.files[path].size in (None, files[path]) for path in weights):
+        return None
+    return release
+
+
+def inspect_folder(directory: Path, release: Manifest | None = None) -> FolderContents:
+    """Look at a folder without reading any weights: files, layouts, derived files, likely release."""
+    directory = Path(directory)
+    files, others = list_files(directory)
+    derived = derived_state(directory)
+    problems: list[str] = []
+    layouts = _find_layouts(directory, files, problems)
+    if release is None:  # judged by the files mdist did not derive itself, when they say anything
+        own = {name: size for name, size in files.items() if not derived.known(name)}
+        release = recognise(own) or recognise(files)
+    return FolderContents(directory, files, others, layouts, derived, release, problems)
+
+
+def model_path(path: Path) -> Path:
+    """A folder given directly, or the folder of a weight file given by name."""
+    path = Path(path)
+    if path.is_file() and path.suffix in (".pth", ".safetensors"):
+        return path.parent
+    if not path.exists():
+        raise InputError(f"{path} does not exist")
+    if not path.is_dir():
+        raise InputError(f"{path} is not a model folder")
+    return path
+
+
+def read_config(directory: Path, layout: Layout) -> MistralConfig:
+    """The hyper-parameters from the layout's own config file (params.json or config.json)."""
+    if layout.config is None:
+        raise InputError(f"{directory} has no params.json next to {layout.weights[0]}")
+    data = read_json(Path(directory) / layout.config)
+    return MistralConfig.from_hf_config(data) if layout.config == "config.json" else MistralConfig.from_params(data)

@@ -1,0 +1,221 @@
+"""What verify checks is what run, convert and digest load: one owner (mdist.model_folder) decides.
+
+Each test builds a real folder (torch.save fixture, mdist's own conversions, safetensors written by
+the safetensors library) and runs the real CLI. A planted weight file, a forged or stale record of
+a derived file, or a symlinked output must never get other weights loaded or written through.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from conftest import FIXTURE, run_mdist
+
+
+@pytest.fixture(autouse=True)
+def private_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test has its own machine key (XDG_STATE_HOME) and cache, like a separate user."""
+    state = tmp_path / "state"
+    monkeypatch.setenv("XDG_STATE_HOME", str(state))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return state
+
+
+def statuses(result) -> dict[str, str]:
+    payload = json.loads(result.stdout)
+    return {row["path"]: row["status"] for row in payload["report"]["files"]}
+
+
+def greedy(model: Path, *extra: str):
+    return run_mdist("run", str(model), "--prompt", "ROMEO:", "--max-tokens", "8", "--json", *extra)
+
+
+def attacker_weights(tmp_path: Path, hf: bool = False) -> dict[str, torch.Tensor]:
+    """The fixture's weights converted by mdist, with the output head replaced (the attacker's tokens)."""
+    out = tmp_path / "attacker"
+    layout = ["--layout", "hf"] if hf else []
+    assert run_mdist("convert", str(FIXTURE), "--out", str(out), *layout).returncode == 0
+    files = sorted(out.glob("model-*.safetensors")) if hf else [out / "consolidated.safetensors"]
+    tensors = {k: v for f in files for k, v in load_file(str(f)).items()}
+    head = "lm_head.weight" if hf else "output.weight"
+    tensors[head] = tensors[head].flip(0).contiguous()
+    return {head: tensors[head]}
+
+
+def copy_fixture(tmp_path: Path, name: str = "release") -> Path:
+    target = tmp_path / name
+    shutil.copytree(FIXTURE, target)
+    for path in target.iterdir():
+        path.chmod(0o644)
+    return target
+
+
+# -- critical 1: a planted weight file ------------------------------------------------------------
+def test_planted_consolidated_safetensors_is_refused_everywhere(tmp_path: Path) -> None:
+    release = copy_fixture(tmp_path)
+    honest = greedy(release)
+    assert honest.returncode == 0, honest.stderr
+    honest_ids = json.loads(honest.stdout)["token_ids"]
+    (release / "consolidated.safetensors").unlink()  # start again from the bare release
+    shutil.rmtree(release / ".mdist")
+    save_file(attacker_weights(tmp_path) | {k: v for k, v in load_file(
+        str(tmp_path / "attacker" / "consolidated.safetensors")).items() if k != "output.weight"},
+        str(release / "consolidated.safetensors"))
+
+    verified = run_mdist("verify", str(release), "--json")
+    assert verified.returncode == 1
+    assert statuses(verified)["consolidated.safetensors"] == "refused"
+    for args in (("run", str(release), "--prompt", "ROMEO:", "--max-tokens", "8"),
+                 ("digest", str(release)), ("convert", str(release), "--out", str(tmp_path / "c"))):
+        result = run_mdist(*args)
+        assert result.returncode == 1, (args, result.stderr)
+        assert "holds consolidated.safetensors, which is not part of that release" in result.stderr
+        assert result.stdout == ""
+    # once the planted file is gone, run generates the honest tokens again
+    (release / "consolidated.safetensors").unlink()
+    again = greedy(release)
+    assert again.returncode == 0 and json.loads(again.stdout)["token_ids"] == honest_ids
+
+
+def test_planted_hf_shard_is_refused(tmp_path: Path) -> None:
+    hf = tmp_path / "hf"
+    assert run_mdist("convert", str(FIXTURE), "--layout", "hf", "--out", str(hf)).returncode == 0
+    shutil.rmtree(hf / ".mdist")  # as if downloaded: the tiny-mistral-hf release itself
+    clean = run_mdist("verify", str(hf), "--json")
+    assert clean.returncode == 0, clean.stdout
+    assert json.loads(clean.stdout)["report"]["manifest"] == "tiny-mistral-hf"
+    save_file(attacker_weights(tmp_path, hf=True), str(hf / "model-00002-of-00002.safetensors"))
+
+    verified = run_mdist("verify", str(hf), "--json")
+    assert verified.returncode == 1
+    assert statuses(verified)["model-00002-of-00002.safetensors"] == "refused"
+    result = greedy(hf)
+    assert result.returncode == 1 and "model-00002-of-00002.safetensors" in result.stderr
+
+
+def test_unknown_folder_loads_only_the_shards_its_index_names(tmp_path: Path) -> None:
+    """Outside a known release nothing is verified, but a stray shard is still never loaded."""
+    hf = tmp_path / "hf"
+    assert run_mdist("convert", str(FIXTURE), "--layout", "hf", "--out", str(hf)).returncode == 0
+    config = json.loads((hf / "config.json").read_text())
+    config["rms_norm_eps"] = 1e-5  # no longer the tiny-mistral-hf release
+    (hf / "config.json").write_text(json.dumps(config))
+    shutil.rmtree(hf / ".mdist")
+    baseline = greedy(hf)
+    assert baseline.returncode == 0, baseline.stderr
+    save_file(attacker_weights(tmp_path, hf=True), str(hf / "model-00002-of-00002.safetensors"))
+    again = greedy(hf)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["token_ids"] == json.loads(baseline.stdout)["token_ids"]
+
+
+# -- derived files: recorded, unforgeable, never stale ---------------------------------------------
+def test_run_output_is_derived_and_verify_says_so(tmp_path: Path) -> None:
+    release = copy_fixture(tmp_path)
+    assert greedy(release).returncode == 0
+    assert (release / "consolidated.safetensors").is_file()
+    verified = run_mdist("verify", str(release), "--json", "--strict")
+    assert verified.returncode == 0, verified.stdout
+    assert statuses(verified)["consolidated.safetensors"] == "derived"
+
+
+def test_a_copied_folder_cannot_bring_its_derived_record(tmp_path: Path, private_state: Path) -> None:
+    """A record made under another machine's key is not mdist's own; a copy made here is stale."""
+    release = copy_fixture(tmp_path)
+    assert greedy(release).returncode == 0
+    shutil.rmtree(private_state)  # from here on, this is another machine: a new key
+    copied = tmp_path / "copied"
+    shutil.copytree(release, copied)  # what a USB disk or a torrent delivers: same bytes, same record
+    result = greedy(copied)
+    assert result.returncode == 1 and "not derived by mdist" in result.stderr
+    assert statuses(run_mdist("verify", str(copied), "--json"))["consolidated.safetensors"] == "refused"
+    assert greedy(release).returncode == 1  # the original folder too, under the new key
+
+
+def test_a_copy_made_here_is_converted_again_not_loaded(tmp_path: Path) -> None:
+    release = copy_fixture(tmp_path)
+    first = greedy(release)
+    copied = tmp_path / "copied"
+    shutil.copytree(release, copied)
+    save_file(attacker_weights(tmp_path) | {k: v for k, v in load_file(
+        str(copied / "consolidated.safetensors")).items() if k != "output.weight"},
+        str(copied / "consolidated.safetensors"))  # tampered after mdist recorded it
+    result = greedy(copied)
+    assert result.returncode == 0 and "converting" in result.stderr
+    assert json.loads(result.stdout)["token_ids"] == json.loads(first.stdout)["token_ids"]
+
+
+def test_a_changed_source_makes_the_derived_file_stale(tmp_path: Path) -> None:
+    release = copy_fixture(tmp_path)
+    first = greedy(release)
+    assert first.returncode == 0
+    derived = release / "consolidated.safetensors"
+    before = derived.stat().st_ino
+    source = release / "consolidated.00.pth"
+    data = source.read_bytes()
+    source.unlink()
+    source.write_bytes(data)  # the same release, re-downloaded: a new file
+    second = greedy(release)
+    assert second.returncode == 0, second.stderr
+    assert "converting" in second.stderr  # the stale conversion was replaced, not loaded
+    assert derived.stat().st_ino != before
+    assert json.loads(second.stdout)["token_ids"] == json.loads(first.stdout)["token_ids"]
+
+
+# -- several layouts in one folder -------------------------------------------------------------------
+def test_hf_conversion_into_the_release_folder(tmp_path: Path) -> None:
+    release = copy_fixture(tmp_path)
+    assert run_mdist("convert", str(release), "--layout", "hf").returncode == 0
+    result = greedy(release)
+    assert result.returncode == 0, result.stderr
+    assert "several layouts (hf, pth); run uses hf" in result.stderr
+    verified = run_mdist("verify", str(release), "--json", "--strict")
+    assert verified.returncode == 0, verified.stdout
+    rows = statuses(verified)
+    assert json.loads(verified.stdout)["report"]["manifest"] == "tiny-mistral"
+    assert rows["consolidated.00.pth"] == "ok" and rows["model-00001-of-00001.safetensors"] == "derived"
+    digest = run_mdist("digest", str(release))
+    expected = json.loads((FIXTURE.parents[2] / "checksums" / "tiny-mistral.json").read_text())["tensor_digest"]
+    assert digest.returncode == 0 and digest.stdout.split()[0] == expected
+
+
+# -- critical 5: outputs never written through a link ------------------------------------------------
+def test_convert_never_writes_through_a_symlink(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("do not touch")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "tokenizer.model").symlink_to(victim)
+    refused = run_mdist("convert", str(FIXTURE), "--layout", "hf", "--out", str(out))
+    assert refused.returncode == 2 and "tokenizer.model exists; use --force" in refused.stderr
+    forced = run_mdist("convert", str(FIXTURE), "--layout", "hf", "--out", str(out), "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert victim.read_text() == "do not touch"
+    assert not (out / "tokenizer.model").is_symlink()
+    assert (out / "tokenizer.model").read_bytes() == (FIXTURE / "tokenizer.model").read_bytes()
+
+
+def test_every_convert_output_is_in_the_overwrite_check(tmp_path: Path) -> None:
+    for name in ("tokenizer_config.json", "special_tokens_map.json", "generation_config.json"):
+        out = tmp_path / name
+        out.mkdir()
+        (out / name).write_text("mine")
+        result = run_mdist("convert", str(FIXTURE), "--layout", "hf", "--out", str(out))
+        assert result.returncode == 2 and f"{name} exists" in result.stderr
+        assert (out / name).read_text() == "mine"
+
+
+def test_read_only_output_folder_is_one_line(tmp_path: Path) -> None:
+    out = Path("/proc/self/x") if os.geteuid() == 0 else tmp_path / "ro" / "x"  # root may write anywhere else
+    if os.geteuid() != 0:
+        out.parent.mkdir(mode=0o500)
+    result = run_mdist("convert", str(FIXTURE), "--out", str(out))
+    assert result.returncode == 2
+    assert result.stderr.startswith("mdist: error:") and "Traceback" not in result.stderr
