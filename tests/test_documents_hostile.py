@@ -356,3 +356,187 @@ def test_kv_cache_with_a_small_window_still_rolls() -> None:
     assert cache.k.shape[2] == 4
     kv = np.ones((1, 8, 2), dtype=np.float32)
     cache.store(0, np.arange(8), kv, kv)  # positions past the window reuse slots
+
+
+# -- manifests --------------------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = json.loads((REPO / "checksums" / "tiny-mistral.json").read_text())
+SEVEN_B = json.loads((REPO / "checksums" / "mistral-7b-v0.1.json").read_text())
+HUB = json.loads((REPO / "checksums" / "mistral-7b-v0.1-hub.json").read_text())
+H64 = "ab" * 32
+
+
+def _with(base: dict, path: str, value) -> dict:
+    """A deep copy of base with the value at a |-separated key path replaced (... deletes the key)."""
+    data = json.loads(json.dumps(base))
+    *parents, last = path.split("|")
+    target = data
+    for key in parents:
+        target = target[key]
+    if value is ...:
+        del target[last]
+    else:
+        target[last] = value
+    return data
+
+
+BAD_MANIFESTS = {
+    "files a list": _with(TINY, "files", ["params.json"]),
+    "files null": _with(TINY, "files", None),
+    "sources a list": _with(TINY, "sources", ["btih"]),
+    "title an int": _with(TINY, "title", 5),
+    "title with an escape sequence": _with(TINY, "title", "tiny\x1b[2J"),
+    "files_complete a string": _with(TINY, "files_complete", "false"),
+    "files_complete null": _with(TINY, "files_complete", None),
+    "tensor_digest short": _with(TINY, "tensor_digest", "abc"),
+    "tensor_digest uppercase": _with(TINY, "tensor_digest", H64.upper()),
+    "tensor_digest an int": _with(TINY, "tensor_digest", 7),
+    "size a bool": _with(TINY, "files|params.json|size", True),
+    "size a float": _with(TINY, "files|params.json|size", 154.0),
+    "size negative": _with(TINY, "files|params.json|size", -1),
+    "size 2**64": _with(TINY, "files|params.json|size", 2**64),
+    "size a string": _with(TINY, "files|params.json|size", "154"),
+    "sha256 an int": _with(TINY, "files|params.json|sha256", 1),
+    "sha256 too long": _with(TINY, "files|params.json|sha256", H64 + "00"),
+    "md5 not hex": _with(TINY, "files|params.json|md5", "z" * 32),
+    "misspelt sha256": _with(TINY, "files|params.json|sha265", H64),
+    "entry a list": _with(TINY, "files|params.json", [1]),
+    "path with ..": _with(TINY, "files|../params.json", {}),
+    "absolute path": _with(TINY, "files|/etc/passwd", {}),
+    "path in .git": _with(TINY, "files|.git/config", {}),
+    "path in .mdist": _with(TINY, "files|.mdist/complete.json", {}),
+    "backslash path": _with(TINY, "files|a\\b", {}),
+    "control character in a path": _with(TINY, "files|a\x01", {}),
+    "case collision": _with(TINY, "files|PARAMS.JSON", {}),
+    "btih short": _with(TINY, "sources|btih", "abc"),
+    "btih an int": _with(TINY, "sources|btih", 5),
+    "btih uppercase": _with(TINY, "sources|btih", "D" * 40),
+    "btmh without 1220": _with(TINY, "sources|btmh", "1221" + H64),
+    "btmh short": _with(TINY, "sources|btmh", "1220abc"),
+    "btmh a list": _with(TINY, "sources|btmh", ["1220" + H64]),
+    "display_name a dict": _with(TINY, "sources|display_name", {}),
+    "trackers a string": _with(SEVEN_B, "sources|trackers", "udp://x:1/announce"),
+    "trackers of ints": _with(SEVEN_B, "sources|trackers", [1]),
+    "tracker a file URL": _with(SEVEN_B, "sources|trackers", ["file:///etc/passwd"]),
+    "magnet an int": _with(SEVEN_B, "sources|magnet", 1),
+    "magnet not a magnet": _with(SEVEN_B, "sources|magnet", "http://example.com"),
+    "magnet with a newline": _with(SEVEN_B, "sources|magnet", "magnet:?xt=urn:btih:\n"),
+    "hub_alternative an int": _with(SEVEN_B, "sources|hub_alternative", 3),
+    "hub_alternative a path": _with(SEVEN_B, "sources|hub_alternative", "../x"),
+    "hub a string": _with(HUB, "sources|hub", "mistralai/Mistral-7B-v0.1"),
+    "hub without repo": _with(HUB, "sources|hub", {"revision": "main"}),
+    "hub repo without owner": _with(HUB, "sources|hub|repo", "Mistral-7B-v0.1"),
+    "hub repo with ..": _with(HUB, "sources|hub|repo", "../x"),
+    "hub repo an int": _with(HUB, "sources|hub|repo", 7),
+    "hub revision an int": _with(HUB, "sources|hub|revision", 7),
+    "hub revision with ..": _with(HUB, "sources|hub|revision", "a/../../x"),
+    "hub extra key": _with(HUB, "sources|hub|url", "http://x"),
+    "unknown source": _with(TINY, "sources|ftp", "ftp://x"),
+    "unknown top-level key": _with(TINY, "tensor_digets", H64),
+    "name uppercase": _with(TINY, "name", "Tiny"),
+    "name a list": _with(TINY, "name", ["tiny"]),
+    "name too long": _with(TINY, "name", "a" * 101),
+    "released not a date": _with(SEVEN_B, "released", 2023),
+    "archives a dict": _with(SEVEN_B, "archives", {}),
+    "archive md5 short": _with(SEVEN_B, "archives", [{"name": "x.tar", "md5": "ab"}]),
+    "provenance a string": _with(TINY, "provenance", "me"),
+    "provenance fields a string": _with(TINY, "provenance", [{"fields": "files", "source": "me"}]),
+    "notes an int": _with(TINY, "notes", 1),
+}
+
+
+# JSON Schema cannot say these: paths equal after case folding; 154.0 is an "integer" to it.
+SCHEMA_CANNOT_EXPRESS = {"case collision", "size a float"}
+
+
+def test_every_registry_manifest_parses_and_validates() -> None:
+    import jsonschema
+
+    from mdist.verify.manifest import load_registry
+
+    schema = json.loads((REPO / "docs" / "manifest.schema.json").read_text())
+    for path in sorted((REPO / "checksums").glob("*.json")):
+        jsonschema.validate(json.loads(path.read_text()), schema)
+    assert len(load_registry()) == len(list((REPO / "checksums").glob("*.json")))
+
+
+@pytest.mark.parametrize("case", sorted(BAD_MANIFESTS))
+def test_bad_manifest_is_refused_by_mdist_and_the_schema(case: str) -> None:
+    import jsonschema
+
+    from mdist.verify.manifest import parse_manifest
+
+    data = BAD_MANIFESTS[case]
+    with pytest.raises(InputError) as caught:
+        parse_manifest(data, "m.json")
+    assert _one_line(caught.value).startswith("m.json")
+    schema = json.loads((REPO / "docs" / "manifest.schema.json").read_text())
+    if case not in SCHEMA_CANNOT_EXPRESS:
+        assert not jsonschema.Draft202012Validator(schema).is_valid(data), "docs/manifest.schema.json accepts it"
+
+
+@pytest.mark.parametrize("content", [b'{"schema": "mdist-manifest/1", "name": "x", "files": {"a": {"size": 1}, "a": {}}}',
+                                     b'{"schema": "mdist-manifest/1", "name": "x", "name": "y"}',
+                                     b"[" * 100_000, b"\xff\xfe", b"{" * 50_000 + b"}" * 50_000])
+def test_manifest_file_errors_are_one_line(tmp_path: Path, content: bytes) -> None:
+    from mdist.verify.manifest import find_manifest
+
+    path = tmp_path / "m.json"
+    path.write_bytes(content)
+    with pytest.raises(InputError) as caught:
+        find_manifest(str(path))
+    assert str(path) in _one_line(caught.value)
+
+
+def test_manifest_path_rule_is_mdist_paths() -> None:
+    from mdist.paths import UnsafePathError
+    from mdist.verify.manifest import safe_relative_path
+
+    assert safe_relative_path("a/b.json") == "a/b.json"
+    for bad in ("../x", "a/./b", ".git/config", "x/.MDIST/y", "C:x", "a\u0085b"):
+        with pytest.raises(UnsafePathError):
+            safe_relative_path(bad)
+
+
+@pytest.mark.parametrize("name", ["my-model", "mistral-7b-v0.1", "a", "0_x.y-z", "a" * 100])
+def test_release_names_accepted(name: str) -> None:
+    from mdist.verify.manifest import check_release_name
+
+    assert check_release_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["My Model/../x", "", ".", "..", "-x", ".x", "a/b", "A", "a b", "a" * 101, "é", "a\n",
+                                  None, 5, ["a"]])
+def test_release_names_refused(name) -> None:
+    from mdist.verify.manifest import check_release_name
+
+    with pytest.raises(InputError) as caught:
+        check_release_name(name)
+    _one_line(caught.value)
+
+
+GOOD_MANIFESTS = {
+    "hub revision a branch": _with(HUB, "sources|hub|revision", "main"),
+    "hub revision a commit": _with(HUB, "sources|hub|revision", "ab" * 20),
+    "hub revision a PR ref": _with(HUB, "sources|hub|revision", "refs/pr/1"),
+    "https and wss trackers": _with(SEVEN_B, "sources|trackers", ["https://t.example/announce", "wss://t.example:443"]),
+    "notes over lines": _with(TINY, "notes", "first line\nsecond\tline"),
+    "unicode title": _with(TINY, "title", "Ünïcode 模型"),
+    "nested file": _with(TINY, "files|original/params.json", {"size": 0}),
+    "size at the limit": _with(TINY, "files|params.json|size", 2**63 - 1),
+    "no files": _with(TINY, "files", {}),
+    "no sources": _with(TINY, "sources", ...),
+    "json content": _with(TINY, "files|x.json", {"json": {"a": [1, None, "b"]}}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(GOOD_MANIFESTS))
+def test_valid_manifest_variants_are_accepted(case: str) -> None:
+    import jsonschema
+
+    from mdist.verify.manifest import parse_manifest
+
+    data = GOOD_MANIFESTS[case]
+    parse_manifest(data, "m.json")
+    jsonschema.validate(data, json.loads((REPO / "docs" / "manifest.schema.json").read_text()))
