@@ -46,6 +46,7 @@ _PTH_NAME = re.compile(r"^consolidated\.\d{2}\.pth$")
 # Anything a loader (ours, transformers, llama.cpp, torch) might pick up as weights.
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".gguf", ".ggml", ".npz", ".h5",
                    ".msgpack", ".onnx", ".pkl", ".pickle")
+_BLOB_NAME = re.compile(r"^([0-9a-f]{40}|[0-9a-f]{64})$")  # git blob sha1 or LFS sha256
 _SPLIT_PIECE = re.compile(r"\.(pth|safetensors|bin)-split\d+$")
 
 
@@ -69,14 +70,49 @@ class Layout:
 def list_files(directory: Path) -> tuple[dict[str, int], list[str]]:
     """Regular files under directory (relative path -> size), and other entries (links, FIFOs, devices).
 
-    Symbolic links are never followed; mdist's state folder and huggingface_hub's download
-    bookkeeping are not part of a model.
+    Symbolic links are never followed, except in a Hugging Face cache snapshot (see `scan`);
+    mdist's state folder and huggingface_hub's download bookkeeping are not part of a model.
+    """
+    files, others, _ = scan(directory)
+    return files, others
+
+
+def hf_cache_repo(directory: Path) -> Path | None:
+    """The repo folder (models--owner--name) when `directory` is one of its snapshots/<commit>."""
+    resolved = Path(directory).resolve()
+    repo = resolved.parent.parent
+    if resolved.parent.name == "snapshots" and (repo / "blobs").is_dir() and not (repo / "blobs").is_symlink():
+        return repo
+    return None
+
+
+def _blob_target(link: Path, blobs: Path) -> tuple[str, int] | None:
+    """(blob name, size) when `link` resolves to a regular file directly inside `blobs`."""
+    target = Path(os.path.realpath(link))
+    if target.parent != blobs or not _BLOB_NAME.match(target.name):
+        return None
+    try:
+        info = os.stat(target)
+    except OSError:
+        return None
+    return (target.name, info.st_size) if stat.S_ISREG(info.st_mode) else None
+
+
+def scan(directory: Path) -> tuple[dict[str, int], list[str], dict[str, str]]:
+    """(regular files -> size, other entries, files that are links into the HF cache's blobs -> blob name).
+
+    In a snapshot folder of the Hugging Face cache, a link that resolves to a file directly in the
+    same repo's `blobs/` is followed: the cache is content-addressed, so the blob's name (LFS sha256
+    or git blob sha1) is what the content must hash to. Any other link is never followed.
     """
     directory = Path(directory)
     if not directory.is_dir():
         raise InputError(f"{directory} is not a folder")
+    repo = hf_cache_repo(directory)
+    blobs_dir = (repo / "blobs") if repo else None
     files: dict[str, int] = {}
     others: list[str] = []
+    blobs: dict[str, str] = {}
 
     def fail(exc: OSError) -> None:
         raise InputError(f"cannot read {exc.filename}: {exc.strerror}")
@@ -96,11 +132,14 @@ def list_files(directory: Path) -> tuple[dict[str, int], list[str]]:
                 info = os.lstat(Path(root) / name)
             except OSError as exc:
                 raise InputError(f"cannot read {rel}: {exc.strerror}") from None
+            blob = _blob_target(Path(root) / name, blobs_dir) if blobs_dir and stat.S_ISLNK(info.st_mode) else None
             if stat.S_ISREG(info.st_mode):
                 files[rel] = info.st_size
+            elif blob is not None:
+                blobs[rel], files[rel] = blob
             else:
                 others.append(rel)
-    return files, sorted(others)
+    return files, sorted(others), blobs
 
 
 @dataclass
@@ -114,6 +153,7 @@ class FolderContents:
     derived: DerivedState
     release: Manifest | None
     problems: list[str] = field(default_factory=list)
+    blobs: dict[str, str] = field(default_factory=dict)  # HF cache snapshot: file -> blob name it must hash to
 
     @property
     def tokenizer(self) -> str | None:
@@ -236,14 +276,14 @@ def recognise(files: dict[str, int]) -> Manifest | None:
 def inspect_folder(directory: Path, release: Manifest | None = None) -> FolderContents:
     """Look at a folder without reading any weights: files, layouts, derived files, likely release."""
     directory = Path(directory)
-    files, others = list_files(directory)
+    files, others, blobs = scan(directory)
     derived = derived_state(directory)
     problems: list[str] = []
     layouts = _find_layouts(directory, files, problems)
     if release is None:  # judged by the files mdist did not derive itself, when they say anything
         own = {name: size for name, size in files.items() if not derived.known(name)}
         release = recognise(own) or recognise(files)
-    return FolderContents(directory, files, others, layouts, derived, release, problems)
+    return FolderContents(directory, files, others, layouts, derived, release, problems, blobs)
 
 
 def model_path(path: Path) -> Path:

@@ -213,3 +213,22 @@ def test_tampered_file_fails_signature_verification(fixture_copy: Path, tmp_path
     shutil.copy(FIXTURE / "params.json", fixture_copy / "params.json")
     code, payload = verify_json(fixture_copy, "--signature", str(sig), "--public-key", str(wrong))
     assert code == 1 and payload["signature"] == "invalid"
+
+
+def test_manifest_name_is_checked_before_anything_is_written(tmp_path: Path) -> None:
+    out = tmp_path / "m.json"
+    result = run_mdist("manifest", str(FIXTURE), "--name", "My Model/../x", "--out", str(out))
+    assert result.returncode == 2 and "invalid release name" in result.stderr
+    assert not out.exists()
+
+
+def test_manifest_of_a_folder_without_weights_claims_no_tensor_digest(tmp_path: Path) -> None:
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "README.md").write_text("no model here\n")
+    result = run_mdist("manifest", str(tmp_path / "docs"), "--name", "docs-only")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert "tensor_digest" not in data
+    assert all("tensor_digest" not in entry["fields"] for entry in data["provenance"])
+    import hashlib
+    assert data["files"]["README.md"]["sha256"] == hashlib.sha256(b"no model here\n").hexdigest()

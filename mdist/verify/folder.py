@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import Callable
 
 from mdist.model_folder import STATE_DIR, inspect_folder, is_weight_file, list_files  # noqa: F401 (re-exported)
-from mdist.verify.hashing import hash_files
+from mdist.verify.hashing import GIT_SHA1, hash_files
 from mdist.verify.manifest import FileEntry, Manifest
 
 OK, MISMATCH, MISSING, UNEXPECTED, UNCHECKABLE, REFUSED, DERIVED = (
     "ok", "mismatch", "missing", "unexpected", "not checkable", "refused", "derived",
 )
 FAILING = {MISMATCH, MISSING, REFUSED}
+HF_CACHE_LABEL = "hf-cache"  # the report's manifest name for a snapshot checked by blob names alone
 
 
 @dataclass
@@ -58,23 +59,29 @@ class Report:
 def verify_folder(directory: Path, manifest: Manifest | None = None, *, strict: bool = False,
                   on_start: Callable[[int], None] | None = None,
                   on_bytes: Callable[[int], None] | None = None) -> Report:
-    """Hash every file the manifest lists; judge every other file (derived, foreign weights, extra)."""
+    """Hash every file the manifest lists; judge every other file (derived, foreign weights, extra).
+
+    In a Hugging Face cache snapshot every file is also checked against its blob name (the cache
+    is content-addressed), so a snapshot verifies with no manifest at all.
+    """
     directory = Path(directory)
     contents = inspect_folder(directory, release=manifest)
-    present, links = contents.files, contents.others
+    present, blobs = contents.files, contents.blobs
     identified = manifest is None
     if manifest is None:
         manifest = contents.release
-        if manifest is None:
+        if manifest is None and not blobs:
             from mdist.verify.manifest import identify
 
             return Report(None, True, [m.name for m in identify(present)[1]])
-    report = Report(manifest.name, identified, strict=strict)
-    for link in links:
+    name = manifest.name if manifest else f"{HF_CACHE_LABEL} {contents.path.resolve().parent.parent.name}"
+    report = Report(name, identified and manifest is not None, strict=strict)
+    for link in contents.others:
         report.files.append(FileResult(link, REFUSED, "not a regular file (symbolic link, FIFO or device): not followed"))
+    listed = manifest.files if manifest else {}
 
     jobs: dict[Path, tuple[str, ...]] = {}
-    for path, entry in manifest.files.items():
+    for path, entry in listed.items():
         if path not in present:
             report.files.append(FileResult(path, MISSING))
             continue
@@ -85,22 +92,39 @@ def verify_folder(directory: Path, manifest: Manifest | None = None, *, strict: 
         algorithms = tuple(a for a in ("sha256", "md5") if getattr(entry, a))
         if algorithms:
             jobs[directory / path] = algorithms
+    for path, blob in blobs.items():
+        algorithm = "sha256" if len(blob) == 64 else GIT_SHA1
+        jobs[directory / path] = tuple(dict.fromkeys(jobs.get(directory / path, ()) + (algorithm,)))
     if on_start:
         on_start(sum(present[str(p.relative_to(directory).as_posix())] for p in jobs))
     digests = hash_files(jobs, on_bytes=on_bytes) if jobs else {}
 
-    for path, entry in manifest.files.items():
-        if path not in present or any(r.path == path for r in report.files):
-            continue
-        report.files.append(_judge(directory / path, entry, digests.get(directory / path, {})))
-    for path in sorted(set(present) - set(manifest.files)):
-        report.files.append(_judge_extra(path, manifest, contents))
+    judged = {r.path for r in report.files}
+    for path in sorted(set(present) - judged):
+        found = digests.get(directory / path, {})
+        result = (_judge(directory / path, listed[path], found) if path in listed
+                  else _judge_extra(path, manifest, contents))
+        report.files.append(_judge_blob(result, blobs.get(path), found))
     report.files.sort(key=lambda r: r.path)
     report.not_checked = [r.path for r in report.files if r.status == UNCHECKABLE]
     return report
 
 
-def _judge_extra(path: str, manifest: Manifest, contents) -> FileResult:
+def _judge_blob(result: FileResult, blob: str | None, digests: dict[str, str]) -> FileResult:
+    """A cache file must hash to its blob's name, whatever else was said about it."""
+    if blob is None:
+        return result
+    algorithm = "sha256" if len(blob) == 64 else GIT_SHA1
+    if digests.get(algorithm) != blob:
+        return FileResult(result.path, MISMATCH, f"content differs from its blob name ({algorithm})",
+                          blob, digests.get(algorithm))
+    if result.status in (UNEXPECTED, UNCHECKABLE):
+        return FileResult(result.path, OK, f"{algorithm} equals its blob name (content-addressed cache)",
+                          blob, blob)
+    return result
+
+
+def _judge_extra(path: str, manifest: Manifest | None, contents) -> FileResult:
     """A file the manifest does not list: mdist's own derivation, foreign weights, or just extra."""
     if path in contents.derived.valid:
         return FileResult(path, DERIVED, "written by mdist here from the release's files (not re-hashed)")
@@ -109,6 +133,8 @@ def _judge_extra(path: str, manifest: Manifest, contents) -> FileResult:
             return FileResult(path, REFUSED, "derived by mdist, but it or its source changed since; "
                                              "mdist will not load it (convert again)")
         return FileResult(path, UNEXPECTED, "derived by mdist, but it or its source changed since")
+    if manifest is None:
+        return FileResult(path, UNEXPECTED, "no manifest")
     if is_weight_file(path):
         return FileResult(path, REFUSED, f"weights that are not part of {manifest.name}: mdist refuses to load "
                                          f"this folder while the file is here")

@@ -11,13 +11,22 @@ from typing import Callable, Iterable
 CHUNK = 4 << 20
 
 
+GIT_SHA1 = "git-sha1"  # git's blob id: sha1 of "blob <size>\0" + content (how the hub names small files)
+
+
+def _hasher(name: str, size: int):
+    if name == GIT_SHA1:
+        return hashlib.sha1(b"blob %d\0" % size)
+    return hashlib.new(name)
+
+
 def hash_file(path: Path, algorithms: Iterable[str] = ("sha256",),
               on_bytes: Callable[[int], None] | None = None) -> dict[str, str]:
     """Return {algorithm: hex digest} of one file, reading it once."""
-    hashers = {name: hashlib.new(name) for name in algorithms}
     buffer = bytearray(CHUNK)
     view = memoryview(buffer)
     with open(path, "rb", buffering=0) as handle:
+        hashers = {name: _hasher(name, os.fstat(handle.fileno()).st_size) for name in algorithms}
         while True:
             n = handle.readinto(buffer)
             if not n:

@@ -10,7 +10,7 @@ from mdist import __version__
 from mdist.errors import MdistError
 from mdist.verify.folder import list_files, verify_folder
 from mdist.verify.hashing import hash_files
-from mdist.verify.manifest import SCHEMA_ID, find_manifest
+from mdist.verify.manifest import SCHEMA_ID, check_release_name, find_manifest
 
 
 def verify_command(directory: Path, manifest_name: str | None, *, signature: Path | None = None,
@@ -61,6 +61,7 @@ def _check_tensor_digest(directory: Path, expected: str | None, outcome: dict[st
 def build_manifest(directory: Path, name: str, title: str | None = None) -> dict[str, Any]:
     from mdist.verify.digest import root_digest, tensor_digests
 
+    check_release_name(name)  # before any work: a name verify would reject is never written
     directory = Path(directory)
     present, links = list_files(directory)
     if links:
