@@ -68,10 +68,12 @@ def main() -> None:
                 f"{stamp}, commit {commit()}, on {machine()}. Ratios compare against a peer measured in the same "
                 f"run; absolute numbers on these shared machines are noisy.\n\n{table}\n\n"
                 f"## Raw results\n\n```\n{raw}\n```\n")
-        notes = REPO / "docs" / "benchmark-notes.md"
-        if notes.exists():
-            text += "\n" + notes.read_text()
-        (REPO / "docs" / "benchmarks.md").write_text(text)
+        target = REPO / "docs" / "benchmarks.md"
+        marker = "## How to read these numbers"
+        previous = target.read_text() if target.exists() else ""
+        if marker in previous:  # the hand-written notes survive a new measurement
+            text += "\n" + previous[previous.index(marker):]
+        target.write_text(text)
 
 
 if __name__ == "__main__":
