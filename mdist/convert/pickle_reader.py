@@ -4,6 +4,11 @@ Nothing from the file is ever executed: opcodes are decoded by `pickletools.geno
 parser) and interpreted here against an allow-list of globals that map to inert sentinels.
 Any other global, any object-construction opcode (INST, OBJ, NEWOBJ, EXT*), any REDUCE or BUILD
 on something not allowed, and any malformed persistent id is refused with `CheckpointError`.
+
+Whatever the file claims, work and memory stay bounded: opcodes, objects (every stack or
+metastack growth, every container item touched) and memo entries are counted, and every tensor
+must be an injective strided view that stays inside its storage, so no tensor can describe more
+elements than its storage holds.
 """
 
 from __future__ import annotations
@@ -11,15 +16,18 @@ from __future__ import annotations
 import io
 import pickletools
 from dataclasses import dataclass
+from types import NoneType
 from typing import Any, Callable
 
 from mdist.errors import CheckpointError
 
-MAX_PICKLE_BYTES = 64 << 20
-MAX_STRING_CHARS = 1 << 16
-MAX_MEMO_ENTRIES = 1 << 20
-MAX_OBJECTS = 1 << 22
-MAX_NDIM = 8
+MAX_PICKLE_BYTES = 16 << 20  # a 7B state dict's data.pkl is ~30 KB (~100 bytes a tensor)
+MAX_OPCODES = 1 << 21  # ~32 opcodes a tensor: room for 65k tensors, a few seconds of work
+MAX_OBJECTS = 1 << 20  # stack pushes + MARKs + container items touched: a few hundred MB at most
+MAX_MEMO_ENTRIES = 1 << 18  # ~8 memo entries a tensor
+MAX_STRING_CHARS = 1 << 16  # tensor names and storage keys are short
+MAX_NDIM = 8  # model weights have at most 2 dimensions; torch allows 64 but no checkpoint needs them
+INT64_MAX = (1 << 63) - 1  # torch sizes, strides and offsets are int64; so are safetensors readers'
 
 
 @dataclass(frozen=True)
@@ -86,6 +94,38 @@ class TensorRef:
         return True
 
 
+def check_view(tensor: TensorRef) -> None:
+    """Refuse a tensor unless its elements are distinct elements of its storage.
+
+    Overlapping strides (a zero stride on a dimension of size > 1, or any non-injective view)
+    would let a tiny storage describe an unbounded tensor; so dims sorted by stride must each
+    step past everything the smaller ones reach. Then numel <= storage numel always holds.
+    """
+    storage, itemsize = tensor.storage, tensor.storage.dtype.itemsize
+    nominal = 1
+    for size in tensor.shape:
+        nominal *= max(size, 1)
+    if nominal * itemsize > INT64_MAX:
+        raise CheckpointError(f"tensor shape {tensor.shape} is too large for int64 byte counts")
+    if tensor.numel == 0:
+        if tensor.offset > storage.numel:
+            raise CheckpointError(f"empty tensor starts past the end of storage {storage.key!r}")
+        return
+    if tensor.numel > storage.numel:
+        raise CheckpointError(f"tensor has {tensor.numel} elements but storage {storage.key!r} has {storage.numel}")
+    reach = 0  # the largest element offset the dimensions seen so far can reach
+    for stride, size in sorted((st, sz) for sz, st in zip(tensor.shape, tensor.stride) if sz > 1):
+        if stride <= reach:
+            raise CheckpointError(
+                f"tensor elements overlap in storage {storage.key!r} (shape {tensor.shape}, "
+                f"stride {tensor.stride})"
+            )
+        reach += (size - 1) * stride
+    last = tensor.offset + reach
+    if last >= storage.numel:
+        raise CheckpointError(f"tensor reaches element {last} of storage {storage.key!r} which has {storage.numel}")
+
+
 class _Global:
     """An inert stand-in for an allowed global; calling it is interpreted, never executed."""
 
@@ -135,10 +175,14 @@ class _Interpreter:
         self.objects = 0
 
     # -- stack helpers -------------------------------------------------------------------
-    def push(self, obj: Any) -> None:
-        self.objects += 1
+    def charge(self, count: int) -> None:
+        """Count objects created or container items walked, so memory and time stay bounded."""
+        self.objects += count
         if self.objects > MAX_OBJECTS:
-            raise CheckpointError("pickle creates too many objects")
+            raise CheckpointError(f"pickle creates more than {MAX_OBJECTS} objects")
+
+    def push(self, obj: Any) -> None:
+        self.charge(1)
         self.stack.append(obj)
 
     def pop(self) -> Any:
@@ -160,7 +204,9 @@ class _Interpreter:
 
     # -- the opcodes -------------------------------------------------------------------------
     def run(self, data: bytes) -> Any:
-        for opcode, arg, pos in pickletools.genops(io.BytesIO(data)):
+        for count, (opcode, arg, pos) in enumerate(pickletools.genops(io.BytesIO(data))):
+            if count >= MAX_OPCODES:
+                raise CheckpointError(f"pickle has more than {MAX_OPCODES} opcodes")
             name = opcode.name
             handler = getattr(self, "op_" + name, None)
             if handler is None:
@@ -184,6 +230,7 @@ class _Interpreter:
         pass
 
     def op_MARK(self, arg: None) -> None:
+        self.charge(1)
         self.metastack.append(self.stack)
         self.stack = []
 
@@ -341,6 +388,7 @@ class _Interpreter:
         if args == ():
             return result
         if len(args) == 1 and isinstance(args[0], list):
+            self.charge(len(args[0]))  # a memoized list can be walked again and again
             flat: list[Any] = []
             for pair in args[0]:
                 if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
@@ -353,24 +401,20 @@ class _Interpreter:
     def _rebuild_tensor(self, args: tuple[Any, ...]) -> TensorRef:
         if len(args) not in (6, 7):
             raise CheckpointError("malformed _rebuild_tensor_v2 call")
-        storage, offset, shape, stride = args[:4]
+        storage, offset, shape, stride, requires_grad, hooks = args[:6]
         if not isinstance(storage, StorageRef):
             raise CheckpointError("tensor storage is not a persistent storage reference")
-        if type(offset) is not int or offset < 0:
-            raise CheckpointError("tensor storage offset is invalid")
+        metadata = args[6] if len(args) == 7 else None
+        if type(requires_grad) is not bool or not isinstance(hooks, dict) or not isinstance(metadata, (dict, NoneType)):
+            raise CheckpointError("malformed _rebuild_tensor_v2 call: requires_grad, hooks or metadata")
         if not (isinstance(shape, tuple) and isinstance(stride, tuple)) or len(shape) != len(stride):
             raise CheckpointError("tensor shape and stride do not match")
         if len(shape) > MAX_NDIM:
-            raise CheckpointError("tensor has too many dimensions")
-        if any(type(v) is not int or v < 0 for v in shape + stride):
-            raise CheckpointError("tensor shape or stride is invalid")
+            raise CheckpointError(f"tensor has {len(shape)} dimensions, more than {MAX_NDIM}")
+        if any(type(v) is not int or not 0 <= v <= INT64_MAX for v in (offset, *shape, *stride)):
+            raise CheckpointError("tensor offset, shape or stride is negative, not an integer or not an int64")
         tensor = TensorRef(storage, offset, shape, stride)
-        if tensor.numel:
-            last = offset + sum((size - 1) * st for size, st in zip(shape, stride))
-            if last >= storage.numel:
-                raise CheckpointError(
-                    f"tensor reaches element {last} of storage {storage.key!r} which has {storage.numel}"
-                )
+        check_view(tensor)
         return tensor
 
     def op_BUILD(self, arg: None) -> None:
@@ -389,7 +433,7 @@ class _Interpreter:
             raise CheckpointError(f"persistent id names {_describe(storage_type)}, not a storage type")
         if not (isinstance(key, str) and key and len(key) <= 64 and key.replace("_", "").isalnum()):
             raise CheckpointError("persistent id has an invalid storage key")
-        if not isinstance(location, str) or type(numel) is not int or numel < 0:
+        if not isinstance(location, str) or type(numel) is not int or not 0 <= numel <= INT64_MAX // 8:
             raise CheckpointError("persistent id has an invalid location or size")
         self.push(self.storage_lookup(key, storage_type, numel))
 
@@ -402,7 +446,7 @@ def interpret_state_dict(
         raise CheckpointError("data.pkl is larger than any tensor state dict needs")
     try:
         result = _Interpreter(storage_lookup).run(data)
-    except CheckpointError:
+    except (CheckpointError, MemoryError):
         raise
     except Exception as exc:  # a malformed stream: genops' ValueError, bad UTF-8, recursion...
         raise CheckpointError(f"malformed pickle: {type(exc).__name__}: {str(exc)[:200]}") from None
