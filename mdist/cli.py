@@ -42,9 +42,9 @@ class _Group(click.Group):
         except OSError as exc:  # a file mdist could not read or write: unreadable input
             where = f": {exc.filename}" if exc.filename else ""
             self._fail(ctx, f"{exc.strerror or exc}{where}", 2)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             click.echo("mdist: interrupted", err=True)
-            sys.exit(130)
+            sys.exit(143 if isinstance(exc, Terminated) else 130)
 
     @staticmethod
     def _fail(ctx: click.Context, message: str, code: int) -> None:
@@ -195,6 +195,7 @@ def verify(directory: Path, manifest_name: str | None, signature: Path | None, p
     """
     from mdist.verify.pipeline import verify_command
 
+    _term_as_interrupt()
     if bool(signature) != bool(public_key):
         raise click.UsageError("--signature and --public-key go together")
     outcome = verify_command(directory, manifest_name, signature=signature, public_key=public_key,
@@ -289,11 +290,15 @@ def sign(directory: Path, private_key: Path, signature: Path | None) -> None:
 
 
 # -- fetch and seed --------------------------------------------------------------------------
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that the same clean-up runs; exits 143 instead of 130."""
+
+
 def _term_as_interrupt() -> None:
     import signal
 
     def handler(signum, frame):  # noqa: ARG001
-        raise KeyboardInterrupt
+        raise Terminated
 
     signal.signal(signal.SIGTERM, handler)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable
@@ -20,14 +21,21 @@ def _hasher(name: str, size: int):
     return hashlib.new(name)
 
 
+class Cancelled(Exception):
+    """Hashing stopped because the caller was interrupted."""
+
+
 def hash_file(path: Path, algorithms: Iterable[str] = ("sha256",),
-              on_bytes: Callable[[int], None] | None = None) -> dict[str, str]:
-    """Return {algorithm: hex digest} of one file, reading it once."""
+              on_bytes: Callable[[int], None] | None = None,
+              cancel: threading.Event | None = None) -> dict[str, str]:
+    """Return {algorithm: hex digest} of one file, reading it once; stops early when `cancel` is set."""
     buffer = bytearray(CHUNK)
     view = memoryview(buffer)
     with open(path, "rb", buffering=0) as handle:
         hashers = {name: _hasher(name, os.fstat(handle.fileno()).st_size) for name in algorithms}
         while True:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled(str(path))
             n = handle.readinto(buffer)
             if not n:
                 break
@@ -40,9 +48,20 @@ def hash_file(path: Path, algorithms: Iterable[str] = ("sha256",),
 
 def hash_files(jobs: dict[Path, tuple[str, ...]], *, workers: int | None = None,
                on_bytes: Callable[[int], None] | None = None) -> dict[Path, dict[str, str]]:
-    """Hash many files in parallel; jobs maps path -> algorithms. Largest files start first."""
+    """Hash many files in parallel; jobs maps path -> algorithms. Largest files start first.
+
+    Ctrl-C (or SIGTERM turned into KeyboardInterrupt) stops every worker within one chunk read,
+    instead of waiting for all hashing to finish.
+    """
     workers = workers or min(len(jobs), os.cpu_count() or 1) or 1
     order = sorted(jobs, key=lambda p: -p.stat().st_size)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = {path: pool.submit(hash_file, path, jobs[path], on_bytes) for path in order}
+    cancel = threading.Event()
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
+        futures = {path: pool.submit(hash_file, path, jobs[path], on_bytes, cancel) for path in order}
         return {path: future.result() for path, future in futures.items()}
+    except BaseException:
+        cancel.set()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
