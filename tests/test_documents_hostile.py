@@ -540,3 +540,191 @@ def test_valid_manifest_variants_are_accepted(case: str) -> None:
     data = GOOD_MANIFESTS[case]
     parse_manifest(data, "m.json")
     jsonschema.validate(data, json.loads((REPO / "docs" / "manifest.schema.json").read_text()))
+
+
+# -- fuzzing: only mdist's own errors, and never looser than the reference --------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+FUZZ = settings(max_examples=200, deadline=2000, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+TRICKY_TEXT = ["", "a", "b", "__metadata__", "F32", "BF16", "a\x01", "\udc80", "..", "/etc", "É", "1220", "magnet:?"]
+text = st.sampled_from(TRICKY_TEXT) | st.text(max_size=8)
+scalars = (st.none() | st.booleans() | st.sampled_from([0, 1, -1, 8, 2**31, 2**63, 2**64, 2**70])
+           | st.integers(-10, 10**6) | st.floats(allow_nan=True, allow_infinity=True) | text)
+json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(text, inner, max_size=4),
+                           max_leaves=10)
+DELETE = object()
+
+
+def _fresh(path: Path, data: bytes) -> Path:
+    """Replace the file (a new inode): a map of the previous example must not see it truncated."""
+    path.unlink(missing_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def _agrees_with_library(path: Path) -> None:
+    """mdist refuses with its own error, or reads exactly what the library reads."""
+    from safetensors.numpy import load_file
+
+    try:
+        ours = open_safetensors(path)
+    except MdistError:
+        return
+    expected = load_file(str(path))  # mdist accepted: the reference must too
+    assert sorted(ours) == sorted(expected)
+    for name, array in expected.items():
+        assert ours[name].shape == array.shape and ours[name].tobytes() == array.tobytes()
+
+
+def _valid_file() -> bytes:
+    from safetensors.numpy import save
+
+    return save({"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.arange(3, dtype=np.int8),
+                 "e": np.zeros((0, 2), dtype=np.float16)}, metadata={"format": "pt"})
+
+
+VALID_FILE = _valid_file()
+HEADER_END = 8 + struct.unpack("<Q", VALID_FILE[:8])[0]
+
+
+@FUZZ
+@given(mutations=st.lists(st.tuples(st.integers(0, HEADER_END - 1), st.integers(0, 255)), min_size=1, max_size=6),
+       keep=st.integers(0, len(VALID_FILE)))
+def test_fuzzed_safetensors_bytes(tmp_path_factory, mutations, keep) -> None:
+    data = bytearray(VALID_FILE)
+    for position, value in mutations:
+        data[position] = value
+    _agrees_with_library(_fresh(tmp_path_factory.getbasetemp() / "fuzz.safetensors", bytes(data[:keep])))
+
+
+dtypes = st.sampled_from(["F32", "BF16", "U8", "I64", "BOOL", "F8_E4M3", "Q9", ""]) | json_values
+shapes = st.lists(st.integers(0, 3), max_size=3) | st.lists(st.sampled_from([-1, 0, 2**32, 2**63, 2**64 - 1, True, 1.0]), max_size=3) | json_values
+offsets = st.lists(st.integers(0, 40), min_size=2, max_size=2).map(sorted) | json_values
+entries = st.fixed_dictionaries({"dtype": dtypes, "shape": shapes, "data_offsets": offsets}) | json_values
+
+
+@FUZZ
+@given(header=st.dictionaries(text, entries, max_size=4), data=st.binary(max_size=40))
+def test_fuzzed_safetensors_headers(tmp_path_factory, header, data) -> None:
+    raw = json.dumps(header).encode()  # lone surrogates become \udc80 escapes, NaN stays NaN
+    _agrees_with_library(_fresh(tmp_path_factory.getbasetemp() / "header.safetensors", _st(raw, data)))
+
+
+PARAMS_KEYS = sorted(MISTRAL_7B) + ["rope_theta", "moe", "max_seq_len"]
+HF_KEYS = sorted(HF_MISTRAL_7B) + ["model_type", "architectures"]
+
+
+def _edited(base: dict, edits: list) -> dict:
+    document = dict(base)
+    for key, value in edits:
+        if value is DELETE:
+            document.pop(key, None)
+        else:
+            document[key] = value
+    return document
+
+
+@FUZZ
+@given(base=st.sampled_from([MISTRAL_7B, MIXTRAL_8X7B]),
+       edits=st.lists(st.tuples(st.sampled_from(PARAMS_KEYS), json_values | st.just(DELETE)), max_size=4))
+def test_fuzzed_params_json(base, edits) -> None:
+    try:
+        config = MistralConfig.from_params(_edited(base, edits))
+    except InputError:
+        return
+    assert KVCache(config, 4).k.shape[2] <= 4  # anything accepted is bounded
+
+
+@FUZZ
+@given(edits=st.lists(st.tuples(st.sampled_from(HF_KEYS), json_values | st.just(DELETE)), max_size=4),
+       document=json_values)
+def test_fuzzed_config_json(edits, document) -> None:
+    for candidate in (_edited(HF_MISTRAL_7B, edits), document):
+        try:
+            MistralConfig.from_hf_config(candidate)
+        except InputError:
+            pass
+
+
+@FUZZ
+@given(content=st.binary(max_size=200) | json_values.map(lambda v: json.dumps(v).encode()))
+def test_fuzzed_params_json_bytes(tmp_path_factory, content) -> None:
+    folder = tmp_path_factory.getbasetemp() / "fuzz-model"
+    folder.mkdir(exist_ok=True)
+    _fresh(folder / "params.json", content)
+    try:
+        load_config(folder)
+    except MdistError:
+        pass
+
+
+REGISTRY = [json.loads(p.read_text()) for p in sorted((REPO / "checksums").glob("*.json"))]
+SCHEMA = json.loads((REPO / "docs" / "manifest.schema.json").read_text())
+
+
+def _key_paths(node, prefix: tuple = ()) -> list[tuple]:
+    """Every path to a value inside a document (the document itself is the empty path)."""
+    found = [prefix]
+    if isinstance(node, dict):
+        for key, value in node.items():
+            found += _key_paths(value, prefix + (key,))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            found += _key_paths(value, prefix + (index,))
+    return found
+
+
+def _mutate(document, path: tuple, operation: str, value, key: str):
+    """Replace, delete or rename the value at path, or add a key beside it."""
+    if not path:
+        return value if operation == "replace" else document
+    parent = document
+    for step in path[:-1]:
+        parent = parent[step]
+    last = path[-1]
+    if operation == "replace":
+        parent[last] = value
+    elif operation == "delete":
+        del parent[last]
+    elif isinstance(parent, dict) and operation == "rename":
+        parent[key] = parent.pop(last)
+    elif isinstance(parent, dict):
+        parent[key] = value
+    return document
+
+
+@FUZZ
+@given(base=st.sampled_from(REGISTRY), pick=st.integers(0, 10**6), operation=st.sampled_from(["replace", "delete", "rename", "add"]),
+       value=json_values, key=text)
+def test_fuzzed_manifests(base, pick, operation, value, key) -> None:
+    import jsonschema
+
+    from mdist.verify.manifest import parse_manifest
+
+    document = json.loads(json.dumps(base))
+    paths = _key_paths(document)
+    document = _mutate(document, paths[pick % len(paths)], operation, value, key)
+    try:
+        parse_manifest(document, "fuzz.json")
+    except InputError:
+        return
+    if set(SCHEMA["required"]) <= set(document):  # mdist defaults title, files, files_complete; needs no provenance
+        jsonschema.validate(document, SCHEMA)  # mdist accepts nothing else the published schema refuses
+
+
+@FUZZ
+@given(base=st.sampled_from(REGISTRY), mutations=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=4),
+       keep=st.integers(0, 10**6))
+def test_fuzzed_manifest_bytes(tmp_path_factory, base, mutations, keep) -> None:
+    from mdist.verify.manifest import find_manifest
+
+    data = bytearray(json.dumps(base).encode())
+    for position, value in mutations:
+        data[position % len(data)] = value
+    path = _fresh(tmp_path_factory.getbasetemp() / "fuzz-manifest.json", bytes(data[: keep % (len(data) + 1)]))
+    try:
+        find_manifest(str(path))
+    except MdistError:
+        pass
