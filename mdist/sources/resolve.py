@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,13 +19,58 @@ class Source:
     hub_fallback: "Source | None" = None
 
 
+COMMIT = re.compile(r"[0-9a-f]{40}")
+MAX_REVISION_CHARS = 255
+_REPO_PART = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?")  # the hub's rule: at most 96
+_REF_FORBIDDEN = re.compile(r"[\x00-\x20\x7f-\x9f~^:?*\[\\]|\.\.|@\{|//")  # git check-ref-format
+
+
+def _show(text: str) -> str:
+    """Text from the command line or a server, escaped and cut for a one-line message."""
+    return repr(text[:100]).encode("ascii", "backslashreplace").decode("ascii")
+
+
+def check_repo_id(repo: str, where: str = "hub repository") -> str:
+    """OWNER/NAME as the hub allows them: the name becomes a folder (--out, models--OWNER--NAME)."""
+    parts = repo.split("/") if isinstance(repo, str) else []
+    if len(parts) != 2 or not all(_REPO_PART.fullmatch(p) and ".." not in p and "--" not in p for p in parts):
+        raise InputError(f"{where}: expected OWNER/REPO (letters, digits, '.', '_', '-', no '..' or '--'), "
+                         f"got {_show(str(repo))}")
+    return repo
+
+
+def check_revision(revision: str, where: str = "revision") -> str:
+    """A branch, tag or commit by git's rules for ref names (git check-ref-format), or 40-hex commit.
+
+    The revision becomes a file under the Hugging Face cache's refs/ folder, so `../x`, an
+    absolute path, `-x` (an option to git) or a control character is refused before any request.
+    """
+    bad = (not isinstance(revision, str) or not revision or len(revision) > MAX_REVISION_CHARS
+           or revision == "@" or revision.startswith(("/", "-")) or revision.endswith(("/", "."))
+           or _REF_FORBIDDEN.search(revision) is not None
+           or any(part.startswith(".") or part.endswith(".lock") for part in revision.split("/")))
+    if bad:
+        raise InputError(f"{where} {_show(str(revision))} is not a git branch, tag or commit name "
+                         "(no '..', '//', '@{', control characters, spaces or ~^:?*[\\; no part starting with '.', "
+                         "none ending in '.lock', '/' or '.'; not starting with '/' or '-')")
+    return revision
+
+
 def parse_hub(text: str) -> tuple[str, str | None]:
     spec = text[len("hf://"):]
     repo, _, revision = spec.partition("@")
-    parts = repo.split("/")
-    if len(parts) != 2 or not all(parts) or any(p in (".", "..") for p in parts):
-        raise InputError(f"expected hf://OWNER/REPO[@REVISION], got {text!r}")
-    return repo, revision or None
+    check_repo_id(repo, "hf://OWNER/REPO[@REVISION]")
+    return repo, check_revision(revision) if revision else None
+
+
+def _hub_source(hub: dict | None, manifest: Manifest) -> Source | None:
+    """The hub repository a release names, with the same checks as a typed hf:// source."""
+    if not hub:
+        return None
+    where = f"{manifest.name}: hub"
+    revision = hub.get("revision")
+    return Source("hub", check_repo_id(hub.get("repo"), f"{where} repository"),
+                  check_revision(revision, f"{where} revision") if revision else None, manifest)
 
 
 def compose_magnet(sources: dict) -> str | None:
@@ -57,10 +103,9 @@ def resolve_source(text: str) -> Source:
     hub = sources.get("hub")
     if not hub and sources.get("hub_alternative"):
         alternative = find_manifest(sources["hub_alternative"])
-        hub = alternative.sources.get("hub")
-        hub_source = Source("hub", hub["repo"], hub.get("revision"), alternative) if hub else None
+        hub_source = _hub_source(alternative.sources.get("hub"), alternative)
     else:
-        hub_source = Source("hub", hub["repo"], hub.get("revision"), manifest) if hub else None
+        hub_source = _hub_source(hub, manifest)
     magnet = sources.get("magnet") or compose_magnet(sources)
     if magnet:
         return Source("torrent", magnet, manifest=manifest, hub_fallback=hub_source)
