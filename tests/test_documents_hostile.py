@@ -220,6 +220,17 @@ def test_round_trip_with_the_library_writer(tmp_path: Path) -> None:
         np.testing.assert_array_equal(ours[name], array)
 
 
+@pytest.mark.parametrize("name", ["a\x01", "a\nb", "\udc80", "__metadata__", "dup"])
+def test_the_writer_refuses_names_the_reader_refuses(name: str) -> None:
+    """A .pth key is anyone's text: refused before a multi-GB file nobody can read is written."""
+    from mdist.convert.safetensors_writer import TensorSource, build_header
+
+    tensors = [TensorSource(n, "U8", (1,), 1, lambda: [b"\0"]) for n in ("dup", name)]
+    with pytest.raises(InputError) as caught:
+        build_header(tensors, {"format": "pt"} if name != "__metadata__" else None)
+    _one_line(caught.value)
+
+
 # -- params.json / config.json ----------------------------------------------------------------------
 
 MISTRAL_7B = {"dim": 4096, "n_layers": 32, "head_dim": 128, "hidden_dim": 14336, "n_heads": 32, "n_kv_heads": 8,

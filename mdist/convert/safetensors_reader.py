@@ -94,7 +94,7 @@ def _check_text(text: Any, what: str, role: str) -> str:
     return text
 
 
-def _check_name(name: str, what: str) -> str:
+def check_tensor_name(name: str, what: str) -> str:
     """Tensor names reach messages, digests and converted files: no control characters either."""
     _check_text(name, what, "tensor name")
     if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in name):
@@ -162,7 +162,7 @@ def check_header(header: dict[str, Any], data_length: int, what: str) -> tuple[d
     for name, info in header.items():
         if name == METADATA_KEY:
             continue
-        _check_name(name, what)
+        check_tensor_name(name, what)
         entries.append(_check_entry(name, info, what))
     _check_coverage(entries, data_length, what)
     return metadata, entries

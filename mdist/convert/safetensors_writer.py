@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from mdist.atomic import atomic_writer
+from mdist.convert.safetensors_reader import METADATA_KEY, check_tensor_name
+from mdist.errors import InputError
 
 _ALIGN = 8
 
@@ -32,11 +34,15 @@ class TensorSource:
 
 
 def build_header(tensors: list[TensorSource], metadata: dict[str, str] | None) -> bytes:
+    """The header, refusing names the reader refuses (a .pth key is anyone's text), before any byte is written."""
     header: dict[str, object] = {}
     if metadata:
-        header["__metadata__"] = metadata
+        header[METADATA_KEY] = metadata
     offset = 0
     for tensor in tensors:
+        check_tensor_name(tensor.name, "safetensors output")
+        if tensor.name in header or tensor.name == METADATA_KEY:
+            raise InputError(f"safetensors output: tensor name {tensor.name!r} is used twice or reserved")
         header[tensor.name] = {
             "dtype": tensor.dtype,
             "shape": list(tensor.shape),
