@@ -32,7 +32,7 @@ LIMITS = {
 }
 MAX_ATTENTION_WIDTH = 1 << 16  # n_heads * head_dim, the width of the q projection: bounded like dim
 MAX_SLIDING_WINDOW = 1 << 31  # the runner's cache is min(window, context), so this only bounds arithmetic
-MAX_ROPE_THETA = 1e12  # published values reach 1e8; beyond, every rotary frequency rounds to 1
+MAX_ROPE_THETA = 1e12  # published values reach 1e9 (Mistral Small 3.1); a bound keeps the rotary math finite
 MAX_NORM_EPS = 1.0  # RMSNorm's epsilon is ~1e-5; a value near 1 would swamp the activations
 
 
