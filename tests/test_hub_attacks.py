@@ -286,7 +286,7 @@ def test_files_that_appear_unasked_are_removed(hf, tmp_path: Path, monkeypatch) 
     assert result["removed"] == ["sneaked.bin", "sub/deep.json"]
     assert not (out / "sneaked.bin").exists() and not (out / "sub" / "deep.json").exists()
     assert (out / "mine.txt").exists()
-    assert any("sneaked.bin" in m and "removed" in m for m in reporter.messages), reporter.messages
+    assert any("'sneaked.bin'" in m and "removed" in m for m in reporter.messages), reporter.messages
     assert "sneaked.bin" not in result["files"]
 
 

@@ -23,7 +23,7 @@ from typing import Any
 from mdist.atomic import require_free_space, write_bytes_atomic
 from mdist.errors import InputError, UnsafeContentError, VerificationError
 from mdist.paths import check_path_set
-from mdist.sources.resolve import COMMIT, check_repo_id, check_revision
+from mdist.sources.resolve import COMMIT, check_repo_id, check_revision, quoted
 from mdist.verify.folder import STATE_DIR
 from mdist.verify.hashing import hash_files
 from mdist.verify.manifest import Manifest, load_registry
@@ -68,11 +68,6 @@ def _api_errors():
     return errors
 
 
-def _show(text: Any) -> str:
-    """A value from a server, escaped and cut for a one-line message."""
-    return repr(str(text)[:100]).encode("ascii", "backslashreplace").decode("ascii")
-
-
 def resolve_remote(repo: str, revision: str | None, endpoint: str) -> tuple[str, list[RemoteFile]]:
     """(commit sha, files with their published hashes) for repo at revision, all checked."""
     from huggingface_hub import HfApi
@@ -88,7 +83,7 @@ def resolve_remote(repo: str, revision: str | None, endpoint: str) -> tuple[str,
             tree = [e for e in api.list_repo_tree(repo, revision=commit, recursive=True) if isinstance(e, RepoFile)]
         except (KeyError, TypeError, AttributeError) as exc:  # RepoFile(**entry) on an entry lacking a field
             raise UnsafeContentError(f"the file listing from {endpoint} for {repo}@{commit[:12]} is malformed "
-                                     f"(an entry lacks {_show(exc)}); refused") from None
+                                     f"(an entry lacks {quoted(exc.args[0] if exc.args else exc)}); refused") from None
     except errors.RevisionNotFoundError:
         raise InputError(f"{repo} has no revision {wanted!r} at {endpoint}") from None
     except errors.RepositoryNotFoundError:
@@ -111,8 +106,8 @@ def _check_commit(sha: Any, repo: str, revision: str | None, endpoint: str) -> s
     if not sha:
         raise InputError(f"{endpoint} did not say which commit {repo}@{revision or 'main'} is")
     if not isinstance(sha, str) or not COMMIT.fullmatch(sha):
-        raise UnsafeContentError(f"{endpoint} answered {_show(sha)} as the commit of {repo}@{revision or 'main'}, "
-                                 "not a 40-hex commit id; refused")
+        raise UnsafeContentError(f"{endpoint} answered {quoted(sha)} as the commit of "
+                                 f"{repo}@{revision or 'main'}, not a 40-hex commit id; refused")
     if revision is not None and COMMIT.fullmatch(revision) and sha != revision:
         raise UnsafeContentError(f"asked {endpoint} for commit {revision} of {repo}, it answered with commit {sha}; "
                                  "refused")
@@ -122,14 +117,14 @@ def _check_commit(sha: Any, repo: str, revision: str | None, endpoint: str) -> s
 def _remote_file(entry: Any, endpoint: str) -> RemoteFile:
     """A listed file with the hashes it will be checked against: a file without them is refused,
     never counted as verified."""
-    where = f"the file listing from {endpoint}: {_show(entry.path)}"
+    where = f"the file listing from {endpoint}: {quoted(entry.path)}"
     if type(entry.size) is not int or entry.size < 0:
-        raise UnsafeContentError(f"{where} has no valid size ({_show(entry.size)}); refused")
+        raise UnsafeContentError(f"{where} has no valid size ({quoted(entry.size)}); refused")
     if not isinstance(entry.blob_id, str) or not COMMIT.fullmatch(entry.blob_id):
-        raise UnsafeContentError(f"{where} has no valid git blob id ({_show(entry.blob_id)}); refused")
+        raise UnsafeContentError(f"{where} has no valid git blob id ({quoted(entry.blob_id)}); refused")
     sha256 = entry.lfs.sha256 if entry.lfs is not None else None
     if entry.lfs is not None and not (isinstance(sha256, str) and SHA256.fullmatch(sha256)):
-        raise UnsafeContentError(f"{where} is an LFS file without a valid sha256 ({_show(sha256)}); refused")
+        raise UnsafeContentError(f"{where} is an LFS file without a valid sha256 ({quoted(sha256)}); refused")
     return RemoteFile(entry.path, entry.size, sha256, entry.blob_id)
 
 
@@ -192,7 +187,8 @@ def fetch_hub(repo: str, revision: str | None, options: HubOptions, reporter,
     folder = _download(repo, commit, endpoint, selected, target, options, _reporting_tqdm(reporter, repo, total))
     removed = _remove_unasked(folder, selected, before, options.to_hf_cache)
     if removed:
-        reporter.message(f"removed {len(removed)} files that were not in the selected listing: {', '.join(removed)}")
+        reporter.message(f"removed {len(removed)} files that were not in the selected listing: "
+                         f"{', '.join(quoted(p) for p in removed)}")
     verified = _verify_download(folder, selected, options.to_hf_cache)
     manifest_checked = _check_manifest(folder, known) if known else 0
     if ref is not None:  # checked again against the folder snapshot_download returned, just before writing
@@ -385,10 +381,11 @@ def _ref_path(snapshot: Path, revision: str, commit: str) -> Path | None:
         return None
     check_revision(revision)
     if not COMMIT.fullmatch(commit):
-        raise UnsafeContentError(f"refusing to record {_show(commit)} as a commit")
+        raise UnsafeContentError(f"refusing to record {quoted(commit)} as a commit")
     cache = Path(constants.HF_HUB_CACHE).resolve()
     refs = (snapshot.parent.parent / "refs").resolve()
     target = (refs / revision).resolve()
     if not (refs.is_relative_to(cache) and target.is_relative_to(refs) and target != refs):
-        raise UnsafeContentError(f"the ref {_show(revision)} would be written at {target}, outside {cache}/; refused")
+        raise UnsafeContentError(f"the ref {quoted(revision)} would be written at {target}, "
+                                 f"outside {cache}/; refused")
     return target

@@ -25,9 +25,9 @@ _REPO_PART = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?")  #
 _REF_FORBIDDEN = re.compile(r"[\x00-\x20\x7f-\x9f~^:?*\[\\]|\.\.|@\{|//")  # git check-ref-format
 
 
-def _show(text: str) -> str:
-    """Text from the command line or a server, escaped and cut for a one-line message."""
-    return repr(text[:100]).encode("ascii", "backslashreplace").decode("ascii")
+def quoted(text: object) -> str:
+    """Text from the command line or a server, quoted, escaped and cut for a one-line message."""
+    return repr(str(text)[:100]).encode("ascii", "backslashreplace").decode("ascii")
 
 
 def check_repo_id(repo: str, where: str = "hub repository") -> str:
@@ -35,7 +35,7 @@ def check_repo_id(repo: str, where: str = "hub repository") -> str:
     parts = repo.split("/") if isinstance(repo, str) else []
     if len(parts) != 2 or not all(_REPO_PART.fullmatch(p) and ".." not in p and "--" not in p for p in parts):
         raise InputError(f"{where}: expected OWNER/REPO (letters, digits, '.', '_', '-', no '..' or '--'), "
-                         f"got {_show(str(repo))}")
+                         f"got {quoted(repo)}")
     return repo
 
 
@@ -50,7 +50,7 @@ def check_revision(revision: str, where: str = "revision") -> str:
            or _REF_FORBIDDEN.search(revision) is not None
            or any(part.startswith(".") or part.endswith(".lock") for part in revision.split("/")))
     if bad:
-        raise InputError(f"{where} {_show(str(revision))} is not a git branch, tag or commit name "
+        raise InputError(f"{where} {quoted(revision)} is not a git branch, tag or commit name "
                          "(no '..', '//', '@{', control characters, spaces or ~^:?*[\\; no part starting with '.', "
                          "none ending in '.lock', '/' or '.'; not starting with '/' or '-')")
     return revision
