@@ -38,8 +38,29 @@ def verify_against(out: Path, manifest: Manifest | None) -> tuple[str | None, in
     return manifest.name, verified, report.not_checked
 
 
+def _check_options(request: FetchRequest, source: Source) -> None:
+    """Options that cannot apply to this source are an error, never silently ignored."""
+    hub = request.hub
+    if hub.to_hf_cache and hub.out is not None:
+        raise InputError("--out and --to-hf-cache exclude each other (the cache decides where files go)")
+    if source.kind != "hub" and source.hub_fallback is None:
+        used = [flag for flag, value in (("--include", hub.include), ("--exclude", hub.exclude),
+                                          ("--to-hf-cache", hub.to_hf_cache), ("--endpoint", hub.endpoint))
+                if value]
+        if used:
+            raise InputError(f"{used[0]} applies to hf:// sources only; {request.source[:80]} is a torrent")
+    if source.kind == "hub":
+        swarm = request.swarm
+        used = [flag for flag, value in (("--peer", swarm.peers), ("--tracker", swarm.trackers),
+                                          ("--web-seed", swarm.web_seeds), ("--listen", swarm.listen),
+                                          ("--seed", swarm.seed)) if value]
+        if used:
+            raise InputError(f"{used[0]} applies to BitTorrent sources only; {request.source[:80]} is a hub repository")
+
+
 def run_fetch(request: FetchRequest, reporter) -> dict[str, Any]:
     source = resolve_source(request.source)
+    _check_options(request, source)
     if request.prefer == "hub":
         if source.kind != "hub" and source.hub_fallback is None:
             raise InputError(f"{request.source} has no hub repository")

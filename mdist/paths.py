@@ -74,6 +74,15 @@ def check_not_state(parts: list[str], where: str = "path") -> None:
             raise UnsafePathError(f"{where}: {_printable('/'.join(parts))!r} is inside a tool-state folder")
 
 
+def in_state_folder(path: str) -> bool:
+    """True for a relative path inside a tool-state folder (what `check_not_state` refuses)."""
+    try:
+        check_not_state(path.split("/"))
+    except UnsafePathError:
+        return True
+    return False
+
+
 def collision_key(path: str) -> str:
     """Two paths with the same key may be one file on a case-insensitive or normalising file system."""
     return unicodedata.normalize("NFC", path).casefold()
