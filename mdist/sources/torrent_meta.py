@@ -8,6 +8,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 from mdist.errors import InputError, UnsafeContentError
+from mdist.paths import (MAX_FILES, MAX_PATH_CHARS, UnsafePathError, check_component, check_path_set,
+                         check_relative_path)
 from mdist.sources.bt_session import Endpoint, lt
 
 MIN_PIECE = 256 << 10
@@ -75,48 +77,151 @@ def magnet_peers(uri: str) -> list[str]:
     return parse_qs(urlsplit(uri).query).get("x.pe", [])
 
 
-def _check_component(component: bytes, where: str) -> str:
+# -- the info dict from outside: types first, then one path rule -------------------------------
+MIN_PIECE_LENGTH = 16 << 10
+MAX_PIECE_LENGTH = 256 << 20
+MAX_FILE_LENGTH = 1 << 50  # 1 PiB: larger is a forgery, and sums of such lengths overflow
+REFUSED = "torrent refused"
+
+
+def _malformed(what: str) -> InputError:
+    return InputError(f"torrent metadata is malformed: {what}")
+
+
+def _int(value: object, what: str, low: int, high: int) -> int:
+    if type(value) is not int or not low <= value <= high:
+        raise _malformed(f"{what} is not a whole number from {low} to {high}")
+    return value
+
+
+def _bytes(value: object, what: str) -> bytes:
+    if not isinstance(value, bytes):
+        raise _malformed(f"{what} is not a byte string")
+    return value
+
+
+def _name_text(value: object, what: str) -> str:
+    """One path element: a UTF-8 byte string that is a plain name (mdist.paths.check_component)."""
     try:
-        text = component.decode("utf-8")
+        text = _bytes(value, what).decode("utf-8")
     except UnicodeDecodeError:
-        raise UnsafeContentError(f"torrent file name in {where} is not UTF-8") from None
-    if text in ("", ".", "..") or any(c in text for c in "/\\\x00") or (len(text) >= 2 and text[1] == ":"):
-        raise UnsafeContentError(f"torrent names a path outside the download folder: {where} contains {text!r}")
-    return text
+        raise UnsafePathError(f"{REFUSED}: {what} is not UTF-8") from None
+    return check_component(text, f"{REFUSED}: {what}")
 
 
-def check_info_dict(info: dict) -> list[str]:
-    """Refuse absolute paths, `..`, separators in names and symlinks (v1 attr or v2 `attr: l`).
+def _one_of(entry: dict, key: bytes, what: str) -> object:
+    """`key` or `key.utf-8`: libtorrent prefers the second, so both must say the same thing."""
+    values = [entry[k] for k in (key, key + b".utf-8") if k in entry]
+    if not values:
+        raise _malformed(f"{what} is missing")
+    if len(values) == 2 and values[0] != values[1]:
+        raise UnsafePathError(f"{REFUSED}: {what} differs from its {key.decode()}.utf-8 twin")
+    return values[0]
 
-    Works on the raw bencoded info dict: libtorrent sanitises names while parsing, so a hostile
-    torrent must be caught before that, not silently rewritten. Returns the relative file paths.
-    """
-    if not isinstance(info, dict) or b"name" not in info:
-        raise UnsafeContentError("torrent metadata has no name")
-    name = _check_component(info[b"name"], "name")
+
+def _refuse_symlink(entry: dict, what: str) -> bytes:
+    attr = _bytes(entry.get(b"attr", b""), f"{what} attr")
+    if b"l" in attr or b"symlink path" in entry:
+        raise UnsafeContentError(f"{REFUSED}: it contains a symbolic link")
+    return attr
+
+
+def _check_pieces(info: dict, v2: bool) -> None:
+    length = _int(info.get(b"piece length"), "piece length", MIN_PIECE_LENGTH, MAX_PIECE_LENGTH)
+    if v2 and length & (length - 1):
+        raise _malformed("piece length of a v2 torrent is not a power of two")
+    if b"pieces" in info and len(_bytes(info[b"pieces"], "pieces")) % 20:
+        raise _malformed("pieces is not a list of SHA-1 hashes")
+
+
+def _v1_paths(info: dict, name: str) -> list[str] | None:
+    """Paths below the root of the v1 file list (pad files left out), or [name] for one file."""
+    if b"files" not in info:
+        if b"length" not in info:
+            return None
+        _int(info[b"length"], "length", 0, MAX_FILE_LENGTH)
+        _refuse_symlink(info, "the file")
+        return [name]
+    if b"length" in info:
+        raise _malformed("both length and files are given")
+    files = info[b"files"]
+    if not isinstance(files, list) or not files:
+        raise _malformed("files is not a non-empty list")
+    if len(files) > MAX_FILES:
+        raise UnsafePathError(f"{REFUSED}: more than {MAX_FILES} files")
+    paths = []
+    for index, entry in enumerate(files):
+        what = f"files[{index}]"
+        if not isinstance(entry, dict):
+            raise _malformed(f"{what} is not a dictionary")
+        _int(entry.get(b"length"), f"{what} length", 0, MAX_FILE_LENGTH)
+        attr = _refuse_symlink(entry, what)
+        parts = _one_of(entry, b"path", f"{what} path")
+        if not isinstance(parts, list) or not parts:
+            raise _malformed(f"{what} path is not a non-empty list")
+        path = "/".join(_name_text(part, f"{what} path") for part in parts)
+        if b"p" in attr:  # pad files are never written; libtorrent names them .pad/SIZE, repeatedly
+            check_relative_path(path, f"{REFUSED}: {what} path")
+        else:
+            paths.append(path)
+    return paths
+
+
+def _v2_paths(tree: object) -> list[str]:
+    """Paths of the v2 file tree, walked without recursion (a deep tree cannot exhaust the stack)."""
     paths: list[str] = []
-    for entry in info.get(b"files", []) or []:
-        attr = entry.get(b"attr", b"")
-        if b"l" in attr or b"symlink path" in entry:
-            raise UnsafeContentError("torrent contains a symbolic link; refused")
-        parts = [_check_component(p, "a file path") for p in entry.get(b"path", [])]
-        if not parts:
-            raise UnsafeContentError("torrent has a file with an empty path")
-        if b"p" not in attr:
-            paths.append("/".join(parts))
+    stack: list[tuple[object, str]] = [(tree, "")]
+    nodes = 0
+    while stack:
+        node, prefix = stack.pop()
+        nodes += 1
+        if not isinstance(node, dict) or not node:
+            raise _malformed(f"file tree entry {prefix or '(root)'!r} is not a non-empty dictionary")
+        if len(paths) > MAX_FILES or nodes > 4 * MAX_FILES:
+            raise UnsafePathError(f"{REFUSED}: more than {MAX_FILES} files")
+        if len(prefix) > MAX_PATH_CHARS:
+            raise UnsafePathError(f"{REFUSED}: a path is longer than {MAX_PATH_CHARS} characters")
+        if b"" in node:
+            if not prefix or len(node) != 1:
+                raise _malformed(f"file tree entry {prefix or '(root)'!r} is both a file and a folder")
+            _check_leaf(node[b""], prefix)
+            paths.append(prefix)
+            continue
+        for key, child in node.items():
+            name = _name_text(key, "file tree")
+            stack.append((child, f"{prefix}/{name}" if prefix else name))
+    return paths
 
-    def walk(tree: dict, prefix: list[str]) -> None:
-        for key, value in tree.items():
-            if key == b"":
-                if b"l" in value.get(b"attr", b"") or b"symlink path" in value:
-                    raise UnsafeContentError("torrent contains a symbolic link; refused")
-                if prefix and "/".join(prefix) not in paths:
-                    paths.append("/".join(prefix))
-                continue
-            walk(value, prefix + [_check_component(key, "the v2 file tree")])
 
-    if b"file tree" in info:
-        walk(info[b"file tree"], [])  # a single-file v2 torrent's tree is {name: {"": ...}}
-    if b"files" not in info and b"file tree" not in info:
-        paths.append(name)
+def _check_leaf(leaf: object, path: str) -> None:
+    what = f"file tree entry {path!r}"
+    if not isinstance(leaf, dict):
+        raise _malformed(f"{what} is not a dictionary")
+    _refuse_symlink(leaf, what)
+    length = _int(leaf.get(b"length"), f"{what} length", 0, MAX_FILE_LENGTH)
+    if length and len(_bytes(leaf.get(b"pieces root"), f"{what} pieces root")) != 32:
+        raise _malformed(f"{what} pieces root is not a SHA-256 hash")
+
+
+def check_info_dict(info: object) -> list[str]:
+    """Check a raw bdecoded info dict; return the file paths it places in the download folder.
+
+    Runs before libtorrent parses the dict (or creates anything): libtorrent sanitises names
+    while parsing, so a hostile torrent must be refused here, not silently rewritten. Wrong
+    bencode types are InputError (exit 2); symbolic links and every path that mdist.paths
+    refuses (`..`, absolute, `.git/`, `.mdist/`, collisions...) are UnsafeContentError (exit 1).
+    """
+    if not isinstance(info, dict):
+        raise _malformed("the info section is not a dictionary")
+    name = _name_text(_one_of(info, b"name", "name"), "name")
+    tree = info.get(b"file tree")
+    _check_pieces(info, tree is not None)
+    v1 = _v1_paths(info, name)
+    v2 = _v2_paths(tree) if tree is not None else None
+    if v1 is None and v2 is None:
+        raise _malformed("it lists no files (no length, files or file tree)")
+    check_path_set([name], f"{REFUSED}: name")  # the folder (or file) named after the torrent
+    paths = check_path_set(v2 if v2 is not None else v1, f"{REFUSED}: file list")
+    if v1 is not None and v2 is not None and sorted(v1) != sorted(v2):
+        raise UnsafePathError(f"{REFUSED}: its v1 and v2 file lists differ")
     return paths
