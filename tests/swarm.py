@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import select
 import shutil
@@ -147,3 +148,90 @@ def range_http_server(directory: Path) -> Iterator[str]:
     finally:
         proc.kill()
         proc.wait(timeout=10)
+
+
+# -- hand-made (hostile) torrents, which libtorrent's create_torrent refuses to make ---------------
+def hand_made_torrent(name: bytes, entries: list[tuple[list[bytes], bytes, dict]], *, v2: bool = False,
+                      piece: int = 16384) -> bytes:
+    """A bencoded .torrent from (path elements, content, extra keys) entries, with correct hashes.
+
+    v1: a `files` list hashed as one stream; v2: a `file tree` (each file below one piece, so its
+    pieces root is the SHA-256 of its content and no piece layers are needed)."""
+    if v2:
+        tree: dict = {}
+        for parts, data, extra in entries:
+            assert len(data) <= piece
+            node = tree
+            for part in parts:
+                node = node.setdefault(part, {})
+            leaf = {b"length": len(data), **extra}
+            if data:
+                leaf[b"pieces root"] = hashlib.sha256(data).digest()
+            node[b""] = leaf
+        info = {b"name": name, b"piece length": piece, b"meta version": 2, b"file tree": tree}
+    else:
+        blob = b"".join(data for _, data, _ in entries)
+        pieces = b"".join(hashlib.sha1(blob[i:i + piece]).digest() for i in range(0, len(blob), piece))
+        files = [{b"length": len(data), b"path": parts, **extra} for parts, data, extra in entries]
+        info = {b"name": name, b"piece length": piece, b"pieces": pieces, b"files": files}
+    return lt.bencode({b"info": info})
+
+
+def seed_folder(torrent: bytes, entries: list[tuple[list[bytes], bytes, dict]], directory: Path) -> Path:
+    """Write each entry's content where libtorrent (after sanitising the names) will look for it."""
+    if b"files" not in lt.bdecode(torrent)[b"info"]:  # v2: the file tree is walked in sorted order
+        entries = sorted(entries, key=lambda entry: entry[0])
+    layout = lt.torrent_info(torrent).layout()
+    data = iter(content for _, content, _ in entries)
+    for index in range(layout.num_files()):
+        flags = layout.file_flags(index)
+        if flags & layout.flag_pad_file:
+            continue
+        content = next(data)
+        if not flags & layout.flag_symlink:
+            target = directory / layout.file_path(index)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content)
+    return directory
+
+
+@contextmanager
+def raw_seeder(torrent: Path, directory: Path, timeout: float = 30.0) -> Iterator[str]:
+    """Seed any .torrent that libtorrent loads, from a plain libtorrent session in its own process;
+    yield its magnet link, which names the seeder with x.pe=127.0.0.1:PORT."""
+    proc = subprocess.Popen([sys.executable, __file__, "seed-raw", str(torrent), str(directory)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], timeout)
+        line = proc.stdout.readline().strip() if ready else ""
+        if not line.startswith("magnet:"):
+            proc.kill()
+            raise RuntimeError(f"raw seeder did not start: {line!r} {proc.stderr.read()}")
+        yield line
+    finally:
+        stop(proc)
+
+
+def _seed_raw(torrent: str, directory: str) -> None:
+    session = lt.session({"listen_interfaces": "127.0.0.1:0", "enable_dht": False, "enable_lsd": False,
+                          "enable_upnp": False, "enable_natpmp": False, "allow_multiple_connections_per_ip": True})
+    params = lt.add_torrent_params()
+    params.ti = lt.torrent_info(Path(torrent).read_bytes())
+    params.save_path = directory
+    params.flags &= ~(lt.torrent_flags.paused | lt.torrent_flags.auto_managed)
+    session.add_torrent(params)
+    deadline = time.monotonic() + 10
+    while not session.listen_port() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    print(f"{lt.make_magnet_uri(params.ti)}&x.pe=127.0.0.1:{session.listen_port()}", flush=True)
+    try:
+        while True:
+            session.pop_alerts()
+            session.wait_for_alert(500)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["seed-raw"]:
+        _seed_raw(*sys.argv[2:4])

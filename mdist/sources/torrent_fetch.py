@@ -3,12 +3,16 @@
 Completion means every piece passed libtorrent's hash check, the data was flushed to disk
 (libtorrent can report 'finished' before it is written), and, when checksums/ knows the
 release, every file's sha256 matched. Only then is `DIR/.mdist/complete.json` written.
+
+Nothing is created in DIR before the torrent's info dict passed check_info_dict, whether it came
+from a .torrent file, from resume data or (for a magnet) from a peer.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,6 +21,7 @@ from typing import Callable, Protocol
 from mdist.atomic import require_free_space, write_bytes_atomic
 from mdist.errors import InputError, VerificationError
 from mdist.sources.bt_session import Endpoint, lt, make_session, parse_endpoint
+from mdist.paths import UnsafePathError, check_component, check_path_set
 from mdist.sources.torrent_meta import InfoHashes, check_info_dict, magnet_peers
 from mdist.verify.folder import STATE_DIR
 
@@ -83,6 +88,9 @@ class FetchResult:
         return asdict(self)
 
 
+MAX_TORRENT_BYTES = 32 << 20  # libtorrent itself refuses .torrent files over 10 MB
+
+
 def load_source(source: str):
     """add_torrent_params for a magnet link or a .torrent file; plus the raw info dict if known."""
     lib = lt()
@@ -94,10 +102,7 @@ def load_source(source: str):
         if not (params.info_hashes.has_v1() or params.info_hashes.has_v2()):
             raise InputError("the magnet link has no urn:btih or urn:btmh info-hash")
         return params, None
-    path = Path(source)
-    if not path.is_file():
-        raise InputError(f"{source} is neither a magnet link nor a .torrent file")
-    raw = path.read_bytes()
+    raw = _read_torrent_file(Path(source))
     try:
         decoded = lib.bdecode(raw)
     except RuntimeError:
@@ -113,12 +118,29 @@ def load_source(source: str):
     return params, info
 
 
+def _read_torrent_file(path: Path) -> bytes:
+    """The bytes of a .torrent file, bounded; every failure is one line."""
+    try:
+        if not path.exists():
+            raise InputError(f"{path}: no such file (expected a magnet link, a .torrent file or a release name)")
+        if not path.is_file():
+            raise InputError(f"{path} is not a .torrent file (not a regular file)")
+        if path.stat().st_size > MAX_TORRENT_BYTES:
+            raise InputError(f"{path} is not a .torrent file (larger than {MAX_TORRENT_BYTES >> 20} MiB)")
+        return path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
 def fetch_torrent(source: str, options: FetchOptions, reporter: Reporter | None = None,
                   on_complete: Callable[[Path, InfoHashes], tuple[str | None, int, list[str]]] | None = None,
                   ) -> FetchResult:
     """Fetch into options.out. `on_complete(out, hashes)` verifies content, returning
-    (manifest name, files verified, files not checkable); it raises VerificationError on mismatch."""
-    lib = lt()
+    (manifest name, files verified, files not checkable); it raises VerificationError on mismatch.
+
+    Nothing is created in the output folder before the torrent's file list passed
+    check_info_dict: a magnet's metadata is learnt in a private scratch folder first.
+    """
     reporter = reporter or SilentReporter()
     params, raw_info = load_source(source)
     for url in options.web_seeds:
@@ -128,48 +150,133 @@ def fetch_torrent(source: str, options: FetchOptions, reporter: Reporter | None 
     requested = InfoHashes.of(params.info_hashes)
     out = _output_dir(options.out, params, raw_info)
     state_dir = out / STATE_DIR
-    state_dir.mkdir(parents=True, exist_ok=True)
     (state_dir / COMPLETE_FILE).unlink(missing_ok=True)
     params = _maybe_resume(params, state_dir, requested, reporter)
-    params.save_path = str(out)
-    # hold all transfers until the file list is checked (magnets learn it from peers)
-    params.flags |= lib.torrent_flags.upload_mode
-    params.flags &= ~lib.torrent_flags.paused
-    params.flags &= ~lib.torrent_flags.auto_managed
 
     session = make_session(parse_endpoint(options.listen) if options.listen else None, no_dht=options.no_dht)
-    handle = session.add_torrent(params)
     extra = magnet_peers(source) if source.startswith("magnet:") else []
     peers = [parse_endpoint(p) for p in [*options.peers, *extra]]
-    engine = _Engine(session, handle, out, reporter, peers, options.timeout)
     try:
-        if raw_info is not None:
-            engine.release(raw_info)
-        elif handle.status().has_metadata:  # resumed: the saved state carries the info dict
-            engine.release(lib.bdecode(handle.torrent_file().info_section()))
-        started = time.monotonic()
-        engine.run_until_finished()
-        hashes = InfoHashes.of(handle.info_hashes())
-        manifest, verified, unchecked = (None, 0, [])
-        if on_complete is not None:
-            manifest, verified, unchecked = on_complete(out, hashes)
-        files = engine.file_paths()
-        result = FetchResult(
-            out=str(out), name=engine.name, info_hash_v1=hashes.v1, info_hash_v2=hashes.v2,
-            total_bytes=engine.progress.total, downloaded_bytes=handle.status().total_payload_download,
-            hash_failures=engine.progress.hash_failures, seconds=round(time.monotonic() - started, 3),
-            files=files, manifest=manifest, verified_files=verified, not_checkable=unchecked,
-        )
-        write_bytes_atomic(state_dir / COMPLETE_FILE, json.dumps(result.to_json(), indent=2).encode())
-        engine.save_resume(wait=True)
-        if options.seed:
-            reporter.message("complete and verified; seeding until Ctrl-C")
-            engine.seed_forever()
-        return result
+        if params.ti is None:
+            params.ti = fetch_metadata(session, params, peers, options.timeout, reporter)
+        _prepare(params, out)  # checks the info dict; only then is anything created in out
+        state_dir.mkdir(parents=True, exist_ok=True)
+        handle = session.add_torrent(params)
+        engine = _Engine(session, handle, out, reporter, peers, options.timeout)
+        try:
+            missing = params.ti.total_size() - handle.status().total_wanted_done  # resumed data counts
+            require_free_space(out, max(0, missing), what="the download")
+            return _download(engine, state_dir, options.seed, on_complete)
+        finally:
+            engine.save_resume(wait=True)
+            session.remove_torrent(handle)
     finally:
-        engine.save_resume(wait=True)
-        session.remove_torrent(handle)
         del session
+
+
+def _download(engine: "_Engine", state_dir: Path, seed: bool,
+              on_complete: Callable[[Path, InfoHashes], tuple[str | None, int, list[str]]] | None) -> FetchResult:
+    """Run the swarm until every piece is checked and flushed, verify, then record completion."""
+    handle, out = engine.handle, engine.out
+    started = time.monotonic()
+    engine.run_until_finished()
+    hashes = InfoHashes.of(handle.info_hashes())
+    manifest, verified, unchecked = (None, 0, [])
+    if on_complete is not None:
+        manifest, verified, unchecked = on_complete(out, hashes)
+    result = FetchResult(
+        out=str(out), name=engine.name, info_hash_v1=hashes.v1, info_hash_v2=hashes.v2,
+        total_bytes=engine.progress.total, downloaded_bytes=handle.status().total_payload_download,
+        hash_failures=engine.progress.hash_failures, seconds=round(time.monotonic() - started, 3),
+        files=engine.file_paths(), manifest=manifest, verified_files=verified, not_checkable=unchecked,
+    )
+    write_bytes_atomic(state_dir / COMPLETE_FILE, json.dumps(result.to_json(), indent=2).encode())
+    engine.save_resume(wait=True)
+    if seed:
+        engine.reporter.message("complete and verified; seeding until Ctrl-C")
+        engine.seed_forever()
+    return result
+
+
+def _prepare(params, out: Path) -> None:
+    """Check the torrent's own info dict (also one from resume data), then aim it at `out`:
+    multi-file torrents lose their root folder, since `out` is the release folder."""
+    lib = lt()
+    ti = params.ti
+    check_info_dict(lib.bdecode(ti.info_section()))
+    layout = ti.layout()
+    renamed = {}
+    for index in range(layout.num_files()):
+        root, _, rest = layout.file_path(index).partition("/")
+        if rest and root == ti.name():
+            renamed[index] = rest
+    params.renamed_files = renamed
+    params.save_path = str(out)
+    flags = lib.torrent_flags
+    params.flags &= ~(flags.paused | flags.auto_managed | flags.upload_mode | flags.default_dont_download)
+
+
+def fetch_metadata(session, params, peers: list[Endpoint], timeout: float, reporter: Reporter):
+    """A magnet's torrent_info, learnt without creating anything where it will be saved.
+
+    libtorrent sets up storage as soon as metadata arrives (empty files, symbolic links) and
+    sanitises names on the way, so the unchecked torrent is added in a private scratch folder,
+    with every file "don't download" and in upload mode; then removed before the real add.
+    """
+    lib = lt()
+    scratch = tempfile.mkdtemp(prefix="mdist-metadata-")
+    probe = lib.add_torrent_params()
+    probe.info_hashes, probe.name, probe.save_path = params.info_hashes, params.name, scratch
+    probe.trackers, probe.url_seeds, probe.peers = params.trackers, params.url_seeds, params.peers
+    probe.flags = (params.flags | lib.torrent_flags.upload_mode | lib.torrent_flags.default_dont_download) & ~(
+        lib.torrent_flags.paused | lib.torrent_flags.auto_managed)
+    try:
+        handle = session.add_torrent(probe)
+        try:
+            _wait_for_metadata(session, handle, peers, timeout, reporter)
+            return lib.torrent_info(handle.torrent_file())
+        finally:
+            _remove(session, handle)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _wait_for_metadata(session, handle, peers: list[Endpoint], timeout: float, reporter: Reporter) -> None:
+    lib = lt()
+    started = last_connect = time.monotonic()
+    _connect(handle, peers)
+    while True:
+        for alert in session.pop_alerts():
+            if isinstance(alert, lib.metadata_received_alert):
+                return
+            if isinstance(alert, lib.torrent_error_alert):
+                raise InputError(f"download failed: {alert.message()}")
+        status = handle.status()
+        reporter.update(Progress(name=status.name, peers=status.num_peers, seeds=status.num_seeds))
+        now = time.monotonic()
+        if now - started > timeout:
+            raise InputError(f"no progress for {timeout:.0f}s ({status.num_peers} peers connected, "
+                             "still waiting for the torrent's file list)")
+        if peers and now - last_connect > 5 and status.num_peers == 0:
+            _connect(handle, peers)
+            last_connect = now
+        session.wait_for_alert(250)
+
+
+def _connect(handle, peers: list[Endpoint]) -> None:
+    for peer in peers:
+        handle.connect_peer((peer.host, peer.port))
+
+
+def _remove(session, handle, timeout: float = 10.0) -> None:
+    """Remove a torrent and wait (bounded) until it is gone, so that it can be added again."""
+    lib = lt()
+    session.remove_torrent(handle)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(isinstance(a, lib.torrent_removed_alert) for a in session.pop_alerts()):
+            return
+        session.wait_for_alert(100)
 
 
 def _output_dir(out: Path | None, params, raw_info: dict | None) -> Path:
@@ -178,24 +285,35 @@ def _output_dir(out: Path | None, params, raw_info: dict | None) -> Path:
     name = params.name or (raw_info[b"name"].decode("utf-8", "replace") if raw_info else "")
     if not name:
         name = str(params.info_hashes.v1 if params.info_hashes.has_v1() else params.info_hashes.v2)
-    if name in (".", "..") or "/" in name or "\\" in name:
-        raise InputError(f"torrent name {name!r} cannot be a folder name; use --out")
+    try:
+        check_path_set([check_component(name, "torrent name")], "torrent name")
+    except UnsafePathError as exc:
+        raise InputError(f"{exc}; it cannot be the download folder, use --out") from None
     return Path.cwd() / name
 
 
+def same_torrent(requested: InfoHashes, saved: InfoHashes) -> bool:
+    """Every info-hash known on both sides agrees, and there is at least one."""
+    pairs = [(a, b) for a, b in ((requested.v1, saved.v1), (requested.v2, saved.v2)) if a and b]
+    return bool(pairs) and all(a == b for a, b in pairs)
+
+
 def _maybe_resume(params, state_dir: Path, requested: InfoHashes, reporter: Reporter):
+    """Saved state of this very torrent (by info-hash), or the fresh params."""
     lib = lt()
     resume_path = state_dir / RESUME_FILE
     if not resume_path.is_file():
         return params
     try:
         resumed = lib.read_resume_data(resume_path.read_bytes())
-    except RuntimeError:
+    except (RuntimeError, OSError):
         reporter.message("ignoring unreadable resume data")
         return params
-    saved = InfoHashes.of(resumed.info_hashes)
-    if not ((requested.v1 and saved.v1 == requested.v1) or (requested.v2 and saved.v2 == requested.v2)):
+    if not same_torrent(requested, InfoHashes.of(resumed.info_hashes)):
         reporter.message("resume data is for another torrent; starting fresh")
+        return params
+    if resumed.ti is None:
+        reporter.message("resume data holds no file list; starting fresh")
         return params
     resumed.trackers = list(set(resumed.trackers) | set(params.trackers))
     resumed.url_seeds = list(set(resumed.url_seeds) | set(params.url_seeds))
@@ -205,32 +323,15 @@ def _maybe_resume(params, state_dir: Path, requested: InfoHashes, reporter: Repo
 
 
 class _Engine:
-    """The alert loop of one download."""
+    """The alert loop of one download, added only after its file list was checked."""
 
     def __init__(self, session, handle, out: Path, reporter: Reporter, peers: list[Endpoint], timeout: float):
         self.session, self.handle, self.out = session, handle, out
         self.reporter, self.peers, self.timeout = reporter, peers, timeout
         self.progress = Progress()
-        self.name = ""
-        self.released = False
+        self.name = handle.torrent_file().name()
         self.last_resume = 0.0
         self.resume_pending = False
-
-    # -- metadata: check paths, then let data flow ------------------------------------------
-    def release(self, info: dict) -> None:
-        lib = lt()
-        check_info_dict(info)
-        ti = self.handle.torrent_file()
-        layout = ti.layout()
-        self.name = ti.name()
-        for index in range(layout.num_files()):  # multi-file torrents: drop the root folder
-            root, _, rest = layout.file_path(index).partition("/")
-            if rest and root == self.name:
-                self.handle.rename_file(index, rest)
-        status = self.handle.status()
-        require_free_space(self.out, max(0, ti.total_size() - status.total_wanted_done), what="the download")
-        self.handle.unset_flags(lib.torrent_flags.upload_mode)
-        self.released = True
 
     def file_paths(self) -> list[str]:
         layout = self.handle.torrent_file().layout()
@@ -247,16 +348,13 @@ class _Engine:
     # -- the loop -----------------------------------------------------------------------------
     def run_until_finished(self) -> None:
         lib = lt()
-        for peer in self.peers:
-            self.handle.connect_peer((peer.host, peer.port))
+        _connect(self.handle, self.peers)
         last_done, last_progress_at = -1, time.monotonic()
         last_connect = time.monotonic()
         flushing = False
         while True:
             for alert in self.session.pop_alerts():
-                if isinstance(alert, lib.metadata_received_alert) and not self.released:
-                    self.release(lib.bdecode(self.handle.torrent_file().info_section()))
-                elif isinstance(alert, lib.hash_failed_alert):
+                if isinstance(alert, lib.hash_failed_alert):
                     self.progress.hash_failures += 1
                     self.reporter.message(f"piece {alert.piece_index} failed its hash check; its sender is distrusted")
                 elif isinstance(alert, lib.peer_ban_alert):
@@ -268,7 +366,7 @@ class _Engine:
                     self.resume_pending = False
                 elif isinstance(alert, lib.save_resume_data_failed_alert):
                     self.resume_pending = False
-                elif isinstance(alert, lib.torrent_finished_alert) and self.released and not flushing:
+                elif isinstance(alert, lib.torrent_finished_alert) and not flushing:
                     flushing = True
                     self.handle.flush_cache()
                 elif isinstance(alert, lib.cache_flushed_alert) and flushing:
@@ -288,10 +386,9 @@ class _Engine:
                            f"{self.progress.done} of {self.progress.total or '?'} bytes{detail})")
                 raise (VerificationError if failures else InputError)(message)
             if self.peers and now - last_connect > 5 and self.progress.peers == 0:
-                for peer in self.peers:
-                    self.handle.connect_peer((peer.host, peer.port))
+                _connect(self.handle, self.peers)
                 last_connect = now
-            if self.released and now - self.last_resume > SAVE_RESUME_EVERY:
+            if now - self.last_resume > SAVE_RESUME_EVERY:
                 self.save_resume()
             self.session.wait_for_alert(250)
 
@@ -299,8 +396,8 @@ class _Engine:
         status = self.handle.status()
         p = self.progress
         p.name = self.name or status.name
-        p.state = "metadata" if not self.released else str(status.state).rsplit(".", 1)[-1]
-        p.total = status.total_wanted if self.released else 0
+        p.state = str(status.state).rsplit(".", 1)[-1]
+        p.total = status.total_wanted
         p.done = status.total_wanted_done
         p.download_rate, p.upload_rate = status.download_payload_rate, status.upload_payload_rate
         p.peers, p.seeds = status.num_peers, status.num_seeds
@@ -312,7 +409,7 @@ class _Engine:
 
     def save_resume(self, wait: bool = False) -> None:
         lib = lt()
-        if not self.released or not self.handle.is_valid():
+        if not self.handle.is_valid():
             return
         self.last_resume = time.monotonic()
         if not self.resume_pending:
