@@ -299,3 +299,30 @@ def test_forged_resume_data_is_checked_before_anything_is_created(tmp_path: Path
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == [Path(".mdist"), Path(".mdist/resume.fastresume")]
     assert result.returncode == 1, result.stderr
     assert ".git/config" in error_line(result.stderr)
+
+
+def test_mdist_never_shares_what_its_fetchers_refuse(tmp_path: Path) -> None:
+    """`mdist seed` of a git clone or a used cache leaves tool state out; colliding names are an error."""
+    folder = tmp_path / "release"
+    for name in ("model.bin", ".git/config", ".mdist/complete.json", "sub/.hg/hgrc", ".cache/huggingface/token",
+                 ".cache/other.txt", ".mdistrc", ".GIT/HEAD"):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(name)
+    for version in ("hybrid", "v1", "v2"):
+        info = lt.bdecode(create_torrent(folder, version=version))[b"info"]
+        assert sorted(check_info_dict(info)) == [".cache/other.txt", ".mdistrc", "model.bin"], version
+    (folder / "MODEL.bin").write_text("x")
+    with pytest.raises(InputError, match="name the same file"):
+        create_torrent(folder)
+
+
+def test_a_real_pad_folder_survives_the_fetch(tmp_path: Path) -> None:
+    """Pad-file clean-up must not delete a release's own .pad/ files after they were verified."""
+    folder = copy_release(FIXTURE, tmp_path / "seed" / "tiny-mistral")
+    (folder / ".pad").mkdir()
+    (folder / ".pad" / "notes.txt").write_text("part of the release\n")
+    out = tmp_path / "got"
+    with mdist_seeder(folder, "--force") as magnet:
+        payload = _payload(run_mdist("fetch", magnet, "--out", str(out), "--no-dht", "--json", "--timeout", "30"))
+    assert ".pad/notes.txt" in payload["files"]
+    assert (out / ".pad" / "notes.txt").read_text() == "part of the release\n"

@@ -403,7 +403,10 @@ class _Engine:
         p.peers, p.seeds = status.num_peers, status.num_seeds
 
     def _remove_pad_files(self) -> None:
+        """Older libtorrents write pad files to .pad/; keep the folder if the release has real files there."""
         pad_dir = self.out / ".pad"
+        if any(path.startswith(".pad/") for path in self.file_paths()):
+            return
         if pad_dir.is_dir() and not pad_dir.is_symlink():
             shutil.rmtree(pad_dir)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 from mdist.errors import InputError, UnsafeContentError
-from mdist.paths import (MAX_FILES, MAX_PATH_CHARS, UnsafePathError, check_component, check_path_set,
-                         check_relative_path)
+from mdist.paths import (MAX_FILES, MAX_PATH_CHARS, UnsafePathError, check_component, check_not_state,
+                         check_path_set, check_relative_path)
 from mdist.sources.bt_session import Endpoint, lt
 
 MIN_PIECE = 256 << 10
@@ -35,9 +35,10 @@ def create_torrent(directory: Path, *, trackers: list[str] = (), web_seeds: list
         for name in dirs + names:
             if (Path(root) / name).is_symlink():
                 raise InputError(f"{Path(root) / name} is a symbolic link; refusing to share it")
-    files = lib.list_files(str(directory), lambda path: "/.mdist" not in path and not path.endswith("/.mdist"))
+    files = lib.list_files(str(directory), lambda path: not _is_tool_state(directory, path))
     if not files:
         raise InputError(f"{directory} has no files to share")
+    _check_shareable(directory, [entry.filename for entry in files])
     total = sum(entry.size for entry in files)
     flags = {"hybrid": 0, "v1": lib.create_torrent.v1_only, "v2": lib.create_torrent.v2_only}[version]
     creator = lib.create_torrent(files, piece_size or choose_piece_size(total), flags)
@@ -48,6 +49,27 @@ def create_torrent(directory: Path, *, trackers: list[str] = (), web_seeds: list
     creator.set_creator("mdist")
     lib.set_piece_hashes(creator, str(directory.parent))
     return lib.bencode(creator.generate())
+
+
+def _is_tool_state(directory: Path, path: str) -> bool:
+    """Leave out .mdist, .git, .cache/huggingface...: no fetcher may write them, so never share them."""
+    parts = os.path.relpath(path, directory).split(os.sep)
+    if parts == ["."]:
+        return False
+    try:
+        check_not_state(parts)
+    except UnsafePathError:
+        return True
+    return False
+
+
+def _check_shareable(directory: Path, paths: list[str]) -> None:
+    """mdist never makes a torrent that its own fetchers would refuse (checked before hashing)."""
+    try:
+        check_path_set([directory.name], "folder name")
+        check_path_set([path.partition("/")[2] or path for path in paths], "file list")
+    except UnsafePathError as exc:
+        raise InputError(f"cannot share {directory}: {exc}") from None
 
 
 @dataclass(frozen=True)
