@@ -326,3 +326,21 @@ def test_a_real_pad_folder_survives_the_fetch(tmp_path: Path) -> None:
         payload = _payload(run_mdist("fetch", magnet, "--out", str(out), "--no-dht", "--json", "--timeout", "30"))
     assert ".pad/notes.txt" in payload["files"]
     assert (out / ".pad" / "notes.txt").read_text() == "part of the release\n"
+
+
+def test_fetch_never_writes_through_a_link_already_in_out(tmp_path: Path) -> None:
+    """libtorrent opens files by path: a link planted in OUT must be refused before any byte lands."""
+    from swarm import copy_release, mdist_seeder
+
+    victim = tmp_path / "victim.bin"
+    victim.write_bytes(b"precious")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "consolidated.00.pth").symlink_to(victim)
+    release = copy_release(FIXTURE, tmp_path / "seed" / "tiny-mistral")
+    with mdist_seeder(release) as magnet:
+        result = run_mdist("fetch", magnet, "--out", str(out), "--no-dht", "--timeout", "30", timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert "refusing to write through it" in result.stderr
+    assert victim.read_bytes() == b"precious"
+    assert not (out / ".mdist" / "complete.json").exists()

@@ -11,6 +11,8 @@ from a .torrent file, from resume data or (for a magnet) from a peer.
 from __future__ import annotations
 
 import json
+import os
+import stat
 import shutil
 import tempfile
 import time
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from mdist.atomic import require_free_space, write_bytes_atomic
-from mdist.errors import InputError, VerificationError
+from mdist.errors import InputError, UnsafeContentError, VerificationError
 from mdist.sources.bt_session import Endpoint, lt, make_session, parse_endpoint
 from mdist.paths import UnsafePathError, check_component, check_path_set
 from mdist.sources.torrent_meta import InfoHashes, check_info_dict, magnet_peers
@@ -211,9 +213,32 @@ def _prepare(params, out: Path) -> None:
         if rest and root == ti.name():
             renamed[index] = rest
     params.renamed_files = renamed
+    _refuse_links_on_the_way(out, [renamed.get(i, layout.file_path(i)) for i in range(layout.num_files())])
     params.save_path = str(out)
     flags = lib.torrent_flags
     params.flags &= ~(flags.paused | flags.auto_managed | flags.upload_mode | flags.default_dont_download)
+
+
+def _refuse_links_on_the_way(out: Path, paths: list[str]) -> None:
+    """libtorrent opens files by path: a symlink (or FIFO, device) already in OUT at a place the
+    torrent writes would be written through. Refuse before any byte arrives."""
+    checked: set[Path] = set()
+    for relative in paths:
+        target = out
+        for part in relative.split("/"):
+            target = target / part
+            if target in checked:
+                continue
+            checked.add(target)
+            try:
+                mode = os.lstat(target).st_mode
+            except FileNotFoundError:
+                break
+            except OSError as exc:
+                raise InputError(f"cannot inspect {target}: {exc.strerror}") from None
+            if stat.S_ISLNK(mode) or not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+                raise UnsafeContentError(f"{target} is a symbolic link or special file where the torrent writes "
+                                         f"{relative}; refusing to write through it (remove it first)")
 
 
 def fetch_metadata(session, params, peers: list[Endpoint], timeout: float, reporter: Reporter):
