@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zipfile
 from pathlib import Path
@@ -168,3 +169,49 @@ def test_deflated_archive_with_views(tmp_path: Path) -> None:
     convert(tmp_path / "m", tmp_path / "out")
     expected = torch.load(tmp_path / "plain.pth", weights_only=True)
     assert_bit_identical(expected, load_safetensors(tmp_path / "out" / "consolidated.safetensors"))
+
+
+def _torch_bytes(tensor: torch.Tensor) -> bytes:
+    """torch's own bytes of a tensor in C order (bf16 through a 16-bit integer view: numpy has no bf16)."""
+    if tensor.dtype == torch.bfloat16:
+        tensor = tensor.view(torch.int16)
+    return tensor.contiguous().numpy().tobytes()
+
+
+def _big_state() -> dict[str, torch.Tensor]:
+    """Tensors over CHUNK_BYTES (16 MiB), so reading them takes several chunks, stored and as views."""
+    torch.manual_seed(3)
+    big = torch.randn(2816, 4096).to(torch.bfloat16)  # 23 MB
+    wide = torch.randn(1400, 4100)  # 23 MB of float32
+    return {"big": big, "big_transposed": big.t(), "big_rows": big[100:], "wide_columns": wide[:, 3:4003],
+            "wide": wide}
+
+
+def _assert_streams_match_torch(path: Path, expected: dict[str, torch.Tensor]) -> None:
+    with Checkpoint(path) as checkpoint:
+        assert set(checkpoint.tensors) == set(expected)
+        for name, tensor in expected.items():
+            chunks = list(checkpoint.iter_bytes(checkpoint.tensors[name]))
+            assert len(chunks) >= 2, (name, len(chunks))  # really several chunks
+            assert hashlib.sha256(b"".join(chunks)).hexdigest() == hashlib.sha256(_torch_bytes(tensor)).hexdigest(), name
+    result = run_mdist("digest", str(path), "--per-tensor", "--json")
+    assert result.returncode == 0, result.stderr
+    digests = {t["name"]: t["sha256"] for t in json.loads(result.stdout)["paths"][0]["per_tensor"]}
+    assert digests == {name: hashlib.sha256(_torch_bytes(t)).hexdigest() for name, t in expected.items()}
+
+
+def test_tensors_over_one_chunk_stream_like_torch(tmp_path: Path) -> None:
+    """Each chunk continues where the last ended: contiguous, offset and strided views of > 16 MiB tensors."""
+    path = tmp_path / "consolidated.00.pth"
+    torch.save(_big_state(), path)
+    _assert_streams_match_torch(path, torch.load(path, weights_only=True))
+
+
+def test_tensors_over_one_chunk_stream_like_torch_when_deflated(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.pth"
+    torch.save(_big_state(), plain)
+    deflated = tmp_path / "consolidated.00.pth"
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(deflated, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info), compress_type=zipfile.ZIP_DEFLATED, compresslevel=1)
+    _assert_streams_match_torch(deflated, torch.load(plain, weights_only=True))

@@ -249,7 +249,7 @@ class Checkpoint:
             data = bytearray()
             for chunk in self._iter_member(entry, 0, numel * itemsize, CHUNK_BYTES):
                 data += chunk
-            storage = np.frombuffer(bytes(data), dtype=dtype)
+            storage = np.frombuffer(data, dtype=dtype)
         return np.lib.stride_tricks.as_strided(
             storage[tensor.offset :],
             shape=tensor.shape,
