@@ -441,7 +441,11 @@ class _Interpreter:
 def interpret_state_dict(
     data: bytes, storage_lookup: Callable[[str, StorageDType, int], StorageRef]
 ) -> dict[str, TensorRef]:
-    """Interpret `data.pkl` bytes; return tensor name -> TensorRef. Raises only CheckpointError."""
+    """Interpret `data.pkl` bytes; return tensor name -> TensorRef.
+
+    Raises only CheckpointError; MemoryError passes through unchanged, since the limits above
+    should make it impossible and hiding it as "malformed" would hide a broken limit.
+    """
     if len(data) > MAX_PICKLE_BYTES:
         raise CheckpointError("data.pkl is larger than any tensor state dict needs")
     try:
