@@ -45,6 +45,26 @@ def atomic_writer(target: Path, *, overwrite: bool = False) -> Iterator[BinaryIO
         raise
 
 
+def refuse_unreal_dir(path: Path) -> None:
+    """A symlink or a file where mdist keeps its state (say a `.mdist` delivered inside a model
+    folder) would send that state somewhere else: refused, whether or not mdist writes yet."""
+    path = Path(path)
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise InputError(f"{path} is not a folder (a symbolic link or a file); refusing to use it for mdist's "
+                         f"state (remove it)")
+
+
+def real_dir(path: Path) -> Path:
+    """`path` as a folder, created if absent; see refuse_unreal_dir."""
+    path = Path(path)
+    refuse_unreal_dir(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create {path}: {exc.strerror}") from None
+    return path
+
+
 def write_bytes_atomic(target: Path, data: bytes, *, overwrite: bool = True) -> None:
     with atomic_writer(target, overwrite=overwrite) as handle:
         handle.write(data)

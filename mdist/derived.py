@@ -20,10 +20,10 @@ import hmac
 import json
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from mdist.atomic import write_bytes_atomic
+from mdist.atomic import real_dir, write_bytes_atomic
 from mdist.errors import InputError
 from mdist.jsonio import parse_json, read_small_file
 
@@ -83,6 +83,7 @@ def _mac(key: bytes, name: str, identity: list[int], sources: dict[str, list[int
 class DerivedState:
     valid: frozenset[str]  # derived by mdist, unchanged, from unchanged sources: safe to load
     stale: frozenset[str]  # derived by mdist, but it or a source changed: overwrite, never load
+    sources: dict[str, tuple[str, ...]] = field(default_factory=dict)  # valid file -> what it was made from
 
     def known(self, name: str) -> bool:
         return name in self.valid or name in self.stale
@@ -122,7 +123,7 @@ def derived_state(directory: Path) -> DerivedState:
     key = _load_key(create=False) if records else None
     if key is None:
         return NONE
-    valid, stale = set(), set()
+    valid, stale, made_from = set(), set(), {}
     for name, record in records.items():
         if not (isinstance(name, str) and isinstance(record, dict) and isinstance(record.get("mac"), str)):
             continue
@@ -136,9 +137,10 @@ def derived_state(directory: Path) -> DerivedState:
         sources_now = _source_identities(directory, recorded_sources)
         if now == record["identity"] and sources_now == recorded_sources:
             valid.add(name)
+            made_from[name] = tuple(sorted(recorded_sources))
         else:
             stale.add(name)
-    return DerivedState(frozenset(valid), frozenset(stale))
+    return DerivedState(frozenset(valid), frozenset(stale), made_from)
 
 
 def record_derived(directory: Path, outputs: list[Path], sources: list[Path]) -> None:
@@ -173,4 +175,4 @@ def record_derived(directory: Path, outputs: list[Path], sources: list[Path]) ->
                          "mac": _mac(key, name, identity, source_ids)}
     payload = json.dumps({"note": "files mdist derived here; see docs/trust-model.md", "files": records},
                          indent=1, sort_keys=True)
-    write_bytes_atomic(directory / STATE_DIR / RECORD_FILE, payload.encode())
+    write_bytes_atomic(real_dir(directory / STATE_DIR) / RECORD_FILE, payload.encode())

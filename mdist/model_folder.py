@@ -42,6 +42,7 @@ MISTRAL_WEIGHTS = "consolidated.safetensors"
 HF_INDEX = "model.safetensors.index.json"
 HF_SINGLE = "model.safetensors"
 TOKENIZER = "tokenizer.model"
+SIDE_NAMES = ("params.json", "config.json", HF_INDEX, TOKENIZER, STATE_DIR)  # read (or written) by commands
 _PTH_NAME = re.compile(r"^consolidated\.\d{2}\.pth$")
 # Anything a loader (ours, transformers, llama.cpp, torch) might pick up as weights.
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".gguf", ".ggml", ".npz", ".h5",
@@ -103,7 +104,8 @@ def scan(directory: Path) -> tuple[dict[str, int], list[str], dict[str, str]]:
 
     In a snapshot folder of the Hugging Face cache, a link that resolves to a file directly in the
     same repo's `blobs/` is followed: the cache is content-addressed, so the blob's name (LFS sha256
-    or git blob sha1) is what the content must hash to. Any other link is never followed.
+    or git blob sha1) is what the content must hash to. Any other link is never followed, and a
+    plain file in a snapshot (huggingface_hub writes only links there) is never read.
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -120,6 +122,9 @@ def scan(directory: Path) -> tuple[dict[str, int], list[str], dict[str, str]]:
     for root, dirs, names in os.walk(directory, followlinks=False, onerror=fail):
         rel_root = Path(root).relative_to(directory)
         if rel_root == Path("."):
+            state = Path(root) / STATE_DIR
+            if state.is_symlink() or (state.exists() and not state.is_dir()):
+                others.append(STATE_DIR)  # mdist would write its state through it: reported, refused
             dirs[:] = [d for d in dirs if d != STATE_DIR and not (
                 d == HF_STATE_DIR and (Path(root) / d / "huggingface").is_dir())]
         for d in list(dirs):
@@ -133,7 +138,7 @@ def scan(directory: Path) -> tuple[dict[str, int], list[str], dict[str, str]]:
             except OSError as exc:
                 raise InputError(f"cannot read {rel}: {exc.strerror}") from None
             blob = _blob_target(Path(root) / name, blobs_dir) if blobs_dir and stat.S_ISLNK(info.st_mode) else None
-            if stat.S_ISREG(info.st_mode):
+            if stat.S_ISREG(info.st_mode) and blobs_dir is None:
                 files[rel] = info.st_size
             elif blob is not None:
                 blobs[rel], files[rel] = blob
@@ -165,16 +170,26 @@ class FolderContents:
         size = self.release.files[name].size
         return size is None or size == self.files.get(name)
 
+    def derived_from_release(self, name: str, depth: int = 0) -> bool:
+        """Validly derived here, and only from files of this folder that are part of the release."""
+        sources = self.derived.sources.get(name)
+        if name not in self.derived.valid or not sources or depth > 4:
+            return False
+        return all(not os.path.isabs(source) and (self.in_release(source) or
+                                                  self.derived_from_release(source, depth + 1))
+                   for source in sources)
+
     def trusted(self, name: str) -> bool:
-        """Part of the release (by name and size; verify checks the hash) or validly derived here."""
-        return self.in_release(name) or name in self.derived.valid
+        """Part of the release (by name and size; verify checks the hash) or derived here from it."""
+        return self.in_release(name) or self.derived_from_release(name)
 
     def foreign_weights(self) -> list[str]:
-        """Weight files of a known release that are neither part of it nor mdist's own derivations."""
+        """Weight files of a known release that are neither part of it nor derived here from it
+        (a stale derivation is not foreign: mdist may overwrite it, and never loads it)."""
         if self.release is None:
             return []
         return sorted(n for n in self.files if is_weight_file(n) and not self.in_release(n)
-                      and not self.derived.known(n))
+                      and not self.derived_from_release(n) and n not in self.derived.stale)
 
     def usable(self, layout: Layout) -> bool:
         files = layout.files(self.tokenizer)
@@ -183,7 +198,12 @@ class FolderContents:
         return self.release is None or all(self.trusted(name) for name in files)
 
     def choose(self, purpose: str, note: Callable[[str], None] | None = None) -> Layout:
-        """The layout `purpose` uses; refuses a known release that holds foreign weights."""
+        """The layout `purpose` uses; refuses a known release that holds foreign weights, and a
+        config or tokenizer that is a link or special file (never followed)."""
+        linked = [name for name in SIDE_NAMES if name in self.others]
+        if linked:
+            raise UnsafeContentError(f"{self.path / linked[0]} is a symbolic link or special file; mdist never "
+                                     f"follows those in a model folder (replace it by the file itself)")
         foreign = self.foreign_weights()
         if foreign:
             raise UnsafeContentError(
@@ -261,26 +281,28 @@ def _find_layouts(directory: Path, files: dict[str, int], problems: list[str]) -
 def recognise(files: dict[str, int]) -> Manifest | None:
     """The release these files (name -> size) belong to, by names and sizes alone (no hashing).
 
-    A release is named only when at least one of its weight files is there: sharing a tokenizer
-    or a config with a release does not make a folder that release.
+    Only releases with at least one of their weight files present (at the published size) compete:
+    sharing a tokenizer or a few small JSON files with a release does not make a folder that
+    release, nor can such files hide the release the weights do belong to.
     """
-    release = identify(files)[0]
-    if release is None:
-        return None
-    weights = [path for path in release.files if is_weight_file(path)]
-    if weights and not any(path in files and release.files[path].size in (None, files[path]) for path in weights):
-        return None
-    return release
+    def weights_present(release: Manifest) -> bool:
+        weights = [path for path in release.files if is_weight_file(path)]
+        return not weights or any(path in files and release.files[path].size in (None, files[path])
+                                  for path in weights)
+
+    return identify(files, eligible=weights_present)[0]
 
 
-def inspect_folder(directory: Path, release: Manifest | None = None) -> FolderContents:
-    """Look at a folder without reading any weights: files, layouts, derived files, likely release."""
+def inspect_folder(directory: Path, release: Manifest | None = None, *, recognise_release: bool = True,
+                   ) -> FolderContents:
+    """Look at a folder without reading any weights: files, layouts, derived files, likely release
+    (the one given, else recognised from names and sizes unless `recognise_release` is False)."""
     directory = Path(directory)
     files, others, blobs = scan(directory)
     derived = derived_state(directory)
     problems: list[str] = []
     layouts = _find_layouts(directory, files, problems)
-    if release is None:  # judged by the files mdist did not derive itself, when they say anything
+    if release is None and recognise_release:  # judged by the files mdist did not derive itself first
         own = {name: size for name, size in files.items() if not derived.known(name)}
         release = recognise(own) or recognise(files)
     return FolderContents(directory, files, others, layouts, derived, release, problems, blobs)

@@ -219,3 +219,105 @@ def test_read_only_output_folder_is_one_line(tmp_path: Path) -> None:
     result = run_mdist("convert", str(FIXTURE), "--out", str(out))
     assert result.returncode == 2
     assert result.stderr.startswith("mdist: error:") and "Traceback" not in result.stderr
+
+
+# -- found by a hostile review -----------------------------------------------------------------------
+def evil_release(tmp_path: Path) -> Path:
+    """The release's layout with the output head flipped, saved by real torch.save."""
+    folder = copy_fixture(tmp_path, "evil")
+    state = torch.load(folder / "consolidated.00.pth", weights_only=True)
+    state["output.weight"] = state["output.weight"].flip(0).contiguous()
+    torch.save(state, folder / "consolidated.00.pth")
+    return folder
+
+
+def test_a_conversion_of_other_weights_into_a_release_is_not_derived_from_it(tmp_path: Path) -> None:
+    release = copy_fixture(tmp_path)
+    evil = evil_release(tmp_path)
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    shutil.copy(evil / "consolidated.00.pth", lone / "weights.pth")  # no side files: nothing to overwrite
+    assert run_mdist("convert", str(lone / "weights.pth"), "--out", str(release)).returncode == 0
+    verified = run_mdist("verify", str(release), "--json", "--tensors")
+    assert verified.returncode == 1 and statuses(verified)["consolidated.safetensors"] == "refused"
+    result = greedy(release)
+    assert result.returncode == 1 and "not part of that release" in result.stderr
+
+
+def test_small_json_files_do_not_hide_the_release(tmp_path: Path) -> None:
+    """Files of tiny-mistral-hf (without its weights) must not turn off tiny-mistral's refusal."""
+    release = copy_fixture(tmp_path)
+    hf = tmp_path / "hf"
+    assert run_mdist("convert", str(FIXTURE), "--layout", "hf", "--out", str(hf)).returncode == 0
+    for name in ("config.json", "generation_config.json", "special_tokens_map.json", "tokenizer_config.json"):
+        shutil.copy(hf / name, release / name)
+    save_file(attacker_weights(tmp_path) | {k: v for k, v in load_file(
+        str(tmp_path / "attacker" / "consolidated.safetensors")).items() if k != "output.weight"},
+        str(release / "consolidated.safetensors"))
+    for args in (("run", str(release), "--prompt", "ROMEO:"), ("digest", str(release))):
+        result = run_mdist(*args)
+        assert result.returncode == 1 and "not part of that release" in result.stderr, result.stderr
+
+
+def test_digest_of_a_shard_is_that_shard_layout(tmp_path: Path) -> None:
+    evil = evil_release(tmp_path)
+    folder = tmp_path / "mixed"
+    assert run_mdist("convert", str(evil), "--layout", "hf", "--out", str(folder)).returncode == 0
+    shutil.copy(FIXTURE / "consolidated.00.pth", folder / "consolidated.01.pth")  # honest weights beside
+    shutil.rmtree(folder / ".mdist")  # as delivered: a folder no release and no record vouches for
+    (folder / "model-00001-of-00001.safetensors").rename(folder / "model-a.safetensors")
+    index = folder / "model.safetensors.index.json"
+    index.write_text(index.read_text().replace("model-00001-of-00001", "model-a"))
+    shard = run_mdist("digest", str(folder / "model-a.safetensors"))
+    evil_digest = run_mdist("digest", str(evil / "consolidated.00.pth"))
+    assert shard.returncode == 0 and evil_digest.returncode == 0
+    assert shard.stdout.split()[0] == evil_digest.stdout.split()[0]
+
+
+def test_linked_tokenizer_and_params_are_never_followed(tmp_path: Path) -> None:
+    release = copy_fixture(tmp_path)
+    other = tmp_path / "other.model"
+    shutil.move(release / "tokenizer.model", other)
+    (release / "tokenizer.model").symlink_to(other)
+    result = greedy(release)
+    assert result.returncode == 1 and "tokenizer.model is a symbolic link" in result.stderr
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    shutil.copy(FIXTURE / "consolidated.00.pth", lone / "consolidated.00.pth")
+    (lone / "params.json").symlink_to(FIXTURE / "params.json")
+    converted = run_mdist("convert", str(lone / "consolidated.00.pth"), "--out", str(tmp_path / "o"))
+    assert converted.returncode == 1 and "params.json is a symbolic link" in converted.stderr
+
+
+def test_a_linked_state_folder_is_refused_not_written_through(tmp_path: Path) -> None:
+    release = copy_fixture(tmp_path)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (release / ".mdist").symlink_to(victim)
+    verified = run_mdist("verify", str(release), "--json")
+    assert verified.returncode == 1 and statuses(verified)[".mdist"] == "refused"
+    result = greedy(release)
+    assert result.returncode == 1 and ".mdist is a symbolic link" in result.stderr
+    assert list(victim.iterdir()) == []
+
+
+def test_a_plain_file_in_a_cache_snapshot_is_never_read(tmp_path: Path) -> None:
+    repo = tmp_path / "models--evil--m"
+    snapshot = repo / "snapshots" / "abc"
+    (repo / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    import hashlib
+    for name in ("params.json", "tokenizer.model"):
+        data = (FIXTURE / name).read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        (snapshot / name).symlink_to(Path("../../blobs") / blob.name)
+    assert run_mdist("convert", str(FIXTURE), "--out", str(tmp_path / "c")).returncode == 0
+    shutil.copy(tmp_path / "c" / "consolidated.safetensors", snapshot / "consolidated.safetensors")
+    verified = run_mdist("verify", str(snapshot), "--json")
+    assert verified.returncode == 1 and statuses(verified)["consolidated.safetensors"] == "refused"
+    assert greedy(snapshot).returncode == 2  # no weights it may read
+    (snapshot / "consolidated.safetensors").unlink()
+    only_links = run_mdist("verify", str(snapshot), "--json")  # consistent, but proves no release
+    assert only_links.returncode == 0
+    assert any("integrity only" in note for note in json.loads(only_links.stdout)["notes"])

@@ -7,7 +7,8 @@ import os
 import sys
 from pathlib import Path
 
-from mdist.model_folder import MISTRAL_WEIGHTS, PTH, FolderContents, Layout, inspect_folder, model_path
+from mdist.errors import InputError
+from mdist.model_folder import MISTRAL, MISTRAL_WEIGHTS, PTH, FolderContents, Layout, inspect_folder, model_path
 
 
 def _note(text: str) -> None:
@@ -25,21 +26,38 @@ def resolve_model(path: Path) -> tuple[Path, Layout]:
 
 
 def _converted(contents: FolderContents, layout: Layout) -> tuple[Path, Layout]:
+    """Convert the release's .pth into its own folder (derived from the release), or, when that is
+    read-only, into a per-user cache whose every file must be mdist's valid derivation."""
     from mdist.convert import convert
 
     source = contents.path
-    target = source if os.access(source, os.W_OK) else _cache_dir_for(source)
-    converted = inspect_folder(target, release=contents.release) if target.is_dir() else None
-    if converted is not None and target != source:
-        try:
-            return target, converted.choose("run")
-        except Exception:  # stale or missing: convert again below
-            pass
+    in_place = os.access(source, os.W_OK)
+    target = source if in_place else _cache_dir_for(source)
+    if not in_place:
+        cached = _cached_layout(target)
+        if cached is not None:
+            return target, cached
     _note(f"converting {source / layout.weights[0]} to safetensors with the safe reader (once) into {target}")
-    own_output = target == source and (MISTRAL_WEIGHTS not in contents.files
-                                       or contents.derived.known(MISTRAL_WEIGHTS))
-    convert(source, target, force=own_output or target != source)
-    return target, inspect_folder(target, release=contents.release).choose("run")
+    own_output = (MISTRAL_WEIGHTS not in contents.files or contents.derived.known(MISTRAL_WEIGHTS))
+    convert(source / layout.weights[0], target, force=own_output or not in_place)
+    if in_place:
+        return target, inspect_folder(target, release=contents.release).choose("run")
+    cached = _cached_layout(target)
+    if cached is None:
+        raise InputError(f"the conversion in {target} did not produce a loadable model")
+    return target, cached
+
+
+def _cached_layout(target: Path) -> Layout | None:
+    """The cache's mistral layout when every file of it is mdist's valid derivation (sources unchanged)."""
+    if not target.is_dir():
+        return None
+    cached = inspect_folder(target, recognise_release=False)
+    for candidate in cached.layouts:
+        if candidate.kind == MISTRAL and all(name in cached.derived.valid
+                                             for name in candidate.files(cached.tokenizer)):
+            return candidate
+    return None
 
 
 def _cache_dir_for(path: Path) -> Path:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mdist.atomic import require_free_space, write_bytes_atomic
+from mdist.atomic import require_free_space, write_bytes_atomic, real_dir
 from mdist.errors import InputError, UnsafeContentError, VerificationError
 from mdist.paths import check_path_set
 from mdist.sources.resolve import COMMIT, check_repo_id, check_revision, quoted
@@ -226,7 +226,7 @@ def _prepare_target(repo: str, revision: str | None, commit: str, options: HubOp
         return snapshot, ref
     out = Path(options.out) if options.out else Path.cwd() / repo.split("/")[1]
     out.mkdir(parents=True, exist_ok=True)
-    (out / STATE_DIR).mkdir(exist_ok=True)
+    real_dir(out / STATE_DIR)
     (out / STATE_DIR / "complete.json").unlink(missing_ok=True)
     require_free_space(out, total, what="the download")
     return out, None

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
-from mdist.atomic import require_free_space, write_bytes_atomic
+from mdist.atomic import require_free_space, write_bytes_atomic, real_dir, refuse_unreal_dir
 from mdist.errors import InputError, UnsafeContentError, VerificationError
 from mdist.sources.bt_session import Endpoint, lt, make_session, parse_endpoint
 from mdist.paths import UnsafePathError, check_component, check_path_set
@@ -152,6 +152,7 @@ def fetch_torrent(source: str, options: FetchOptions, reporter: Reporter | None 
     requested = InfoHashes.of(params.info_hashes)
     out = _output_dir(options.out, params, raw_info)
     state_dir = out / STATE_DIR
+    refuse_unreal_dir(state_dir)
     (state_dir / COMPLETE_FILE).unlink(missing_ok=True)
     params = _maybe_resume(params, state_dir, requested, reporter)
 
@@ -162,7 +163,7 @@ def fetch_torrent(source: str, options: FetchOptions, reporter: Reporter | None 
         if params.ti is None:
             params.ti = fetch_metadata(session, params, peers, options.timeout, reporter)
         _prepare(params, out)  # checks the info dict; only then is anything created in out
-        state_dir.mkdir(parents=True, exist_ok=True)
+        real_dir(state_dir)
         handle = session.add_torrent(params)
         engine = _Engine(session, handle, out, reporter, peers, options.timeout)
         try:

@@ -19,7 +19,7 @@ from mdist.convert.checkpoint import Checkpoint
 from mdist.convert.safetensors_reader import dtype_name, open_safetensors
 from mdist.errors import InputError
 from mdist.layout import half_to_interleaved_rows, heads_for, hf_to_mistral_name
-from mdist.model_folder import MISTRAL, PTH, Layout, inspect_folder, read_config
+from mdist.model_folder import HF, MISTRAL, PTH, Layout, inspect_folder, read_config
 from mdist.modelconfig import MistralConfig
 
 DOMAIN = b"mdist-tensor-digest/1\n"
@@ -79,8 +79,11 @@ def _digests(path: Path, note: Callable[[str], None] | None) -> list[TensorDiges
     if path.suffix == ".pth":
         return _pth_digests(path)
     if path.suffix == ".safetensors":
-        if path.name.startswith("model") and (path.parent / "config.json").is_file():
-            return _digests(path.parent, note)
+        contents = inspect_folder(path.parent)
+        for layout in contents.layouts:  # a shard of an HF layout: its whole layout, HF names undone
+            if layout.kind == HF and path.name in layout.weights:
+                contents.choose("digest")  # the same refusals as for the folder (foreign weights, links)
+                return _layout_digests(path.parent, layout)
         return _safetensors_digests([path])
     raise InputError(f"{path}: not a .pth, .safetensors or model folder")
 

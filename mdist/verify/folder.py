@@ -77,7 +77,8 @@ def verify_folder(directory: Path, manifest: Manifest | None = None, *, strict: 
     name = manifest.name if manifest else f"{HF_CACHE_LABEL} {contents.path.resolve().parent.parent.name}"
     report = Report(name, identified and manifest is not None, strict=strict)
     for link in contents.others:
-        report.files.append(FileResult(link, REFUSED, "not a regular file (symbolic link, FIFO or device): not followed"))
+        report.files.append(FileResult(link, REFUSED, "symbolic link, FIFO, device, or a plain file inside an HF "
+                                                      "cache snapshot: never followed or read"))
     listed = manifest.files if manifest else {}
 
     jobs: dict[Path, tuple[str, ...]] = {}
@@ -127,7 +128,11 @@ def _judge_blob(result: FileResult, blob: str | None, digests: dict[str, str]) -
 def _judge_extra(path: str, manifest: Manifest | None, contents) -> FileResult:
     """A file the manifest does not list: mdist's own derivation, foreign weights, or just extra."""
     if path in contents.derived.valid:
-        return FileResult(path, DERIVED, "written by mdist here from the release's files (not re-hashed)")
+        if contents.release is None or contents.derived_from_release(path):
+            return FileResult(path, DERIVED, "written by mdist here from the release's files (not re-hashed)")
+        if is_weight_file(path):
+            return FileResult(path, REFUSED, "written by mdist, but from files that are not part of this release")
+        return FileResult(path, UNEXPECTED, "written by mdist from files that are not part of this release")
     if path in contents.derived.stale:
         if is_weight_file(path):
             return FileResult(path, REFUSED, "derived by mdist, but it or its source changed since; "

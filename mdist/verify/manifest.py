@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Callable, Any
 
 from mdist.errors import InputError
 from mdist.jsonio import MAX_JSON_BYTES, read_small_file
@@ -308,14 +308,18 @@ def find_by_infohash(info_hash: str) -> Manifest | None:
     return None
 
 
-def identify(present: dict[str, int]) -> tuple[Manifest | None, list[Manifest]]:
+def identify(present: dict[str, int], eligible: Callable[[Manifest], bool] | None = None,
+             ) -> tuple[Manifest | None, list[Manifest]]:
     """Pick the release whose file names and sizes best match `present` (relative path -> size).
 
-    A manifest is a candidate when it shares a file name and no known size contradicts; the best
-    score wins (a size match counts double). Returns (winner or None, tied candidates).
+    A manifest is a candidate when it shares a file name, no known size contradicts and
+    `eligible(manifest)` holds; the best score wins (a size match counts double). Returns
+    (winner or None, tied candidates).
     """
     scored: list[tuple[int, Manifest]] = []
     for manifest in load_registry():
+        if eligible is not None and not eligible(manifest):
+            continue
         score = 0
         contradicted = False
         for path, entry in manifest.files.items():

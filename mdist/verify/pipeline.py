@@ -9,7 +9,7 @@ from typing import Any, Callable
 from mdist import __version__
 from mdist.errors import MdistError
 from mdist.paths import in_state_folder
-from mdist.verify.folder import list_files, verify_folder
+from mdist.verify.folder import HF_CACHE_LABEL, list_files, verify_folder
 from mdist.verify.hashing import hash_files
 from mdist.verify.manifest import SCHEMA_ID, check_release_name, find_manifest
 
@@ -26,6 +26,9 @@ def verify_command(directory: Path, manifest_name: str | None, *, signature: Pat
     else:
         report = verify_folder(directory, manifest, strict=strict)
     outcome: dict[str, Any] = {"report": report.to_json(), "notes": []}
+    if report.manifest and report.manifest.startswith(HF_CACHE_LABEL):
+        outcome["notes"].append("integrity only: every file matches its blob name in the cache; no published "
+                                "manifest in checksums/ says these files are a release")
     ok = report.ok
     if ok and tensors:
         used = manifest or find_manifest(report.manifest)  # type: ignore[arg-type]
