@@ -177,7 +177,7 @@ def _stream_stdout(text: str) -> None:
 @click.option("--signature", type=click.Path(path_type=Path), help="Also verify this model-signing signature.")
 @click.option("--public-key", type=click.Path(path_type=Path), help="PEM public key for --signature.")
 @click.option("--tensors", is_flag=True, help="Also check the per-tensor root digest when the manifest has one.")
-@click.option("--strict", is_flag=True, help="Unexpected files fail the check too (exit 1).")
+@click.option("--strict", is_flag=True, help="Unexpected and not-checkable files fail the check too (exit 1).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def verify(directory: Path, manifest_name: str | None, signature: Path | None, public_key: Path | None,
            tensors: bool, strict: bool, as_json: bool) -> None:
@@ -185,7 +185,7 @@ def verify(directory: Path, manifest_name: str | None, signature: Path | None, p
 
     Exit 0 only if everything that can be checked matched; 1 on any mismatch, missing file,
     refused file (weights that are not part of the release, links) or bad signature, and with
-    --strict on any unexpected file; 2 on bad input. Files mdist derived here (conversions) are
+    --strict on any unexpected or not-checkable file; 2 on bad input. Files mdist derived here (conversions) are
     listed as derived.
 
     \b

@@ -29,4 +29,5 @@ class UnsafeContentError(VerificationError):
 
 
 class CheckpointError(UnsafeContentError):
-    """The PyTorch checkpoint reader refused the file. The only exception the reader raises."""
+    """The PyTorch checkpoint reader refused the file's content (exit 1); input that is not a
+    torch.save archive at all is an InputError (exit 2)."""

@@ -200,10 +200,10 @@ class FolderContents:
     def choose(self, purpose: str, note: Callable[[str], None] | None = None) -> Layout:
         """The layout `purpose` uses; refuses a known release that holds foreign weights, and a
         config or tokenizer that is a link or special file (never followed)."""
-        linked = [name for name in SIDE_NAMES if name in self.others]
+        linked = [name for name in self.others if name in SIDE_NAMES or is_weight_file(name)]
         if linked:
-            raise UnsafeContentError(f"{self.path / linked[0]} is a symbolic link or special file; mdist never "
-                                     f"follows those in a model folder (replace it by the file itself)")
+            raise InputError(f"{self.path / linked[0]} is a symbolic link or special file; mdist never "
+                             f"follows those in a model folder (replace it by the file itself)")
         foreign = self.foreign_weights()
         if foreign:
             raise UnsafeContentError(

@@ -70,7 +70,13 @@ def print_verify_report(outcome: dict) -> None:
     for line in outcome.get("notes", []):
         console.print(escape(line))
     counts = ", ".join(f"{n} {status}" for status, n in sorted(report.get("counts", {}).items()))
-    verdict = "[green]verified[/green]" if outcome["ok"] else "[bold red]NOT verified[/bold red]"
+    if not outcome["ok"]:
+        verdict = "[bold red]NOT verified[/bold red]"
+    elif report.get("fully_checked", True):
+        verdict = "[green]verified[/green]"
+    else:  # nothing failed, but the publisher gave no value to check some files against
+        verdict = (f"[yellow]verified only in part[/yellow]: {', '.join(escape(p) for p in report['not_checked'])} "
+                   f"could not be checked (nothing published to compare with)")
     console.print(f"{verdict} ({escape(counts)})" if counts else verdict)
 
 

@@ -280,13 +280,13 @@ def test_linked_tokenizer_and_params_are_never_followed(tmp_path: Path) -> None:
     shutil.move(release / "tokenizer.model", other)
     (release / "tokenizer.model").symlink_to(other)
     result = greedy(release)
-    assert result.returncode == 1 and "tokenizer.model is a symbolic link" in result.stderr
+    assert result.returncode == 2 and "tokenizer.model is a symbolic link" in result.stderr
     lone = tmp_path / "lone"
     lone.mkdir()
     shutil.copy(FIXTURE / "consolidated.00.pth", lone / "consolidated.00.pth")
     (lone / "params.json").symlink_to(FIXTURE / "params.json")
     converted = run_mdist("convert", str(lone / "consolidated.00.pth"), "--out", str(tmp_path / "o"))
-    assert converted.returncode == 1 and "params.json is a symbolic link" in converted.stderr
+    assert converted.returncode == 2 and "params.json is a symbolic link" in converted.stderr
 
 
 def test_a_linked_state_folder_is_refused_not_written_through(tmp_path: Path) -> None:
@@ -297,7 +297,7 @@ def test_a_linked_state_folder_is_refused_not_written_through(tmp_path: Path) ->
     verified = run_mdist("verify", str(release), "--json")
     assert verified.returncode == 1 and statuses(verified)[".mdist"] == "refused"
     result = greedy(release)
-    assert result.returncode == 1 and ".mdist is a symbolic link" in result.stderr
+    assert result.returncode == 2 and ".mdist is a symbolic link" in result.stderr
     assert list(victim.iterdir()) == []
 
 

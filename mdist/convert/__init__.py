@@ -13,7 +13,7 @@ from mdist.convert.checkpoint import Checkpoint
 from mdist.convert.pickle_reader import TensorRef
 from mdist.convert.safetensors_writer import TensorSource, plan_shards, write_safetensors
 from mdist.derived import record_derived
-from mdist.errors import InputError, UnsafeContentError
+from mdist.errors import InputError
 from mdist.layout import heads_for, interleaved_to_half_rows, mistral_to_hf_name
 from mdist.model_folder import inspect_folder, model_path
 from mdist.modelconfig import MistralConfig, read_json
@@ -45,8 +45,8 @@ def find_checkpoint(src: Path) -> tuple[Path, Path]:
         for name in _SIDE_FILES:  # read next to the file: never through a link or from a FIFO
             side = src.parent / name
             if side.is_symlink() or (side.exists() and not side.is_file()):
-                raise UnsafeContentError(f"{side} is a symbolic link or special file; mdist never follows those "
-                                         f"in a model folder")
+                raise InputError(f"{side} is a symbolic link or special file; mdist never follows those "
+                                 f"in a model folder")
         return src, src.parent
     if not src.exists():
         raise InputError(f"{src} does not exist")

@@ -40,8 +40,13 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        failing = FAILING | ({UNEXPECTED} if self.strict else set())
+        failing = FAILING | ({UNEXPECTED, UNCHECKABLE} if self.strict else set())
         return self.manifest is not None and not any(r.status in failing for r in self.files)
+
+    @property
+    def fully_checked(self) -> bool:
+        """Every file of the release was compared with a published value (none "not checkable")."""
+        return not any(r.status == UNCHECKABLE for r in self.files)
 
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -52,6 +57,7 @@ class Report:
     def to_json(self) -> dict:
         data = asdict(self)
         data["ok"] = self.ok
+        data["fully_checked"] = self.fully_checked
         data["counts"] = self.counts()
         return data
 
