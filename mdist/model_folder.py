@@ -27,7 +27,7 @@ from mdist.errors import InputError, UnsafeContentError
 from mdist.jsonio import read_json_file
 from mdist.modelconfig import MistralConfig, read_json
 from mdist.paths import check_component
-from mdist.verify.manifest import Manifest, identify
+from mdist.verify.manifest import Manifest, identify, load_registry
 
 STATE_DIR = ".mdist"  # mdist's own resume, status and derived-file records; never part of a release
 HF_STATE_DIR = ".cache"  # huggingface_hub's download bookkeeping in a --local-dir (.cache/huggingface)
@@ -278,19 +278,64 @@ def _find_layouts(directory: Path, files: dict[str, int], problems: list[str]) -
     return layouts
 
 
-def recognise(files: dict[str, int]) -> Manifest | None:
-    """The release these files (name -> size) belong to, by names and sizes alone (no hashing).
+def _published_json_differs(directory: Path | None, release: Manifest, files: dict[str, int]) -> str | None:
+    """The first file whose published parsed JSON (e.g. Mistral 7B's params.json) differs, if any."""
+    if directory is None:
+        return None
+    for path, entry in release.files.items():
+        if entry.json is None or path not in files:
+            continue
+        try:
+            if read_json_file(directory / path, path) != entry.json:
+                return path
+        except InputError:
+            return path
+    return None
 
-    Only releases with at least one of their weight files present (at the published size) compete:
-    sharing a tokenizer or a few small JSON files with a release does not make a folder that
-    release, nor can such files hide the release the weights do belong to.
+
+def recognise(files: dict[str, int], directory: Path | None = None) -> Manifest | None:
+    """The release these files (name -> size) belong to, by names, sizes and published JSON content.
+
+    Only releases with at least one of their weight files present (at the published size), at
+    least one file matching a published size or JSON content (a shared name is not enough), and no
+    published JSON content contradicted compete: sharing a tokenizer or a few small JSON files with
+    a release does not make a folder that release, nor can such files hide the release the
+    weights do belong to.
     """
-    def weights_present(release: Manifest) -> bool:
+    def eligible(release: Manifest) -> bool:
         weights = [path for path in release.files if is_weight_file(path)]
-        return not weights or any(path in files and release.files[path].size in (None, files[path])
-                                  for path in weights)
+        present = not weights or any(path in files and release.files[path].size in (None, files[path])
+                                     for path in weights)
+        evidence = any(path in files and ((entry.size is not None and entry.size == files[path])
+                                          or (entry.json is not None and directory is not None))
+                       for path, entry in release.files.items())  # more than a shared name
+        return present and evidence and _published_json_differs(directory, release, files) is None
 
-    return identify(files, eligible=weights_present)[0]
+    return identify(files, eligible=eligible)[0]
+
+
+def closest_release(directory: Path, files: dict[str, int]) -> tuple[Manifest | None, list[str]]:
+    """For a folder no release matches: the release sharing most file names, and what differs."""
+    best: tuple[int, Manifest] | None = None
+    for release in load_registry():
+        shared = [path for path in release.files if path in files]
+        sizes = sum(1 for path in shared if release.files[path].size == files[path])
+        score = len(shared) + 2 * sizes  # a matching size says more than a shared name
+        if shared and (best is None or score > best[0]):
+            best = (score, release)
+    if best is None:
+        return None, []
+    release = best[1]
+    differences = []
+    for path, entry in release.files.items():
+        if path not in files:
+            differences.append(f"{path} missing")
+        elif entry.size is not None and entry.size != files[path]:
+            differences.append(f"{path} size {files[path]}, expected {entry.size}")
+    odd_json = _published_json_differs(directory, release, files)
+    if odd_json:
+        differences.append(f"{odd_json} content differs from the published one")
+    return release, differences
 
 
 def inspect_folder(directory: Path, release: Manifest | None = None, *, recognise_release: bool = True,
@@ -304,7 +349,7 @@ def inspect_folder(directory: Path, release: Manifest | None = None, *, recognis
     layouts = _find_layouts(directory, files, problems)
     if release is None and recognise_release:  # judged by the files mdist did not derive itself first
         own = {name: size for name, size in files.items() if not derived.known(name)}
-        release = recognise(own) or recognise(files)
+        release = recognise(own, directory) or recognise(files, directory)
     return FolderContents(directory, files, others, layouts, derived, release, problems, blobs)
 
 

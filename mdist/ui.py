@@ -52,10 +52,11 @@ def print_verify_report(outcome: dict) -> None:
     console = Console()
     report = outcome["report"]
     if report["manifest"] is None:
-        if report["candidates"]:
-            console.print(f"ambiguous: the folder matches {', '.join(report['candidates'])}; use --manifest")
-        else:
-            console.print("no known release matches this folder's file names and sizes; use --manifest")
+        console.print("[bold red]NOT verified[/bold red]: no known release matches this folder's file names, "
+                      "sizes and published content; use --manifest")
+        if report.get("closest"):
+            shown = "; ".join(report["differences"][:5]) or "no single file differs"
+            console.print(f"closest: {escape(report['closest'])}; {escape(shown)}")
         return
     how = "recognised as" if report["identified"] else "checked against"
     console.print(f"{how} [bold]{escape(report['manifest'])}[/bold]")

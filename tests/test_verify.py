@@ -102,7 +102,11 @@ def test_published_json_content_is_checked(tmp_path: Path) -> None:
     assert code == 0 and payload["report"]["not_checked"] == ["RELEASE", "consolidated.00.pth", "tokenizer.model"]
     params["sliding_window"] = 8192
     (folder / "params.json").write_text(json.dumps(params))
-    code, payload = verify_json(folder)
+    code, payload = verify_json(folder)  # no longer that release: the closest one and what differs
+    assert code == 1 and payload["report"]["manifest"] is None
+    assert payload["report"]["closest"] == "mistral-7b-v0.1"
+    assert "params.json content differs from the published one" in payload["report"]["differences"]
+    code, payload = verify_json(folder, "--manifest", "mistral-7b-v0.1")
     assert code == 1 and statuses(payload)["params.json"] == "mismatch"
 
 
@@ -232,3 +236,29 @@ def test_manifest_of_a_folder_without_weights_claims_no_tensor_digest(tmp_path: 
     assert all("tensor_digest" not in entry["fields"] for entry in data["provenance"])
     import hashlib
     assert data["files"]["README.md"]["sha256"] == hashlib.sha256(b"no model here\n").hexdigest()
+
+
+def test_a_wrong_size_names_the_closest_release_not_another(fixture_copy: Path) -> None:
+    with open(fixture_copy / "consolidated.00.pth", "r+b") as handle:
+        handle.truncate(5_000_000)
+    code, payload = verify_json(fixture_copy)
+    assert code == 1 and payload["report"]["manifest"] is None  # never "mistral-7b-v0.1"
+    assert payload["report"]["closest"] == "tiny-mistral"
+    size = json.loads((REPO / "checksums" / "tiny-mistral.json").read_text())["files"]["consolidated.00.pth"]["size"]
+    assert payload["report"]["differences"] == [f"consolidated.00.pth size 5000000, expected {size}"]
+    human = run_mdist("verify", str(fixture_copy))
+    assert "closest: tiny-mistral; consolidated.00.pth size 5000000" in human.stdout
+
+
+def test_a_tampered_config_of_the_hf_release_is_not_called_the_pth_release(tmp_path: Path) -> None:
+    hf = tmp_path / "hf"
+    convert(FIXTURE, hf, layout="hf")
+    shutil.rmtree(hf / ".mdist")
+    config = json.loads((hf / "config.json").read_text())
+    config["rms_norm_eps"] = 2e-5
+    config["note"] = "tampered"  # a different size: no longer that release
+    (hf / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    code, payload = verify_json(hf)
+    assert code == 1 and payload["report"]["manifest"] is None
+    assert payload["report"]["closest"] == "tiny-mistral-hf"
+    assert any(d.startswith("config.json size") for d in payload["report"]["differences"])

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from mdist.model_folder import STATE_DIR, inspect_folder, is_weight_file, list_files  # noqa: F401 (re-exported)
+from mdist.model_folder import STATE_DIR, closest_release, inspect_folder, is_weight_file, list_files  # noqa: F401 (re-exported)
 from mdist.verify.hashing import GIT_SHA1, hash_files
 from mdist.verify.manifest import FileEntry, Manifest
 
@@ -32,11 +32,12 @@ class FileResult:
 class Report:
     manifest: str | None
     identified: bool
-    candidates: list[str] = field(default_factory=list)
     files: list[FileResult] = field(default_factory=list)
     not_checked: list[str] = field(default_factory=list)
 
     strict: bool = False  # unexpected files fail too
+    closest: str | None = None  # when no release matched: the one sharing most file names...
+    differences: list[str] = field(default_factory=list)  # ...and what differs from it
 
     @property
     def ok(self) -> bool:
@@ -77,9 +78,8 @@ def verify_folder(directory: Path, manifest: Manifest | None = None, *, strict: 
     if manifest is None:
         manifest = contents.release
         if manifest is None and not blobs:
-            from mdist.verify.manifest import identify
-
-            return Report(None, True, [m.name for m in identify(present)[1]])
+            closest, differences = closest_release(directory, present)
+            return Report(None, True, closest=closest.name if closest else None, differences=differences)
     name = manifest.name if manifest else f"{HF_CACHE_LABEL} {contents.path.resolve().parent.parent.name}"
     report = Report(name, identified and manifest is not None, strict=strict)
     for link in contents.others:
