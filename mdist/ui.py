@@ -57,6 +57,8 @@ def print_verify_report(outcome: dict) -> None:
         if report.get("closest"):
             shown = "; ".join(report["differences"][:5]) or "no single file differs"
             console.print(f"closest: {escape(report['closest'])}; {escape(shown)}")
+        for line in outcome.get("notes", []):
+            console.print(escape(line))
         return
     how = "recognised as" if report["identified"] else "checked against"
     console.print(f"{how} [bold]{escape(report['manifest'])}[/bold]")

@@ -211,6 +211,11 @@ def test_tampered_file_fails_signature_verification(fixture_copy: Path, tmp_path
     code, payload = verify_json(fixture_copy, "--manifest", "tiny-mistral", "--signature", str(sig),
                                 "--public-key", str(public))
     assert code == 1 and payload["signature"] == "invalid"
+    import hashlib
+    expected = hashlib.sha256((FIXTURE / "params.json").read_bytes()).hexdigest()
+    actual = hashlib.sha256((fixture_copy / "params.json").read_bytes()).hexdigest()
+    assert f"params.json: sha256 expected {expected} got {actual}" in " ".join(payload["notes"])
+    assert "b'" not in " ".join(payload["notes"])  # words, not Python reprs
     other = ec.generate_private_key(ec.SECP256R1()).public_key()
     wrong = tmp_path / "wrong.pub"
     wrong.write_bytes(other.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
