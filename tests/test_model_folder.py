@@ -321,3 +321,12 @@ def test_a_plain_file_in_a_cache_snapshot_is_never_read(tmp_path: Path) -> None:
     only_links = run_mdist("verify", str(snapshot), "--json")  # consistent, but proves no release
     assert only_links.returncode == 0
     assert any("integrity only" in note for note in json.loads(only_links.stdout)["notes"])
+
+
+def test_a_config_with_a_repeated_key_is_refused(tmp_path: Path) -> None:
+    """json keeps the last of two equal keys silently; which one a reader sees must not be a guess."""
+    folder = copy_fixture(tmp_path)
+    text = (folder / "params.json").read_text()
+    (folder / "params.json").write_text(text.replace("{", '{"n_layers": 1, ', 1))
+    result = greedy(folder)
+    assert result.returncode == 2 and "duplicate key 'n_layers'" in result.stderr

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 import struct
 import zlib
 from dataclasses import dataclass, replace
@@ -35,6 +34,7 @@ from mdist.convert.pickle_reader import (
     interpret_state_dict,
 )
 from mdist.errors import CheckpointError, InputError, MdistError
+from mdist.jsonio import open_regular
 
 CHUNK_BYTES = 16 << 20  # bytes read or inflated at once: memory per read stays constant
 MAX_ZIP_ENTRIES = 1 << 16  # a 123B checkpoint has ~800 entries
@@ -82,7 +82,7 @@ class Checkpoint:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._file = os.fdopen(open_regular_file(self.path), "rb")
+        self._file = os.fdopen(open_regular(self.path), "rb")
         try:
             self._size = os.fstat(self._file.fileno()).st_size
             self._members = read_zip_members(self._file.fileno(), self._size, self.path.name)
@@ -264,18 +264,6 @@ def _check_ratio(member: ZipMember) -> None:
 
 
 # -- the strict zip reader ----------------------------------------------------------------------
-def open_regular_file(path: Path) -> int:
-    """Open for reading, refusing devices, FIFOs and sockets (O_NONBLOCK: a FIFO cannot hang us)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        raise InputError(f"cannot open {path}: {exc.strerror}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise InputError(f"{path} is not a regular file")
-    return fd
-
-
 def read_zip_members(fd: int, size: int, label: str) -> dict[str, ZipMember]:
     """Parse and check a zip archive's structure; return its entries by name."""
     cd_offset, cd_size, count = _read_end_records(fd, size, label)

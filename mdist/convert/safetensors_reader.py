@@ -9,10 +9,8 @@ few places (header size, duplicate keys, control characters in names, absurd dim
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from mdist.errors import InputError
+from mdist.jsonio import open_regular, printable, strict_loads
 
 _DTYPES = {"BF16": np.uint16, "F16": np.float16, "F32": np.float32, "F64": np.float64, "I64": np.int64,
            "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
@@ -51,33 +50,14 @@ def _refuse(what: str, detail: str) -> InputError:
     return InputError(f"{what}: invalid safetensors header: {detail}")
 
 
-def _printable(text: str) -> str:
-    """A name for an error message: one line, no lone surrogates, bounded."""
-    return text[:100].encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
-
-
-def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """object_pairs_hook: a repeated key is ambiguous (json keeps the last silently), so refuse it."""
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key {_printable(key)!r}")
-        result[key] = value
-    return result
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 def parse_header_json(raw: bytes, what: str) -> dict[str, Any]:
     """Strict JSON: UTF-8, no duplicate keys, no NaN/Infinity, nesting errors as one line."""
     try:
-        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_object, parse_constant=_no_constant)
+        header = strict_loads(raw.decode("utf-8"))
     except RecursionError:
         raise _refuse(what, "JSON nested too deeply") from None
     except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
-        raise _refuse(what, f"not valid JSON ({_printable(str(exc))})") from None
+        raise _refuse(what, f"not valid JSON ({printable(str(exc))})") from None
     if not isinstance(header, dict):
         raise _refuse(what, "not a JSON object")
     return header
@@ -90,7 +70,7 @@ def _check_text(text: Any, what: str, role: str) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise _refuse(what, f"{role} {_printable(text)!r} is not valid Unicode") from None
+        raise _refuse(what, f"{role} {printable(text)!r} is not valid Unicode") from None
     return text
 
 
@@ -98,7 +78,7 @@ def check_tensor_name(name: str, what: str) -> str:
     """Tensor names reach messages, digests and converted files: no control characters either."""
     _check_text(name, what, "tensor name")
     if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in name):
-        raise _refuse(what, f"tensor name {_printable(name)!r} holds a control character")
+        raise _refuse(what, f"tensor name {printable(name)!r} holds a control character")
     return name
 
 
@@ -110,7 +90,7 @@ def _check_metadata(value: Any, what: str) -> dict[str, str] | None:
         raise _refuse(what, f"{METADATA_KEY} is not an object of strings")
     for key, item in value.items():
         _check_text(key, what, f"{METADATA_KEY} key")
-        _check_text(item, what, f"{METADATA_KEY} value of {_printable(key)!r}")
+        _check_text(item, what, f"{METADATA_KEY} value of {printable(key)!r}")
     return value
 
 
@@ -120,12 +100,12 @@ def _non_negative_int(value: Any) -> bool:
 
 def _check_entry(name: str, info: Any, what: str) -> TensorEntry:
     """Types and ranges of one tensor entry; its byte count must match its shape and dtype."""
-    where = f"tensor {_printable(name)!r}"
+    where = f"tensor {printable(name)!r}"
     if not isinstance(info, dict) or set(info) != _ENTRY_KEYS:
         raise _refuse(what, f"{where} must hold exactly dtype, shape and data_offsets")
     dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
     if not isinstance(dtype, str) or dtype not in _DTYPES:
-        raise _refuse(what, f"{where} has unsupported dtype {_printable(repr(dtype))}")
+        raise _refuse(what, f"{where} has unsupported dtype {printable(repr(dtype))}")
     if not isinstance(shape, list) or len(shape) > MAX_RANK or not all(_non_negative_int(d) for d in shape):
         raise _refuse(what, f"{where} has a shape that is not a list of at most {MAX_RANK} non-negative integers")
     if not isinstance(offsets, list) or len(offsets) != 2 or not all(_non_negative_int(o) for o in offsets):
@@ -149,7 +129,7 @@ def _check_coverage(entries: list[TensorEntry], data_length: int, what: str) -> 
     for entry in sorted(entries, key=lambda e: (e.begin, e.end)):
         if entry.begin != position:
             kind = "overlaps another tensor" if entry.begin < position else "leaves a gap before it"
-            raise _refuse(what, f"tensor {_printable(entry.name)!r} {kind}")
+            raise _refuse(what, f"tensor {printable(entry.name)!r} {kind}")
         position = entry.end
     if position != data_length:
         raise _refuse(what, f"tensors cover {position} bytes of a {data_length}-byte data section")
@@ -166,20 +146,6 @@ def check_header(header: dict[str, Any], data_length: int, what: str) -> tuple[d
         entries.append(_check_entry(name, info, what))
     _check_coverage(entries, data_length, what)
     return metadata, entries
-
-
-def _open_regular(path: Path, what: str) -> int:
-    """A descriptor of a regular file: a FIFO would block and a device never ends."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise InputError(f"{what} is missing") from None
-    except OSError as exc:
-        raise InputError(f"cannot read {what}: {exc.strerror}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise InputError(f"{what} is not a regular file")
-    return fd
 
 
 def _read_exact(fd: int, offset: int, count: int) -> bytes:
@@ -215,7 +181,7 @@ def _read_header_fd(fd: int, what: str) -> tuple[dict[str, str] | None, list[Ten
 def read_header(path: Path) -> tuple[dict, int]:
     """Return (checked header dict, offset of the data section)."""
     path = Path(path)
-    fd = _open_regular(path, str(path))
+    fd = open_regular(path, str(path))
     try:
         metadata, entries, data_start = _read_header_fd(fd, str(path))
     finally:
@@ -239,7 +205,7 @@ def open_safetensors(path: Path) -> dict[str, np.ndarray]:
     The map is made from the descriptor whose header was checked, so the file cannot be swapped.
     """
     path = Path(path)
-    fd = _open_regular(path, str(path))
+    fd = open_regular(path, str(path))
     with os.fdopen(fd, "rb") as handle:
         _, entries, data_start = _read_header_fd(fd, str(path))
         if not entries:

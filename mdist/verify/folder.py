@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from mdist.errors import InputError
+from mdist.jsonio import read_json_file
 from mdist.model_folder import STATE_DIR, closest_release, inspect_folder, is_weight_file, list_files  # noqa: F401 (re-exported)
 from mdist.verify.hashing import GIT_SHA1, hash_files
 from mdist.verify.manifest import FileEntry, Manifest
@@ -161,8 +161,8 @@ def _judge(path: Path, entry: FileEntry, digests: dict[str, str]) -> FileResult:
             return FileResult(rel, MISMATCH, f"{algorithm} differs", expected, digests.get(algorithm))
     if entry.json is not None:
         try:
-            content = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            content = read_json_file(path, rel)
+        except InputError:
             return FileResult(rel, MISMATCH, "not the published JSON content")
         if content != entry.json:
             return FileResult(rel, MISMATCH, "JSON content differs from the published one")

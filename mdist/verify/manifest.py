@@ -9,7 +9,6 @@ later. Unknown keys are refused too: a misspelt `sha265` would otherwise leave a
 from __future__ import annotations
 
 import functools
-import json
 import re
 from dataclasses import dataclass, field
 from importlib import resources
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Any
 
 from mdist.errors import InputError
-from mdist.jsonio import MAX_JSON_BYTES, read_small_file
+from mdist.jsonio import MAX_JSON_BYTES, read_small_file, strict_loads
 from mdist.paths import UnsafePathError, check_path_set, check_relative_path
 
 SCHEMA_ID = "mdist-manifest/1"
@@ -245,23 +244,13 @@ def parse_manifest(data: Any, origin: str = "") -> Manifest:
                     tensor_digest=tensor_digest, raw=data, origin=origin)
 
 
-def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A repeated key (two entries for one file) is ambiguous: json would keep the last silently."""
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key {_show(key)}")
-        result[key] = value
-    return result
-
-
 def parse_manifest_bytes(data: bytes | str, where: str) -> Manifest:
     """Parse and check a manifest document: strict JSON (no duplicate keys), bounded, one-line errors."""
     if len(data) > MAX_JSON_BYTES:
         raise InputError(f"{where} is larger than {MAX_JSON_BYTES} bytes")
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
-        document = json.loads(text, object_pairs_hook=_unique_object)
+        document = strict_loads(text)
     except RecursionError:
         raise InputError(f"{where} is not valid JSON: nested too deeply") from None
     except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
