@@ -172,34 +172,49 @@ def _stream_stdout(text: str) -> None:
 
 # -- verify, manifest, digest, sign ----------------------------------------------------------
 @main.command()
-@click.argument("directory", type=click.Path(path_type=Path))
+@click.argument("target", metavar="DIRECTORY|hf://OWNER/REPO[@REV]")
 @click.option("--manifest", "manifest_name", help="Release name from checksums/ or a manifest file (default: recognise).")
 @click.option("--signature", type=click.Path(path_type=Path), help="Also verify this model-signing signature.")
 @click.option("--public-key", type=click.Path(path_type=Path), help="PEM public key for --signature.")
 @click.option("--tensors", is_flag=True, help="Also check the per-tensor root digest when the manifest has one.")
 @click.option("--strict", is_flag=True, help="Unexpected and not-checkable files fail the check too (exit 1).")
+@click.option("--endpoint", help="hf:// only: the hub or mirror whose published hashes to check against "
+                                 "(default: $HF_ENDPOINT or huggingface.co).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def verify(directory: Path, manifest_name: str | None, signature: Path | None, public_key: Path | None,
-           tensors: bool, strict: bool, as_json: bool) -> None:
+def verify(target: str, manifest_name: str | None, signature: Path | None, public_key: Path | None,
+           tensors: bool, strict: bool, endpoint: str | None, as_json: bool) -> None:
     """Check every file of DIRECTORY against a trusted manifest in checksums/.
 
     Exit 0 only if everything that can be checked matched; 1 on any mismatch, missing file,
     refused file (weights that are not part of the release, links) or bad signature, and with
-    --strict on any unexpected or not-checkable file; 2 on bad input. Files mdist derived here (conversions) are
-    listed as derived.
+    --strict on any unexpected or not-checkable file; 2 on bad input. Files mdist derived here
+    (conversions) are listed as derived. hf://OWNER/REPO[@REV] checks the Hugging Face cache's
+    copy against its blob names, checksums/ and what the hub publishes, downloading nothing.
 
     \b
     Examples:
       mdist verify ./mistral-7B-v0.1
       mdist verify ./model --signature model.sig --public-key key.pub
+      mdist verify hf://mistralai/Mistral-7B-v0.1
     """
     from mdist.verify.pipeline import verify_command
 
     _term_as_interrupt()
     if bool(signature) != bool(public_key):
         raise click.UsageError("--signature and --public-key go together")
-    outcome = verify_command(directory, manifest_name, signature=signature, public_key=public_key,
-                             tensors=tensors, strict=strict, quiet=as_json, progress=ui.byte_progress)
+    if target.startswith("hf://"):
+        from mdist.sources.resolve import parse_hub
+        from mdist.verify.hub_cache import verify_cached
+
+        if manifest_name or signature or tensors:
+            raise click.UsageError("--manifest, --signature and --tensors take a DIRECTORY, not hf://")
+        repo, revision = parse_hub(target)
+        outcome = verify_cached(repo, revision, endpoint, strict=strict, quiet=as_json, progress=ui.byte_progress)
+    else:
+        if endpoint:
+            raise click.UsageError("--endpoint applies to hf:// targets only")
+        outcome = verify_command(Path(target), manifest_name, signature=signature, public_key=public_key,
+                                 tensors=tensors, strict=strict, quiet=as_json, progress=ui.byte_progress)
     if as_json:
         emit_json(outcome)
     else:

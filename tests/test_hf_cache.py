@@ -92,3 +92,58 @@ def test_a_changed_blob_and_a_foreign_link_are_named(cache, tmp_path: Path) -> N
         assert report(result)[1]["extra.txt"] == "refused"
     finally:
         extra.unlink()
+
+
+@pytest.fixture(scope="module")
+def served_cache(tmp_path_factory):
+    """A real cache of org/tiny-mistral written by huggingface_hub, and the olah mirror that served it."""
+    base = tmp_path_factory.mktemp("served")
+    convert(FIXTURE, base / "tiny", layout="hf")
+    build_mirror_repo(base / "mirrors", "org", "tiny-mistral", base / "tiny")
+    home = base / "home"
+    with olah_server(base / "mirrors", base) as endpoint:
+        env = dict(os.environ, HF_HOME=str(home), HF_ENDPOINT=endpoint, HF_HUB_DISABLE_XET="1")
+        done = subprocess.run([sys.executable, "-c", "from huggingface_hub import snapshot_download as s;"
+                               "print(s('org/tiny-mistral'))"], capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        yield endpoint, home, Path(done.stdout.strip())
+
+
+def verify_hf(home: Path, *args: str):
+    result = run_mdist("verify", "hf://org/tiny-mistral", "--json", *args, env={"HF_HOME": str(home)})
+    return result, (json.loads(result.stdout) if result.stdout.startswith("{") else None)
+
+
+def test_verify_hf_checks_the_cache_against_the_hub(served_cache) -> None:
+    endpoint, home, snapshot = served_cache
+    result, payload = verify_hf(home, "--endpoint", endpoint)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert payload["hub"]["checked"] == 7 and payload["hub"]["mismatches"] == []
+    assert payload["snapshot"] == str(snapshot)
+
+
+def test_verify_hf_offline_falls_back_to_blob_names(served_cache) -> None:
+    _, home, _ = served_cache
+    result, payload = verify_hf(home, "--endpoint", "http://127.0.0.1:9")  # nothing listens there
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert payload["hub"] is None and any("hub not reachable" in n for n in payload["notes"])
+    assert payload["report"]["manifest"] == "tiny-mistral-hf"
+
+
+def test_verify_hf_names_a_changed_blob(served_cache, tmp_path: Path) -> None:
+    endpoint, home, snapshot = served_cache
+    blob = Path(os.path.realpath(snapshot / "generation_config.json"))
+    original = blob.read_bytes()
+    try:
+        blob.write_bytes(original.replace(b"1", b"3"))
+        result, payload = verify_hf(home, "--endpoint", endpoint)
+        assert result.returncode == 1
+        assert any(n.startswith("hub: generation_config.json: git-sha1 expected") for n in payload["notes"])
+    finally:
+        blob.write_bytes(original)
+
+
+def test_verify_hf_unknown_repo_is_exit_2(served_cache) -> None:
+    _, home, _ = served_cache
+    result = run_mdist("verify", "hf://org/nothing", env={"HF_HOME": str(home)})
+    assert result.returncode == 2 and "is not in the Hugging Face cache" in result.stderr
