@@ -8,6 +8,7 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -168,17 +169,25 @@ class FakeHub:
     served: bytes served for a path instead of files[path], under files[path]'s hashes.
     sha: what the revision API says the commit is (default: commit).
     delays: seconds to wait before answering a GET of a path.
+    rates: bytes per second at which a GET of a path is sent (a slow transfer to interrupt).
+    honour_range: answer `Range: bytes=N-` with 206 and the rest (False: always the whole file, like olah).
+    ranges: (path, Range header or None) of every GET of a file; sent: body bytes written per path.
     """
 
     def __init__(self, repo: str, commit: str, files: dict[str, bytes], *, listings: list[list[dict]] | None = None,
                  served: dict[str, bytes] | None = None, sha: str | None = None,
-                 delays: dict[str, float] | None = None) -> None:
+                 delays: dict[str, float] | None = None, rates: dict[str, float] | None = None,
+                 honour_range: bool = True) -> None:
         self.repo, self.commit, self.files = repo, commit, files
         self.listings = listings or [[listing_entry(p, d) for p, d in files.items()]]
         self.served = served or {}
         self.sha = commit if sha is None else sha
         self.delays = delays or {}
+        self.rates = rates or {}
+        self.honour_range = honour_range
         self.requests: list[str] = []
+        self.ranges: list[tuple[str, str | None]] = []
+        self.sent: dict[str, int] = {}
         self.endpoint = ""
         self._tree_calls = 0
 
@@ -242,19 +251,54 @@ class _FakeHubHandler(BaseHTTPRequestHandler):
             self.end_headers()
             return
         body = hub.served.get(name, hub.files[name])
+        start = 0 if head else self._range_start(name, len(body))
+        if start is None:
+            return
         if not head:
             time.sleep(hub.delays.get(name, 0.0))
-        self.send_response(200)
+        self.send_response(206 if start else 200)
         self.send_header("X-Repo-Commit", hub.commit)
         lfs = entry.get("lfs")
         self.send_header("ETag", f'"{(lfs or {}).get("oid") or entry.get("oid") or "none"}"')
         if lfs:
             self.send_header("X-Linked-Etag", f'"{lfs.get("oid")}"')
             self.send_header("X-Linked-Size", str(len(body)))
-        self.send_header("Content-Length", str(len(body)))
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        self.send_header("Content-Length", str(len(body) - start))
         self.end_headers()
         if not head:
-            self.wfile.write(body)
+            self._send_body(name, memoryview(body)[start:])
+
+    def _range_start(self, name: str, size: int) -> int | None:
+        """Where the body starts: 0, or N for `Range: bytes=N-` when the hub honours ranges (None: 416 sent)."""
+        header = self.headers.get("Range")
+        self.hub.ranges.append((name, header))
+        match = re.fullmatch(r"bytes=(\d+)-", header or "")
+        if not (self.hub.honour_range and match):
+            return 0
+        start = int(match.group(1))
+        if start >= size:
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{size}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return None
+        return start
+
+    def _send_body(self, name: str, body: memoryview) -> None:
+        """Write the body, at hub.rates[name] bytes per second if set; a client that goes away ends it."""
+        rate = self.hub.rates.get(name)
+        step = 64 << 10
+        started = time.monotonic()
+        for offset in range(0, len(body), step):
+            if rate:
+                time.sleep(max(0.0, started + offset / rate - time.monotonic()))
+            try:
+                self.wfile.write(body[offset:offset + step])
+            except (BrokenPipeError, ConnectionResetError):
+                return
+            self.hub.sent[name] = self.hub.sent.get(name, 0) + len(body[offset:offset + step])
 
     def log_message(self, *args) -> None:
         pass

@@ -253,21 +253,20 @@ def test_listing_entry_without_a_hash_is_refused(hf, tmp_path: Path, case: str) 
 
 def test_files_that_appear_unasked_are_removed(hf, tmp_path: Path, monkeypatch) -> None:
     """Whatever the download machinery writes beyond the selected files is removed and reported."""
-    import huggingface_hub
-
+    from mdist.sources import hub as hub_module
     from mdist.sources.hub import HubOptions, fetch_hub
 
-    real = huggingface_hub.snapshot_download
-
-    def adding(**kwargs):
-        folder = real(**kwargs)
-        (Path(folder) / "sneaked.bin").write_bytes(b"not listed")
-        (Path(folder) / "sub").mkdir(exist_ok=True)
-        (Path(folder) / "sub" / "deep.json").write_bytes(b"{}")
-        return folder
-
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", adding)
     out = tmp_path / "got"
+    real = hub_module._transfer_all
+
+    def adding(plan, transfer):
+        digests = real(plan, transfer)
+        (out / "sneaked.bin").write_bytes(b"not listed")
+        (out / "sub").mkdir(exist_ok=True)
+        (out / "sub" / "deep.json").write_bytes(b"{}")
+        return digests
+
+    monkeypatch.setattr(hub_module, "_transfer_all", adding)
     out.mkdir()
     (out / "mine.txt").write_text("the user's own file, there before")
 

@@ -12,20 +12,25 @@ beyond the selected files is removed and reported.
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import hashlib
 import json
 import os
 import re
+import stat
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Iterator
 
-from mdist.atomic import require_free_space, write_bytes_atomic, real_dir
-from mdist.errors import InputError, UnsafeContentError, VerificationError
+from mdist.atomic import real_dir, refuse_unreal_dir, require_free_space, write_bytes_atomic
+from mdist.errors import InputError, MdistError, UnsafeContentError, VerificationError
 from mdist.paths import check_path_set
 from mdist.sources.resolve import COMMIT, check_repo_id, check_revision, quoted
 from mdist.verify.folder import STATE_DIR
-from mdist.verify.hashing import hash_files
+from mdist.verify.hashing import GIT_SHA1, Cancelled, hash_file, hash_files
 from mdist.verify.manifest import Manifest, load_registry
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -152,11 +157,6 @@ def _within_release(selected: list[RemoteFile], remote: list[RemoteFile], known:
     return [f for f in selected if f.path in known.files], sorted(f.path for f in selected if f.path not in known.files)
 
 
-def _literal(path: str) -> str:
-    """An fnmatch pattern that matches exactly `path`: snapshot_download takes globs, not names,
-    and a file named `*` would otherwise select every file the server lists."""
-    return re.sub(r"([*?\[])", r"[\1]", path)
-
 
 def _manifest_for(repo: str, given: Manifest | None) -> Manifest | None:
     if given is not None:
@@ -178,27 +178,29 @@ def fetch_hub(repo: str, revision: str | None, options: HubOptions, reporter,
     if not selected:
         raise InputError(f"no file of {repo}@{commit[:12]} matches --include/--exclude")
     total = sum(f.size for f in selected)
-    target, ref = _prepare_target(repo, revision, commit, options, total)
+    folder, ref = _prepare_target(repo, revision, commit, options)
     reporter.message(f"{repo}@{revision or 'main'} is commit {commit}; fetching {len(selected)} files from {endpoint}")
     if skipped:
         reporter.message(f"{endpoint} also lists files that are not part of {known.name}, not downloaded: "
                          f"{', '.join(skipped)}")
-    before = _files_under(target)
-    folder = _download(repo, commit, endpoint, selected, target, options, _reporting_tqdm(reporter, repo, total))
+    before = _files_under(folder)
+    with _folder_lock(folder, options.to_hf_cache):
+        digests = _download_all(repo, commit, endpoint, selected, folder, options.to_hf_cache, reporter)
     removed = _remove_unasked(folder, selected, before, options.to_hf_cache)
     if removed:
         reporter.message(f"removed {len(removed)} files that were not in the selected listing: "
                          f"{', '.join(quoted(p) for p in removed)}")
-    verified = _verify_download(folder, selected, options.to_hf_cache)
-    manifest_checked = _check_manifest(folder, known) if known else 0
-    if ref is not None:  # checked again against the folder snapshot_download returned, just before writing
+    sha256 = {f.path: d["sha256"] for f, d in zip(selected, digests)}
+    manifest_checked = _check_manifest(folder, known, sha256) if known else 0
+    if ref is not None:  # checked again just before writing
         write_bytes_atomic(_ref_path(folder, revision or "main", commit) or ref, commit.encode())
+    lfs = sum(1 for f in selected if f.sha256)
     result = {
         "out": str(folder), "name": repo, "repo": repo, "revision": revision or "main", "commit": commit,
         "endpoint": endpoint, "files": sorted(f.path for f in selected), "total_bytes": total,
         "skipped": skipped, "removed": removed,
         "manifest": known.name if known else None,
-        "verification": (f"sha256 of {verified['lfs']} LFS files and git sha1 of {verified['git']} small files "
+        "verification": (f"sha256 of {lfs} LFS files and git sha1 of {len(selected) - lfs} small files "
                          f"against what {endpoint} published for commit {commit[:12]}"
                          + (f"; {manifest_checked} files also against {known.name}" if known else "")),
     }
@@ -216,84 +218,488 @@ def _check_request(repo: str, revision: str | None, options: HubOptions) -> None
         check_revision(revision)
 
 
-def _prepare_target(repo: str, revision: str | None, commit: str, options: HubOptions,
-                    total: int) -> tuple[Path, Path | None]:
-    """(folder the files land in, ref file to write or None); checked and with room for `total`."""
+def _prepare_target(repo: str, revision: str | None, commit: str, options: HubOptions) -> tuple[Path, Path | None]:
+    """(folder the files land in, ref file to write or None), checked; an --out folder loses its
+    complete marker before anything in it changes."""
     if options.to_hf_cache:
         snapshot = _cache_snapshot(repo, commit)
-        ref = _ref_path(snapshot, revision or "main", commit)
-        require_free_space(snapshot.parents[2], total, what="the download")
-        return snapshot, ref
+        return snapshot, _ref_path(snapshot, revision or "main", commit)
     out = Path(options.out) if options.out else Path.cwd() / repo.split("/")[1]
     out.mkdir(parents=True, exist_ok=True)
     real_dir(out / STATE_DIR)
     (out / STATE_DIR / "complete.json").unlink(missing_ok=True)
-    require_free_space(out, total, what="the download")
     return out, None
 
 
-def _download(repo: str, commit: str, endpoint: str, selected: list[RemoteFile], target: Path,
-              options: HubOptions, tqdm_class: type) -> Path:
-    """snapshot_download of exactly the selected names (as literal patterns) at the commit."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.utils import disable_progress_bars
-
-    if options.quiet:
-        disable_progress_bars()
-    kwargs: dict[str, Any] = dict(repo_id=repo, revision=commit, endpoint=endpoint, tqdm_class=tqdm_class,
-                                  allow_patterns=[_literal(f.path) for f in selected])
-    if not options.to_hf_cache:
-        kwargs["local_dir"] = target
+def _download_all(repo: str, commit: str, endpoint: str, selected: list[RemoteFile], target: Path, in_cache: bool,
+                  reporter) -> list[dict[str, str]]:
+    """Digests of the selected files, each in place and verified; what is already on disk (whole
+    files, partial files of an interrupted run) is used, and needs no free space."""
+    plan = _plan(selected, target, in_cache)
+    total, have = sum(f.size for f in selected), sum(_bytes_on_disk(p) for p in plan)
+    require_free_space(target.parents[2] if in_cache else target, total - have, what="the download")
+    if have:
+        reporter.message(f"resuming: {have / 1e6:.1f} MB of {total / 1e6:.1f} MB already on disk")
     try:
-        return Path(snapshot_download(**kwargs))
-    except Exception as exc:
-        errors = _api_errors()
-        if isinstance(exc, (errors.HfHubHTTPError, OSError, ValueError)) or _is_network_error(exc):
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise InputError(f"download from {endpoint} failed: {first}") from None
-        raise
+        return _transfer_all(plan, _Transfer(repo, commit, endpoint, plan, reporter))
+    finally:
+        if not in_cache:
+            _remove_empty(target / STATE_DIR / PARTIAL_DIR)
 
 
 def _cache_snapshot(repo: str, commit: str) -> Path:
-    """Where snapshot_download puts repo@commit in the Hugging Face cache (HF_HUB_CACHE)."""
+    """Where huggingface_hub keeps repo@commit in the Hugging Face cache (HF_HUB_CACHE)."""
     from huggingface_hub import constants
     from huggingface_hub.file_download import repo_folder_name
 
     return Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo, repo_type="model") / "snapshots" / commit
 
 
-def _reporting_tqdm(reporter, name: str, total: int):
-    """A tqdm class that shows huggingface_hub's byte counts through mdist's reporter (rich on a
-    terminal, plain lines otherwise) instead of drawing tqdm bars of its own. The total is ours:
-    huggingface_hub's grows as each file starts, so early lines said `13% of 0.0 MB`."""
-    from tqdm import tqdm
+# -- downloading: resumable, stoppable -------------------------------------------------------------
+#
+# huggingface_hub (2.x) downloads each file to a temporary name unique to the process and deletes it
+# on failure, so nothing is ever resumed; and snapshot_download's thread pool waits for every running
+# download on Ctrl-C. mdist therefore downloads each listed file itself, through huggingface_hub's
+# HTTP session and headers: into a partial file that keeps its name across runs (resumed with a
+# Range request), hashed, and renamed into place only once it matches.
 
-    from mdist.sources.torrent_fetch import Progress
-
-    class ReportingTqdm(tqdm):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            kwargs.pop("name", None)
-            kwargs["disable"] = False
-            kwargs["file"] = _NullWriter()
-            super().__init__(*args, **kwargs)
-
-        def update(self, n: float | None = 1) -> bool | None:
-            shown = super().update(n)
-            if self.unit == "B" and str(self.desc).startswith("Reconstruct"):  # bytes written, out of the total
-                rate = self.format_dict.get("rate") or 0.0
-                reporter.update(Progress(name=name, state="downloading", total=total,
-                                         done=min(int(self.n), total), download_rate=float(rate), source="hub"))
-            return shown
-
-    return ReportingTqdm
+PARTIAL_DIR = "hub-partial"  # in OUT/.mdist: partial downloads, named <path key>.<etag>.incomplete
+WORKERS = 8  # files downloaded at once, as snapshot_download did
+RETRIES = 5  # attempts in a row that bring no new byte before giving up
+RETRY_STATUS = (408, 429, 500, 502, 503, 504)
 
 
-class _NullWriter:
-    def write(self, text: str) -> int:
-        return len(text)
+@dataclass(frozen=True)
+class Placement:
+    """Where one listed file's bytes go: `partial` grows across runs and becomes `final` only once
+    verified. In the HF cache `final` is the blob, `link` the snapshot's name for it, and `lock`
+    huggingface_hub's lock for that blob (so the two never write it at once). `stale` names the
+    folders and name patterns of earlier partial files of the same path (or blob)."""
 
-    def flush(self) -> None:
-        pass
+    remote: RemoteFile
+    final: Path
+    partial: Path
+    link: Path | None = None
+    lock: Path | None = None
+    stale: tuple[tuple[Path, str], ...] = ()
+
+    @property
+    def etag(self) -> str:
+        return self.remote.sha256 or self.remote.blob_sha1 or ""
+
+
+def _plan(selected: list[RemoteFile], target: Path, in_cache: bool) -> list[Placement]:
+    if in_cache:
+        return [_cache_placement(f, target) for f in selected]
+    refuse_unreal_dir(target / STATE_DIR / PARTIAL_DIR)
+    return [_folder_placement(f, target) for f in selected]
+
+
+def _folder_placement(remote: RemoteFile, out: Path) -> Placement:
+    """A file of an --out folder; its partial is keyed by path and content, so that two paths with
+    the same bytes never share one, and a new commit's content never resumes an old one's."""
+    key = hashlib.sha256(remote.path.encode()).hexdigest()[:16]
+    etag = remote.sha256 or remote.blob_sha1
+    *parents, name = remote.path.split("/")
+    short = base64.urlsafe_b64encode(hashlib.sha1(f"{name}.metadata".encode()).digest()).decode()
+    hf_names = rf"(?:{re.escape(name)}|{re.escape(short)})\.(?:[0-9a-f]{{40}}|[0-9a-f]{{64}})(?:\.[0-9a-f]{{8}})?"
+    partials = out / STATE_DIR / PARTIAL_DIR
+    return Placement(remote, final=out / remote.path, partial=partials / f"{key}.{etag}.incomplete",
+                     stale=((partials, rf"{key}\.[0-9a-f]+\.incomplete"),
+                            (out.joinpath(*HF_STATE, "download", *parents), hf_names + r"\.incomplete")))
+
+
+def _cache_placement(remote: RemoteFile, snapshot: Path) -> Placement:
+    """A file in the HF cache layout: blobs/<etag>, and snapshots/<commit>/<path> linking to it."""
+    from huggingface_hub import constants
+
+    storage = snapshot.parents[1]
+    etag = remote.sha256 or remote.blob_sha1
+    blobs = storage / "blobs"
+    return Placement(remote, final=blobs / etag, partial=blobs / f"{etag}.incomplete", link=snapshot / remote.path,
+                     lock=Path(constants.HF_HUB_CACHE) / ".locks" / storage.name / f"{etag}.lock",
+                     stale=((blobs, rf"{etag}\.[0-9a-f]{{8}}\.incomplete"),))
+
+
+def _leftovers(p: Placement) -> list[Path]:
+    """Earlier partial files of this placement other than its own partial (huggingface_hub's, an
+    old commit's): resumable when they hold the same content, removed once the file is verified."""
+    found = []
+    for folder, pattern in p.stale:
+        if folder.is_dir() and not folder.is_symlink():
+            found += [folder / n for n in os.listdir(folder) if re.fullmatch(pattern, n) and folder / n != p.partial]
+    return sorted(found)
+
+
+@contextlib.contextmanager
+def _folder_lock(target: Path, in_cache: bool) -> Iterator[None]:
+    """One fetch at a time into an --out folder: two would append to the same partial files. (In
+    the cache, each blob has its own lock, shared with huggingface_hub.)"""
+    if in_cache:
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(target / STATE_DIR / "hub.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise InputError(f"another mdist fetch is writing into {target}; wait for it to end") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
+def _blob_lock(path: Path | None, cancel: threading.Event) -> Iterator[None]:
+    """huggingface_hub's lock for one blob of the cache, waited for only as long as not stopped."""
+    if path is None:
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path))
+    while True:
+        try:
+            lock.acquire(timeout=0.5)
+            break
+        except Timeout:
+            if cancel.is_set():
+                raise Cancelled(str(path)) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+class _Transfer:
+    """What the download threads share: huggingface_hub's HTTP session and headers, the stop flag,
+    and byte counts that the main thread turns into progress (threads never print)."""
+
+    def __init__(self, repo: str, commit: str, endpoint: str, plan: list[Placement], reporter) -> None:
+        from huggingface_hub import constants
+        from huggingface_hub.utils import build_hf_headers, get_session
+
+        self.repo, self.commit, self.endpoint, self.reporter = repo, commit, endpoint, reporter
+        self.session = get_session()
+        self.headers = {**build_hf_headers(), "Accept-Encoding": "identity"}  # Range counts the file's own bytes
+        self.timeout = float(constants.HF_HUB_DOWNLOAD_TIMEOUT)
+        self.cancel = threading.Event()
+        self.on_disk = [_bytes_on_disk(p) for p in plan]
+        self.received = [0] * len(plan)
+        self.total = sum(p.remote.size for p in plan)
+        self.notes: list[str] = []
+        self._samples: list[tuple[float, int]] = [(time.monotonic(), 0)]
+
+    def url(self, path: str) -> str:
+        from huggingface_hub import hf_hub_url
+
+        return hf_hub_url(self.repo, path, revision=self.commit, endpoint=self.endpoint)
+
+    def report(self) -> None:
+        """Messages and progress, from the main thread only."""
+        from mdist.sources.torrent_fetch import Progress
+
+        while self.notes:
+            self.reporter.message(self.notes.pop(0))
+        now, received = time.monotonic(), sum(self.received)
+        self._samples = [s for s in self._samples if now - s[0] <= 3.0] or self._samples[-1:]
+        self._samples.append((now, received))
+        then, before = self._samples[0]
+        rate = (received - before) / (now - then) if now > then else 0.0  # over the last 3 s
+        self.reporter.update(Progress(name=self.repo, state="downloading", total=self.total,
+                                      done=min(sum(self.on_disk), self.total), download_rate=rate, source="hub"))
+
+
+def _transfer_all(plan: list[Placement], transfer: _Transfer) -> list[dict[str, str]]:
+    """Digests of every placed file, downloaded by up to WORKERS daemon threads, largest first.
+
+    The main thread only waits and reports: Ctrl-C and SIGTERM arrive there, set the stop flag, and
+    after at most a second for the threads to close their files the interrupt goes on. Daemon
+    threads, so that one blocked on a silent server cannot hold the exit. The first failure stops
+    the others; their partial files stay for the next run.
+    """
+    pending = iter(sorted(range(len(plan)), key=lambda i: -plan[i].remote.size))
+    take = threading.Lock()
+    results: dict[int, dict[str, str]] = {}
+    failures: list[BaseException] = []
+
+    def work() -> None:
+        while not transfer.cancel.is_set():
+            with take:
+                index = next(pending, None)
+            if index is None:
+                return
+            try:
+                results[index] = _fetch_one(plan[index], index, transfer)
+            except Cancelled:
+                return
+            except BaseException as exc:  # noqa: BLE001 (handed to the main thread)
+                failures.append(_download_error(exc, transfer.endpoint, plan[index].remote.path))
+                transfer.cancel.set()
+
+    threads = [threading.Thread(target=work, name=f"mdist-hub-{n}", daemon=True)
+               for n in range(min(WORKERS, len(plan)))]
+    for thread in threads:
+        thread.start()
+    try:
+        while not failures and (alive := [thread for thread in threads if thread.is_alive()]):
+            alive[0].join(0.25)
+            transfer.report()
+    except BaseException:
+        _stop(threads, transfer)
+        raise
+    _stop(threads, transfer)
+    transfer.report()
+    if failures:
+        raise failures[0]
+    return [results[i] for i in range(len(plan))]
+
+
+def _stop(threads: list[threading.Thread], transfer: _Transfer) -> None:
+    """Raise the stop flag and give the threads a second to close their files (a no-op once done)."""
+    transfer.cancel.set()
+    deadline = time.monotonic() + 1.0
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def _download_error(exc: BaseException, endpoint: str, path: str) -> BaseException:
+    """A worker's failure as the CLI reports it: mdist's own errors as they are, HTTP and network
+    failures as one line naming the file and the endpoint."""
+    if isinstance(exc, MdistError):
+        return exc
+    if isinstance(exc, (_api_errors().HfHubHTTPError, OSError, ValueError)) or _is_network_error(exc):
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return InputError(f"download of {quoted(path)} from {endpoint} failed: {first}")
+    return exc
+
+
+def _fetch_one(p: Placement, index: int, transfer: _Transfer) -> dict[str, str]:
+    """Digests of p's file once it is in place and verified: the one already there when it
+    matches, otherwise a download. Earlier partial files go once the file is verified."""
+    with _blob_lock(p.lock, transfer.cancel):
+        digests = _present(p, transfer.cancel)
+        if digests is None:
+            digests = _download_verified(p, index, transfer)
+            p.final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(p.partial, p.final)
+        if p.link is not None:
+            _link(p.final, p.link)
+        for leftover in _leftovers(p):
+            leftover.unlink(missing_ok=True)
+    transfer.on_disk[index] = p.remote.size
+    return digests
+
+
+def _present(p: Placement, cancel: threading.Event) -> dict[str, str] | None:
+    """Digests of the file already at p.final if it is the listed one (a finished earlier run).
+    Anything else there is removed: an outdated or altered file must not stay looking current."""
+    try:
+        info = os.lstat(p.final)
+    except FileNotFoundError:
+        return None
+    if stat.S_ISDIR(info.st_mode):
+        raise InputError(f"{p.final} is a folder where {quoted(p.remote.path)} goes; refused")
+    if stat.S_ISREG(info.st_mode) and info.st_size == p.remote.size:
+        digests = _digests(p.final, p.remote, cancel)
+        if _mismatch(p.remote, digests) is None:
+            return digests
+    p.final.unlink()
+    return None
+
+
+def _download_verified(p: Placement, index: int, transfer: _Transfer) -> dict[str, str]:
+    """Digests of p.partial once downloaded and matching. A resumed file that does not match may
+    owe it to bytes from an earlier run (another mirror, a crash): it is downloaded once more from
+    the start. A mismatch is never kept: the partial is removed."""
+    resumed = _adopt(p) > 0
+    transfer.on_disk[index] = _partial_size(p)
+    _download(p, index, transfer)
+    digests = _digests(p.partial, p.remote, transfer.cancel)
+    wrong = _mismatch(p.remote, digests)
+    if wrong and resumed:
+        p.partial.unlink()
+        transfer.notes.append(f"{p.remote.path}: the download resumed from an earlier run did not match; "
+                              f"downloading it again from the start")
+        _download(p, index, transfer)
+        digests = _digests(p.partial, p.remote, transfer.cancel)
+        wrong = _mismatch(p.remote, digests)
+    if wrong:
+        p.partial.unlink(missing_ok=True)
+        kind, expected, actual = wrong
+        raise VerificationError(f"{p.remote.path}: {kind} mismatch (expected {expected}, got {actual}); "
+                                f"the file was removed")
+    return digests
+
+
+def _adopt(p: Placement) -> int:
+    """Bytes p.partial starts with: an earlier run's, or else the largest leftover of the same
+    content (huggingface_hub's, from before mdist resumed), renamed to p.partial."""
+    if not os.path.lexists(p.partial):
+        same = [c for c in _leftovers(p) if f".{p.etag}." in c.name and c.is_file() and not c.is_symlink()]
+        for candidate in sorted(same, key=lambda c: c.stat().st_size, reverse=True):
+            with contextlib.suppress(OSError):
+                p.partial.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(candidate, p.partial)
+                break
+    return _partial_size(p)
+
+
+def _partial_size(p: Placement) -> int:
+    """Bytes in p.partial; one longer than the file is started over."""
+    try:
+        size = os.lstat(p.partial).st_size
+    except FileNotFoundError:
+        return 0
+    if size > p.remote.size:
+        os.truncate(p.partial, 0)
+        return 0
+    return size
+
+
+def _download(p: Placement, index: int, transfer: _Transfer) -> None:
+    """Bring p.partial to the listed size, asking only for the bytes it lacks. Network failures
+    and busy-server answers are retried from wherever the file got to; RETRIES attempts in a row
+    without a new byte give up."""
+    stalled = 0
+    while (start := _partial_size(p)) < p.remote.size:
+        error: BaseException | None = None
+        try:
+            _get_rest(p, start, index, transfer)
+        except Exception as exc:  # noqa: BLE001 (sorted below)
+            if not _is_transient(exc):
+                raise
+            error = exc
+        stalled = 0 if _partial_size(p) > start else stalled + 1
+        if stalled > RETRIES:
+            raise error or InputError(f"{transfer.endpoint} stopped sending {quoted(p.remote.path)} at byte {start} "
+                                      f"of {p.remote.size}")
+        if stalled and transfer.cancel.wait(1.0):
+            raise Cancelled(p.remote.path)
+
+
+def _is_transient(exc: BaseException) -> bool:
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    return _is_network_error(exc) or (isinstance(exc, _api_errors().HfHubHTTPError) and status in RETRY_STATUS)
+
+
+def _get_rest(p: Placement, start: int, index: int, transfer: _Transfer) -> None:
+    """One GET of p's file from byte `start` (`Range: bytes=start-`), appended to p.partial. A
+    server that ignores Range sends the whole file (200): the partial is started over. Never more
+    than the listed size is written, whatever the server sends."""
+    headers = dict(transfer.headers, Range=f"bytes={start}-") if start else transfer.headers
+    with _stream(transfer.session, transfer.url(p.remote.path), headers, transfer.timeout) as response:
+        offset = _body_offset(response, start, p, transfer.endpoint)
+        if offset is None:  # 416: the server has fewer bytes than the partial; start over
+            os.truncate(p.partial, 0)
+            return
+        with _open_partial(p.partial) as handle:
+            handle.truncate(offset)
+            transfer.on_disk[index] = offset
+            for chunk in response.chunks:
+                if transfer.cancel.is_set():
+                    raise Cancelled(p.remote.path)
+                if offset + len(chunk) > p.remote.size:
+                    raise UnsafeContentError(f"{transfer.endpoint} sent more than the {p.remote.size} bytes it lists "
+                                             f"for {quoted(p.remote.path)}; refused")
+                handle.write(chunk)
+                offset += len(chunk)
+                transfer.on_disk[index] = offset
+                transfer.received[index] += len(chunk)
+
+
+@dataclass
+class _Response:
+    status: int
+    headers: Any
+    chunks: Iterator[bytes]
+    raw: Any
+
+
+@contextlib.contextmanager
+def _stream(session: Any, url: str, headers: dict[str, str], timeout: float) -> Iterator[_Response]:
+    """A streamed GET through huggingface_hub's session: httpx/httpx2 (huggingface_hub >= 1.0) or
+    requests (older). Both follow redirects and drop the token when one leaves the host."""
+    if type(session).__module__.split(".")[0] == "requests":
+        with session.get(url, headers=headers, timeout=timeout, stream=True) as raw:
+            yield _Response(raw.status_code, raw.headers, raw.iter_content(1 << 16), raw)
+        return
+    with session.stream("GET", url, headers=headers, timeout=timeout, follow_redirects=True) as raw:
+        yield _Response(raw.status_code, raw.headers, raw.iter_bytes(), raw)
+
+
+def _body_offset(response: _Response, start: int, p: Placement, endpoint: str) -> int | None:
+    """Where the body goes in the file: `start` for a 206 that starts there, 0 for a 200, None for 416."""
+    if response.status == 416 and start:
+        return None
+    if response.status >= 400:
+        from huggingface_hub.utils import hf_raise_for_status
+
+        getattr(response.raw, "read", lambda: None)()  # a streamed body, needed for the error's message
+        hf_raise_for_status(response.raw)
+    if response.status == 206:
+        match = re.match(r"bytes (\d+)-", response.headers.get("Content-Range") or "")
+        if not match or int(match.group(1)) != start:
+            raise UnsafeContentError(f"{endpoint} answered a request for {quoted(p.remote.path)} from byte {start} "
+                                     f"with {quoted(response.headers.get('Content-Range'))}; refused")
+        return start
+    if response.status == 200:
+        return 0
+    raise InputError(f"{endpoint} answered HTTP {response.status} for {quoted(p.remote.path)}")
+
+
+def _open_partial(path: Path) -> BinaryIO:
+    """p.partial for appending, never through a link."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0)
+    return os.fdopen(os.open(path, flags, 0o666), "ab")
+
+
+def _digests(path: Path, remote: RemoteFile, cancel: threading.Event) -> dict[str, str]:
+    """sha256, and for a small file its git blob sha1 too, in one read (stopped by `cancel`)."""
+    return hash_file(path, ("sha256",) if remote.sha256 else ("sha256", GIT_SHA1), cancel=cancel)
+
+
+def _mismatch(remote: RemoteFile, digests: dict[str, str]) -> tuple[str, str, str] | None:
+    """(kind, expected, actual) when the file is not the listed one: sha256 for LFS files, the git
+    blob sha1 for small ones."""
+    if remote.sha256:
+        kind, expected, actual = "sha256", remote.sha256, digests["sha256"]
+    else:
+        kind, expected, actual = "git blob sha1", remote.blob_sha1 or "", digests[GIT_SHA1]
+    return None if expected and actual == expected else (kind, expected, actual)
+
+
+def _bytes_on_disk(p: Placement) -> int:
+    """Bytes of p already here: the whole file if something of its size is in place (checked
+    before use), else what its partial holds."""
+    with contextlib.suppress(OSError):
+        info = os.lstat(p.final)
+        if stat.S_ISREG(info.st_mode) and info.st_size == p.remote.size:
+            return p.remote.size
+    with contextlib.suppress(OSError):
+        return min(os.lstat(p.partial).st_size, p.remote.size)
+    return 0
+
+
+def _link(blob: Path, link: Path) -> None:
+    """The snapshot's name for a blob: a relative link, as huggingface_hub makes, replaced atomically."""
+    relative = os.path.relpath(blob, link.parent)
+    if link.is_symlink() and os.readlink(link) == relative:
+        return
+    link.parent.mkdir(parents=True, exist_ok=True)
+    temporary = link.with_name(f".{link.name}.{os.getpid()}.{threading.get_ident()}.link")
+    temporary.unlink(missing_ok=True)
+    os.symlink(relative, temporary)
+    os.replace(temporary, link)
+
+
+def _remove_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        folder.rmdir()
 
 
 def _files_under(folder: Path) -> dict[str, tuple[int, int, int]]:
@@ -328,34 +734,16 @@ def _remove_unasked(folder: Path, selected: list[RemoteFile], before: dict[str, 
     return removed
 
 
-def _verify_download(folder: Path, files: list[RemoteFile], in_cache: bool) -> dict[str, int]:
-    missing = [f.path for f in files if not (folder / f.path).is_file()]
-    if missing:
-        raise VerificationError(f"the download did not deliver {', '.join(missing)}")
-    lfs = [f for f in files if f.sha256]
-    digests = hash_files({(folder / f.path).resolve(): ("sha256",) for f in lfs})
-    counts = {"lfs": 0, "git": 0}
-    for remote in files:
-        local = (folder / remote.path).resolve()
-        if remote.sha256:
-            actual, expected, kind = digests[local]["sha256"], remote.sha256, "sha256"
-        else:
-            actual, expected, kind = git_blob_sha1(local), remote.blob_sha1, "git blob sha1"
-        if not expected or actual != expected:
-            _discard(folder / remote.path, in_cache)
-            raise VerificationError(f"{remote.path}: {kind} mismatch (expected {expected}, got {actual}); "
-                                    f"the file was removed")
-        counts["lfs" if remote.sha256 else "git"] += 1
-    return counts
-
-
-def _check_manifest(folder: Path, manifest: Manifest) -> int:
+def _check_manifest(folder: Path, manifest: Manifest, known: dict[str, str]) -> int:
+    """Files present that the release lists, against its sha256; `known` holds those just hashed
+    while fetching, so that no file is read twice."""
     checked = 0
     present = {e.path: e for e in manifest.files.values() if (folder / e.path).exists()}
-    digests = hash_files({(folder / p).resolve(): ("sha256",) for p, e in present.items() if e.sha256})
+    digests = hash_files({(folder / p).resolve(): ("sha256",) for p, e in present.items()
+                          if e.sha256 and p not in known})
     for path, entry in present.items():
         if entry.sha256:
-            actual = digests[(folder / path).resolve()]["sha256"]
+            actual = known.get(path) or digests[(folder / path).resolve()]["sha256"]
             if actual != entry.sha256:
                 _discard(folder / path, in_cache=(folder / path).is_symlink())
                 raise VerificationError(f"{path}: sha256 does not match {manifest.name} "
