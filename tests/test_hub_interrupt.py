@@ -193,6 +193,20 @@ def test_leftovers_of_huggingface_hub_are_resumed_then_removed(data: bytes, tmp_
     assert [p.name for p in partials(out)] == [f"{BIG}.index.json.{hashlib.sha1(b'x').hexdigest()}.incomplete"]
 
 
+def test_leftovers_in_the_hf_cache_are_resumed_then_removed(data: bytes, tmp_path: Path) -> None:
+    """huggingface_hub 2.x leaves blobs/<sha256>.<8 hex>.incomplete when killed mid-download."""
+    home = tmp_path / "hf-home"
+    sha256 = hashlib.sha256(data).hexdigest()
+    blobs = home / "hub" / "models--org--big-model" / "blobs"
+    blobs.mkdir(parents=True)
+    (blobs / f"{sha256}.0a1b2c3d.incomplete").write_bytes(data[:7 << 20])
+    with fake_hub(FakeHub(REPO, COMMIT, {BIG: data})) as hub:
+        rerun(hub, "--to-hf-cache", env={"HF_HOME": str(home)})
+        assert big_ranges(hub, 0) == [f"bytes={7 << 20}-"]
+    assert (blobs / sha256).read_bytes() == data
+    assert partials(home) == []
+
+
 def test_resume_through_a_requests_session(data: bytes, tmp_path: Path, monkeypatch) -> None:
     """huggingface_hub before 1.0 hands out a requests session, not an httpx client: the same
     resumed, verified download through it."""

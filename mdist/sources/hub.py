@@ -484,6 +484,7 @@ def _fetch_one(p: Placement, index: int, transfer: _Transfer) -> dict[str, str]:
         digests = _present(p, transfer.cancel)
         if digests is None:
             digests = _download_verified(p, index, transfer)
+            _sync(p.partial)
             p.final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(p.partial, p.final)
         if p.link is not None:
@@ -539,7 +540,7 @@ def _adopt(p: Placement) -> int:
     """Bytes p.partial starts with: an earlier run's, or else the largest leftover of the same
     content (huggingface_hub's, from before mdist resumed), renamed to p.partial."""
     if not os.path.lexists(p.partial):
-        same = [c for c in _leftovers(p) if f".{p.etag}." in c.name and c.is_file() and not c.is_symlink()]
+        same = [c for c in _leftovers(p) if p.etag in c.name.split(".") and c.is_file() and not c.is_symlink()]
         for candidate in sorted(same, key=lambda c: c.stat().st_size, reverse=True):
             with contextlib.suppress(OSError):
                 p.partial.parent.mkdir(parents=True, exist_ok=True)
@@ -695,6 +696,15 @@ def _link(blob: Path, link: Path) -> None:
     temporary.unlink(missing_ok=True)
     os.symlink(relative, temporary)
     os.replace(temporary, link)
+
+
+def _sync(path: Path) -> None:
+    """On disk before it takes its real name: after a crash, a file that looks complete is complete."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _remove_empty(folder: Path) -> None:
