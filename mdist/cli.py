@@ -329,6 +329,9 @@ def _term_as_interrupt() -> None:
 @click.option("--seed", "keep_seeding", is_flag=True, help="Keep seeding after completion until Ctrl-C.")
 @click.option("--timeout", default=300.0, show_default=True, type=click.FloatRange(1),
               help="Give up after this many seconds without progress.")
+@click.option("--swarm-grace", default=30.0, show_default=True, type=click.FloatRange(1),
+              help="For a release with a hub repository: fall back to the hub when no peer at all was found "
+                   "within this many seconds (a peer that stops delivering is given --timeout).")
 @click.option("--source", "prefer", type=click.Choice(["auto", "torrent", "hub"]), default="auto", show_default=True,
               help="For a release name: force the swarm or the hub.")
 @click.option("--endpoint", help="Hub or mirror URL for hf:// sources (default: $HF_ENDPOINT or huggingface.co).")
@@ -338,8 +341,8 @@ def _term_as_interrupt() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def fetch(source: str, out: Path | None, peers: tuple[str, ...], trackers: tuple[str, ...],
           web_seeds: tuple[str, ...], listen: str | None, no_dht: bool, keep_seeding: bool, timeout: float,
-          prefer: str, endpoint: str | None, to_hf_cache: bool, include: tuple[str, ...], exclude: tuple[str, ...],
-          as_json: bool) -> None:
+          swarm_grace: float, prefer: str, endpoint: str | None, to_hf_cache: bool, include: tuple[str, ...],
+          exclude: tuple[str, ...], as_json: bool) -> None:
     """Fetch a model and verify every file before calling it done.
 
     SOURCE is a magnet link, a .torrent file, hf://OWNER/REPO[@REVISION], or a release name
@@ -358,6 +361,7 @@ def fetch(source: str, out: Path | None, peers: tuple[str, ...], trackers: tuple
         source=source, prefer=prefer,
         swarm=FetchOptions(out=out, peers=list(peers), trackers=list(trackers), web_seeds=list(web_seeds),
                            listen=listen, no_dht=no_dht, seed=keep_seeding, timeout=timeout),
+        swarm_grace=swarm_grace,
         hub=HubOptions(out=out, endpoint=endpoint, to_hf_cache=to_hf_cache, include=list(include),
                        exclude=list(exclude), quiet=as_json),
     )
@@ -377,27 +381,43 @@ def fetch(source: str, out: Path | None, peers: tuple[str, ...], trackers: tuple
 @click.option("--tracker", "trackers", multiple=True, metavar="URL", help="Tracker to announce to (repeatable).")
 @click.option("--web-seed", "web_seeds", multiple=True, metavar="URL", help="Web seed to list in the torrent.")
 @click.option("--torrent-out", type=click.Path(path_type=Path), help="Also write the .torrent file here.")
-@click.option("--torrent-version", type=click.Choice(["hybrid", "v1", "v2"]), default="hybrid", show_default=True)
+@click.option("--new-torrent", is_flag=True,
+              help="Share a new torrent of the folder even if it holds the one it was fetched with.")
+@click.option("--fetch-metadata", is_flag=True,
+              help="A known release copied from elsewhere: learn its torrent's info dict from peers by the "
+                   "published info-hash, check the files against it (never downloading them) and rejoin its swarm.")
+@click.option("--peer", "peers", multiple=True, metavar="HOST:PORT", help="Ask this peer for --fetch-metadata.")
+@click.option("--timeout", default=300.0, show_default=True, type=click.FloatRange(1),
+              help="--fetch-metadata gives up after this many seconds without progress.")
+@click.option("--torrent-version", type=click.Choice(["hybrid", "v1", "v2"]),
+              help="For a new torrent: hybrid (default), v1 or v2.")
 @click.option("--no-dht", is_flag=True, help="No DHT, local discovery, UPnP or NAT-PMP.")
 @click.option("--manifest", "manifest_name", help="Verify against this release (default: recognise it).")
 @click.option("--force", is_flag=True, help="Seed even if `mdist verify` rejects the folder.")
 @click.option("--upload-limit", default="0", help="Upload rate limit per second, e.g. 2MB (0: none).")
 def seed(directory: Path, listen: str | None, trackers: tuple[str, ...], web_seeds: tuple[str, ...],
-         torrent_out: Path | None, torrent_version: str, no_dht: bool, manifest_name: str | None,
-         force: bool, upload_limit: str) -> None:
-    """Share a verified model folder as a torrent; print its magnet link first, then seed until Ctrl-C.
+         torrent_out: Path | None, new_torrent: bool, fetch_metadata: bool, peers: tuple[str, ...], timeout: float,
+         torrent_version: str | None, no_dht: bool, manifest_name: str | None, force: bool, upload_limit: str) -> None:
+    """Share a verified model folder; print its magnet link first, then seed until Ctrl-C.
+
+    A folder fetched by torrent is shared with that same torrent (.mdist/release.torrent): the
+    same info-hash, so you join the published swarm; files mdist derived later are not part of it.
+    Otherwise a new torrent is made (derived files and .mdist/ left out).
 
     \b
-    Example:
+    Examples:
       mdist seed ./mistral-7B-v0.1 --listen 0.0.0.0:6881 --torrent-out mistral.torrent
+      mdist seed ./copied-from-disk --fetch-metadata --peer 10.0.0.5:6881
     """
-    from mdist.seeding import run_seed
+    from mdist.seeding import SeedOptions, run_seed
 
     _term_as_interrupt()
-    run_seed(directory, listen=listen, trackers=list(trackers), web_seeds=list(web_seeds), torrent_out=torrent_out,
-             version=torrent_version, no_dht=no_dht, manifest_name=manifest_name, force=force,
-             upload_limit=0 if upload_limit.strip() == "0" else parse_size(upload_limit),
-             echo=lambda line: (click.echo(line), sys.stdout.flush()),
+    options = SeedOptions(listen=listen, trackers=list(trackers), web_seeds=list(web_seeds), peers=list(peers),
+                          torrent_out=torrent_out, version=torrent_version, no_dht=no_dht,
+                          manifest_name=manifest_name, force=force, new_torrent=new_torrent,
+                          fetch_metadata=fetch_metadata, timeout=timeout,
+                          upload_limit=0 if upload_limit.strip() == "0" else parse_size(upload_limit))
+    run_seed(directory, options, echo=lambda line: (click.echo(line), sys.stdout.flush()),
              note=lambda line: click.echo(line, err=True))
 
 

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from mdist.errors import InputError, VerificationError
+from mdist.model_folder import inspect_folder
 from mdist.sources.hub import HubOptions
-from mdist.sources.torrent_fetch import FetchOptions
+from mdist.sources.torrent_fetch import FetchOptions, NoProgress
 from mdist.sources.resolve import Source, resolve_source
-from mdist.verify.folder import verify_folder
+from mdist.verify.folder import FAILING, verify_folder
 from mdist.verify.manifest import Manifest, find_by_infohash
+
+SWARM_GRACE = 30.0  # seconds without a single peer before a release falls back to its hub repository
 
 
 @dataclass
@@ -22,6 +25,7 @@ class FetchRequest:
     swarm: FetchOptions = field(default_factory=FetchOptions)
     hub: HubOptions = field(default_factory=HubOptions)
     prefer: str = "auto"  # or "torrent" / "hub", for a release that lists both
+    swarm_grace: float = SWARM_GRACE  # with a hub to fall back to: how long to wait for a first peer
 
 
 def verify_against(out: Path, manifest: Manifest | None) -> tuple[str | None, int, list[str]]:
@@ -69,10 +73,13 @@ def run_fetch(request: FetchRequest, reporter) -> dict[str, Any]:
         raise InputError(f"{request.source} has no magnet link")
     if source.kind == "hub":
         return _fetch_hub(source, request, reporter)
+    fallback = source.hub_fallback is not None and request.prefer == "auto"
+    if fallback:  # without somewhere else to go, waiting for a first peer costs nothing
+        request = replace(request, swarm=replace(request.swarm, swarm_grace=request.swarm_grace))
     try:
         return _fetch_torrent(source, request, reporter)
-    except InputError as exc:
-        if source.hub_fallback is None or request.prefer != "auto" or "no progress" not in str(exc):
+    except NoProgress as exc:
+        if not fallback:
             raise
         reporter.message(f"swarm: {exc}; falling back to the hub ({source.hub_fallback.target})")
         return _fetch_hub(source.hub_fallback, request, reporter)
@@ -81,20 +88,45 @@ def run_fetch(request: FetchRequest, reporter) -> dict[str, Any]:
 def _fetch_torrent(source: Source, request: FetchRequest, reporter) -> dict[str, Any]:
     from mdist.sources.torrent_fetch import fetch_torrent
 
+    found: dict[str, Any] = {}
+
     def on_complete(out: Path, hashes) -> tuple[str | None, int, list[str]]:
         manifest = source.manifest or find_by_infohash(hashes.v1 or "") or find_by_infohash(hashes.v2 or "")
-        return verify_against(out, manifest)
+        if manifest is not None:
+            return verify_against(out, manifest)
+        found.update(recognise_download(out))
+        return found.get("manifest"), found.get("verified", 0), found.get("not_checkable", [])
 
     result = fetch_torrent(source.target, request.swarm, reporter, on_complete).to_json()
     result["via"] = "bittorrent"
-    if result["manifest"]:
+    unchecked = f"; not checkable: {', '.join(result['not_checkable'])}" if result["not_checkable"] else ""
+    if result["manifest"] and found:
+        result["verification"] = (f"BitTorrent piece hashes; files verified against {result['manifest']} "
+                                  f"(sha256 of {result['verified_files']} files; recognised from the files, "
+                                  f"checksums/ does not know this info-hash){unchecked}")
+    elif result["manifest"]:
         result["verification"] = (f"BitTorrent piece hashes, and sha256 of {result['verified_files']} files "
-                                  f"against {result['manifest']}"
-                                  + (f"; not checkable: {', '.join(result['not_checkable'])}"
-                                     if result["not_checkable"] else ""))
+                                  f"against {result['manifest']}{unchecked}")
     else:
-        result["verification"] = "BitTorrent piece hashes only (checksums/ does not know this info-hash)"
+        result["verification"] = ("BitTorrent piece hashes only (checksums/ does not know this info-hash"
+                                  + (f"; {found['differs']}" if found.get("differs") else "") + ")")
     return result
+
+
+def recognise_download(out: Path) -> dict[str, Any]:
+    """A download whose info-hash no manifest knows may still be a known release's files: recognised
+    by names and sizes, then verified as `mdist verify` would. A look-alike that differs is said,
+    not failed: it is simply not that release (a fine-tune can share names and sizes)."""
+    release = inspect_folder(out).release
+    if release is None:
+        return {}
+    report = verify_folder(out, release)
+    bad = [r for r in report.files if r.status in FAILING]
+    if bad:
+        return {"differs": f"the files look like {release.name} but are not: "
+                           + ", ".join(f"{r.path} {r.status}" for r in bad[:5])}
+    return {"manifest": release.name, "verified": sum(1 for r in report.files if r.status == "ok"),
+            "not_checkable": report.not_checked}
 
 
 def _fetch_hub(source: Source, request: FetchRequest, reporter) -> dict[str, Any]:

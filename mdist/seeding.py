@@ -1,15 +1,59 @@
-"""`mdist seed`: verify a folder, then share it as a torrent until stopped."""
+"""`mdist seed`: verify a folder, then share it in the swarm it came from until stopped.
+
+A folder mdist fetched by torrent keeps that torrent (`.mdist/release.torrent`): seeding serves
+it again, so re-sharers join the published swarm (same info-hashes) instead of starting a new
+one, and files derived later (a conversion by `run`) are not part of it. A known release copied
+from elsewhere lacks the torrent's info dict: `--fetch-metadata` learns it from peers by the
+release's info-hash, checks the files against it and never downloads them. A new torrent is
+made only for a folder that never had one, or with `--new-torrent`.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from mdist.errors import VerificationError
-from mdist.sources.bt_session import parse_endpoint
+from mdist.atomic import real_dir, refuse_unreal_dir, write_bytes_atomic
+from mdist.errors import InputError, VerificationError
+from mdist.model_folder import STATE_DIR, inspect_folder
+from mdist.sources.bt_session import make_session, parse_endpoint
+from mdist.sources.resolve import compose_magnet
+from mdist.sources.torrent_fetch import (RELEASE_TORRENT, Patience, SilentReporter, fetch_metadata, load_source,
+                                         read_checked_torrent)
+from mdist.sources.torrent_meta import InfoHashes, magnet_peers
 from mdist.sources.torrent_seed import Seeder, write_torrent
 from mdist.verify.folder import verify_folder
-from mdist.verify.manifest import find_manifest
+from mdist.verify.manifest import Manifest, find_manifest
+
+
+@dataclass
+class SeedOptions:
+    """How to share: where to listen and announce, and which torrent (see the module's docstring)."""
+
+    listen: str | None = None
+    trackers: list[str] = field(default_factory=list)
+    web_seeds: list[str] = field(default_factory=list)
+    peers: list[str] = field(default_factory=list)  # where --fetch-metadata asks first
+    torrent_out: Path | None = None
+    version: str | None = None  # only for a new torrent (default hybrid)
+    no_dht: bool = False
+    manifest_name: str | None = None
+    force: bool = False
+    upload_limit: int = 0
+    new_torrent: bool = False
+    fetch_metadata: bool = False
+    timeout: float = 300.0  # for --fetch-metadata: seconds without progress
+
+
+@dataclass
+class Plan:
+    """The torrent to serve: `torrent` bytes (checked), or None for a new one leaving out `leave_out`."""
+
+    torrent: bytes | None
+    what: str
+    keep: bool = False  # save it as .mdist/release.torrent once the data passed libtorrent's check
+    leave_out: frozenset[str] = frozenset()
 
 
 def check_before_seeding(directory: Path, manifest_name: str | None, force: bool, note: Callable[[str], None]) -> None:
@@ -25,17 +69,100 @@ def check_before_seeding(directory: Path, manifest_name: str | None, force: bool
     note(f"warning: seeding although {reason}")
 
 
-def run_seed(directory: Path, *, listen: str | None, trackers: list[str], web_seeds: list[str],
-             torrent_out: Path | None, version: str, no_dht: bool, manifest_name: str | None, force: bool,
-             echo: Callable[[str], None], note: Callable[[str], None], upload_limit: int = 0) -> None:
-    check_before_seeding(directory, manifest_name, force, note)
-    endpoint = parse_endpoint(listen) if listen else None
-    with Seeder(directory, listen=endpoint, trackers=trackers, web_seeds=web_seeds, no_dht=no_dht,
-                version=version, upload_limit=upload_limit) as seeder:
+def saved_torrent(directory: Path) -> bytes | None:
+    """The torrent fetch kept in the folder, its info dict checked again (check_info_dict); None if none."""
+    state = Path(directory) / STATE_DIR
+    refuse_unreal_dir(state)
+    path = state / RELEASE_TORRENT
+    if not (path.exists() or path.is_symlink()):
+        return None
+    return read_checked_torrent(path)[0]
+
+
+def release_magnet(release: Manifest | None) -> str | None:
+    """The published swarm of a known release (its magnet, or one made from its info-hashes)."""
+    if release is None:
+        return None
+    return release.sources.get("magnet") or compose_magnet(release.sources)
+
+
+def learn_metadata(magnet: str, options: SeedOptions) -> bytes:
+    """The info dict of `magnet` from peers (--peer, x.pe, trackers, DHT), checked, as a .torrent.
+
+    Learnt in a private scratch folder (as fetch does), so nothing reaches the folder before the
+    check; the data itself is never requested."""
+    params, _ = load_source(magnet)
+    params.trackers = list(params.trackers) + options.trackers
+    peers = [parse_endpoint(p) for p in [*options.peers, *magnet_peers(magnet)]]
+    session = make_session(None, no_dht=options.no_dht)
+    try:
+        ti = fetch_metadata(session, params, peers, Patience(options.timeout), SilentReporter())
+    finally:
+        del session
+    return b"d4:info" + ti.info_section() + b"e"
+
+
+def choose_torrent(directory: Path, release: Manifest | None, options: SeedOptions,
+                   note: Callable[[str], None]) -> Plan:
+    """Which torrent to serve: the one fetched, the release's learnt from peers, or a new one."""
+    if options.new_torrent and options.fetch_metadata:
+        raise InputError("--new-torrent and --fetch-metadata exclude each other")
+    saved = None if options.new_torrent else saved_torrent(directory)
+    if options.version and not options.new_torrent and (saved or options.fetch_metadata):
+        raise InputError("--torrent-version applies to a new torrent only (--new-torrent)")
+    derived = inspect_folder(directory, recognise_release=False).derived
+    new = Plan(None, "a new torrent of the folder (files mdist derived and .mdist/ left out)",
+               leave_out=derived.valid | derived.stale)
+    if options.new_torrent:
+        return new
+    if saved is not None:
+        if options.fetch_metadata:
+            note(f"{directory} already holds its torrent ({STATE_DIR}/{RELEASE_TORRENT}); nothing to fetch")
+        return Plan(saved, f"the torrent it was fetched with ({STATE_DIR}/{RELEASE_TORRENT})")
+    magnet = release_magnet(release)
+    if release is None or magnet is None:
+        if options.fetch_metadata:
+            raise InputError(f"--fetch-metadata needs a known release with a published info-hash; {directory} is "
+                             + ("not a known release" if release is None else f"{release.name}, which lists none"))
+        return new
+    if options.fetch_metadata:
+        note(f"learning the info dict of {release.name} from peers ({_hashes_of(release)})")
+        return Plan(learn_metadata(magnet, options), f"the published torrent of {release.name}", keep=True)
+    note(f"note: {directory} holds {release.name}, published as {_hashes_of(release)}; to rejoin that swarm mdist "
+         f"needs the torrent's info dict (its file list and piece hashes), which this folder does not hold "
+         f"({STATE_DIR}/{RELEASE_TORRENT}): --fetch-metadata learns it from peers. Seeding a new torrent instead")
+    return new
+
+
+def _hashes_of(release: Manifest) -> str:
+    return ", ".join(f"{kind} {value}" for kind, value in (("btih", release.btih), ("btmh", release.btmh)) if value)
+
+
+def run_seed(directory: Path, options: SeedOptions, *, echo: Callable[[str], None],
+             note: Callable[[str], None]) -> None:
+    directory = Path(directory)
+    check_before_seeding(directory, options.manifest_name, options.force, note)
+    release = (find_manifest(options.manifest_name) if options.manifest_name else inspect_folder(directory).release)
+    plan = choose_torrent(directory, release, options, note)
+    endpoint = parse_endpoint(options.listen) if options.listen else None
+    with Seeder(directory, listen=endpoint, trackers=options.trackers, web_seeds=options.web_seeds,
+                no_dht=options.no_dht, version=options.version or "hybrid", torrent=plan.torrent,
+                upload_limit=options.upload_limit, leave_out=plan.leave_out) as seeder:
         info = seeder.start()
-        if torrent_out:
-            write_torrent(torrent_out, info.torrent)
-        echo(info.magnet)
-        note(f"seeding {directory} on port {info.port} (btih {info.hashes.v1 or '-'}, "
-             f"btmh {('1220' + info.hashes.v2) if info.hashes.v2 else '-'}); Ctrl-C to stop")
+        if plan.keep:  # the data passed libtorrent's check against it: keep it for next time
+            write_bytes_atomic(real_dir(directory / STATE_DIR) / RELEASE_TORRENT, seeder.release_torrent())
+        if options.torrent_out:
+            write_torrent(options.torrent_out, info.torrent)
+        note(f"seeding {directory} on port {info.port}: {plan.what} (btih {info.hashes.v1 or '-'}, "
+             f"btmh {('1220' + info.hashes.v2) if info.hashes.v2 else '-'}){_published(release, info.hashes)}; "
+             f"Ctrl-C to stop")
+        echo(info.magnet)  # last: whoever waits for the magnet has every note already
         seeder.serve_forever()
+
+
+def _published(release: Manifest | None, hashes: InfoHashes) -> str:
+    """Whether this is the release's published swarm."""
+    if release is None or not (release.btih or release.btmh):
+        return ""
+    same = (release.btih and release.btih == hashes.v1) or (release.btmh and release.btmh[4:] == hashes.v2)
+    return f", the published swarm of {release.name}" if same else f", not the published swarm of {release.name}"

@@ -113,7 +113,7 @@ class TransferReporter:
         self.bar.__exit__(*exc)
 
     def update(self, p) -> None:
-        swarm = f"{p.peers} peers" if p.source == "bittorrent" else p.source
+        swarm = f"{p.peers} {'peer' if p.peers == 1 else 'peers'}" if p.source == "bittorrent" else p.source
         if self.task is None:
             self.task = self.bar.add_task(p.name or "metadata", total=p.total or None, peers=swarm)
         self.bar.update(self.task, description=escape(f"{p.name or 'metadata'} [{p.state}]"), total=p.total or None,

@@ -37,20 +37,45 @@ def wait_for_port(port: int, timeout: float = 20.0) -> None:
     raise TimeoutError(f"nothing listens on port {port}")
 
 
+def start_seeder(directory: Path, *args: str, timeout: float = 60.0) -> tuple[subprocess.Popen, str]:
+    """Start `mdist seed` in its own process; return it and its magnet link (first stdout line).
+    Stop it with `stop`; its stderr can be read after that."""
+    proc = subprocess.Popen([sys.executable, "-m", "mdist", "seed", str(directory), "--listen", "127.0.0.1:0",
+                             "--no-dht", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    line = proc.stdout.readline().strip() if ready else ""
+    if not line.startswith("magnet:"):
+        stop(proc)
+        raise RuntimeError(f"seeder did not start: {line!r} {proc.stderr.read()}")
+    return proc, line
+
+
 @contextmanager
 def mdist_seeder(directory: Path, *args: str, timeout: float = 60.0) -> Iterator[str]:
     """Run `mdist seed` in its own process; yield its magnet link (first stdout line)."""
-    proc = subprocess.Popen([sys.executable, "-m", "mdist", "seed", str(directory), "--listen", "127.0.0.1:0",
-                             "--no-dht", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc, magnet = start_seeder(directory, *args, timeout=timeout)
     try:
-        ready, _, _ = select.select([proc.stdout], [], [], timeout)
-        line = proc.stdout.readline().strip() if ready else ""
-        if not line.startswith("magnet:"):
-            proc.kill()
-            raise RuntimeError(f"seeder did not start: {line!r} {proc.stderr.read()}")
-        yield line
+        yield magnet
     finally:
         stop(proc)
+
+
+def peer_of(magnet: str) -> str:
+    """HOST:PORT of the seeder a magnet names with x.pe."""
+    return magnet.rsplit("x.pe=", 1)[1].split("&")[0]
+
+
+def info_hashes(magnet: str) -> tuple[str | None, str | None]:
+    """(btih, btmh) named by a magnet link."""
+    found = dict(part.split(":", 2)[1:] for part in magnet.split("?", 1)[1].split("&")
+                 if part.startswith("xt=urn:"))
+    return found.get("btih"), found.get("btmh")
+
+
+def aria2(*args: str) -> list[str]:
+    """aria2c (Debian's BitTorrent client) with every discovery off: loopback only."""
+    return ["aria2c", "--enable-dht=false", "--enable-dht6=false", "--bt-enable-lpd=false",
+            "--enable-peer-exchange=false", "--console-log-level=warn", "--summary-interval=0", *args]
 
 
 def stop(proc: subprocess.Popen) -> None:

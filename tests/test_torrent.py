@@ -14,8 +14,8 @@ import pytest
 
 from conftest import FIXTURE, run_mdist
 from mdist.sources.torrent_meta import create_torrent
-from swarm import (copy_release, corrupt_every_piece, free_port, http_tracker, mdist_seeder, range_http_server,
-                   stop, strip_peers, wait_for_port)
+from swarm import (aria2, copy_release, corrupt_every_piece, free_port, http_tracker, mdist_seeder,
+                   range_http_server, stop, strip_peers, wait_for_port)
 
 RELEASE_FILES = ("consolidated.00.pth", "params.json", "tokenizer.model")
 MANIFEST = json.loads((Path(__file__).resolve().parents[1] / "checksums" / "tiny-mistral.json").read_text())
@@ -49,11 +49,13 @@ def test_magnet_from_a_separate_seeder_process(release: Path, tmp_path: Path, ve
     assert sorted(payload["files"]) == sorted(RELEASE_FILES)
     assert not (tmp_path / "got" / ".pad").exists()
     assert (tmp_path / "got" / ".mdist" / "complete.json").is_file()
+    assert payload["manifest"] == "tiny-mistral" and payload["verified_files"] == 3
     if version == "hybrid":  # the registry knows the hybrid torrent of tiny-mistral by its info-hashes
         assert payload["info_hash_v1"] == MANIFEST["sources"]["btih"]
-        assert payload["manifest"] == "tiny-mistral" and payload["verified_files"] == 3
-    else:
-        assert payload["manifest"] is None and "piece hashes only" in payload["verification"]
+        assert "recognised" not in payload["verification"]
+    else:  # an unknown info-hash, but the files are the release's: recognised, then verified
+        assert "files verified against tiny-mistral" in payload["verification"], payload["verification"]
+        assert "piece hashes only" not in payload["verification"]
 
 
 def test_release_name_fetch_uses_the_registry_magnet(release: Path, tmp_path: Path) -> None:
@@ -194,16 +196,11 @@ def test_seed_refuses_an_unverified_folder(release: Path) -> None:
 
 
 # -- a third-party client: aria2 (Debian) ---------------------------------------------------------
-def _aria2(*args: str) -> list[str]:
-    return ["aria2c", "--enable-dht=false", "--enable-dht6=false", "--bt-enable-lpd=false",
-            "--enable-peer-exchange=false", "--console-log-level=warn", "--summary-interval=0", *args]
-
-
 def test_aria2_seeds_and_mdist_fetches(release: Path, tmp_path: Path) -> None:
     torrent = tmp_path / "v1.torrent"
     torrent.write_bytes(create_torrent(release, version="v1"))
     port = free_port()
-    aria = subprocess.Popen(_aria2("-V", "--seed-ratio=0.0", "--seed-time=5", f"--listen-port={port}",
+    aria = subprocess.Popen(aria2("-V", "--seed-ratio=0.0", "--seed-time=5", f"--listen-port={port}",
                                    "-d", str(release.parent), str(torrent)),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -220,7 +217,7 @@ def test_mdist_seeds_and_aria2_fetches(release: Path, tmp_path: Path) -> None:
     torrent = tmp_path / "v1.torrent"
     with http_tracker() as announce, mdist_seeder(release, "--torrent-version", "v1", "--tracker", announce,
                                                   "--torrent-out", str(torrent)):
-        aria = subprocess.run(_aria2("--seed-time=0", "--bt-stop-timeout=60", "-d", str(tmp_path / "aria"),
+        aria = subprocess.run(aria2("--seed-time=0", "--bt-stop-timeout=60", "-d", str(tmp_path / "aria"),
                                      str(torrent)), capture_output=True, text=True, timeout=120)
     assert aria.returncode == 0, aria.stdout + aria.stderr
     assert_same_files(release, tmp_path / "aria" / "tiny-mistral")
@@ -252,3 +249,153 @@ def test_fetch_with_seed_keeps_sharing_after_completion(release: Path, tmp_path:
     assert_same_files(release, tmp_path / "third")
     assert still_seeding, f"the --seed fetcher exited by itself ({proc.returncode})"
     assert proc.returncode == 130, proc.returncode  # it left on Ctrl-C, cleanly, and was not killed
+
+
+# -- files already in OUT, the folder's name, release look-alikes -----------------------------------
+PIECE = 256 << 10  # the fixture's torrent (manifest provenance)
+
+
+def test_fetch_into_a_folder_holding_a_damaged_copy_downloads_about_one_piece(release: Path, tmp_path: Path) -> None:
+    """A copied release (no resume data) with one damaged piece: libtorrent checks what is there and
+    only that piece comes from the swarm; the result verifies."""
+    out = copy_release(release, tmp_path / "got")
+    data = bytearray((out / "consolidated.00.pth").read_bytes())
+    data[3 * PIECE + 100] ^= 0xFF
+    (out / "consolidated.00.pth").write_bytes(bytes(data))
+    with mdist_seeder(release) as magnet:
+        result, payload = fetch_json(magnet, "--out", str(out), "--timeout", "30")
+    assert result.returncode == 0, result.stderr
+    assert 0 < payload["downloaded_bytes"] <= 2 * PIECE, payload["downloaded_bytes"]
+    assert "already holds" in result.stderr
+    assert payload["manifest"] == "tiny-mistral" and payload["verified_files"] == 3
+    assert run_mdist("verify", str(out)).returncode == 0
+
+
+def test_files_already_present_need_no_new_disk_space(tmp_path: Path) -> None:
+    from mdist.sources.torrent_fetch import _bytes_present
+    from mdist.sources.torrent_meta import folder_mapping
+
+    params = lt.add_torrent_params()
+    params.ti = lt.torrent_info(create_torrent(FIXTURE))
+    params.renamed_files = folder_mapping(params.ti)
+    assert _bytes_present(tmp_path, params) == 0
+    (tmp_path / "params.json").write_bytes((FIXTURE / "params.json").read_bytes())
+    (tmp_path / "tokenizer.model").write_bytes(b"x" * 100_000)  # longer than the torrent's file: its size counts
+    (tmp_path / "consolidated.00.pth").symlink_to(FIXTURE / "consolidated.00.pth")  # never counted
+    assert _bytes_present(tmp_path, params) == 154 + 30193
+
+
+def test_a_magnet_without_a_name_names_the_folder_after_the_torrent(release: Path, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    with mdist_seeder(release) as magnet:
+        nameless = "&".join(part for part in magnet.split("&") if not part.startswith("dn="))
+        assert "dn=" not in nameless
+        result = run_mdist("fetch", nameless, "--no-dht", "--json", "--timeout", "30", cwd=work, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert [p.name for p in work.iterdir()] == ["tiny-mistral"]  # not the info-hash
+    assert json.loads(result.stdout)["out"] == str(work / "tiny-mistral")
+
+
+def test_look_alike_files_are_not_called_the_release(tmp_path: Path) -> None:
+    """Same names and sizes as tiny-mistral, other content, unknown info-hash: piece hashes only,
+    and the look-alike is named as such (not a failure: a fine-tune can share names and sizes)."""
+    fake = copy_release(FIXTURE, tmp_path / "seed" / "tiny-mistral")
+    data = bytearray((fake / "tokenizer.model").read_bytes())
+    data[1000] ^= 0x01
+    (fake / "tokenizer.model").write_bytes(bytes(data))
+    with mdist_seeder(fake, "--force") as magnet:
+        result, payload = fetch_json(magnet, "--out", str(tmp_path / "got"), "--timeout", "30")
+    assert result.returncode == 0, result.stderr
+    assert payload["manifest"] is None
+    assert "piece hashes only" in payload["verification"]
+    assert "look like tiny-mistral but are not: tokenizer.model mismatch" in payload["verification"]
+
+
+# -- progress words and patience ---------------------------------------------------------------------
+def test_progress_says_what_mdist_is_doing() -> None:
+    from mdist.sources.torrent_fetch import state_label
+
+    assert state_label("seeding") == "verifying"  # libtorrent has every piece; mdist has not finished checking
+    assert state_label("finished") == "verifying"
+    assert state_label("seeding", "complete") == "complete"
+    assert state_label("seeding", "seeding") == "seeding"  # only with --seed, after completion
+    assert state_label("checking_files") == "checking"
+    assert state_label("downloading") == "downloading"
+
+
+@pytest.mark.parametrize("peers, words", [(0, "0 peers,"), (1, "1 peer,"), (3, "3 peers,")])
+def test_plain_progress_lines_count_peers_in_words(capsys, peers: int, words: str) -> None:
+    from mdist.sources.torrent_fetch import Progress
+    from mdist.ui import TransferReporter
+
+    with TransferReporter() as reporter:  # not a terminal here: plain lines on stderr
+        reporter.update(Progress(name="tiny-mistral", state="downloading", total=10, done=5, peers=peers))
+    assert words in capsys.readouterr().err
+
+
+def test_patience_gives_a_grace_only_until_a_first_peer() -> None:
+    from mdist.sources.torrent_fetch import NoProgress, Patience
+
+    lonely = Patience(timeout=300, grace=30)
+    lonely.check(0, 0, "waiting")
+    lonely.started -= 31
+    with pytest.raises(NoProgress, match="no peer found in 30s"):
+        lonely.check(0, 0, "waiting")
+    met = Patience(timeout=300, grace=30)
+    met.check(0, 1, "waiting")
+    met.started -= 31
+    met.check(0, 0, "waiting")  # a peer was seen: only the timeout applies
+    met.last_progress -= 299
+    met.check(7, 0, "waiting")  # any progress resets the timer
+    met.last_progress -= 301
+    with pytest.raises(NoProgress, match="no progress for 300s \\(0 peers connected"):
+        met.check(7, 0, "waiting")
+
+
+def _release_with_hub(tmp_path: Path) -> Path:
+    manifest = {"schema": "mdist-manifest/1", "name": "silent-swarm", "title": "test", "files_complete": False,
+                "files": {"params.json": MANIFEST["files"]["params.json"]},
+                "sources": {"btih": "ab" * 20, "hub": {"repo": "org/silent"}},
+                "provenance": [{"fields": ["files"], "source": "test"}]}
+    path = tmp_path / "silent-swarm.json"
+    path.write_text(json.dumps(manifest))
+    return path
+
+
+class _Said:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def update(self, progress) -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        self.lines.append(text)
+
+
+def test_a_release_with_no_peer_falls_back_after_the_grace_period(tmp_path: Path, monkeypatch) -> None:
+    """--timeout 300 still applies to a stalled swarm; with no peer at all, the hub is tried after
+    the grace period."""
+    import mdist.fetch as fetch_module
+    from mdist.fetch import FetchOptions, FetchRequest, run_fetch
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(fetch_module, "_fetch_hub", lambda source, request, reporter: {"via": "hub",
+                                                                                       "repo": source.target})
+    said = _Said()
+    started = time.monotonic()
+    result = run_fetch(FetchRequest(str(_release_with_hub(tmp_path)), swarm_grace=2,
+                                    swarm=FetchOptions(out=tmp_path / "got", no_dht=True, timeout=300)), said)
+    assert result == {"via": "hub", "repo": "org/silent"}
+    assert time.monotonic() - started < 30
+    assert any("no peer found in 2s" in line and "falling back to the hub" in line for line in said.lines), said.lines
+
+
+def test_the_grace_period_is_only_for_a_release_with_somewhere_else_to_go(tmp_path: Path) -> None:
+    from mdist.fetch import FetchOptions, FetchRequest, run_fetch
+    from mdist.sources.torrent_fetch import NoProgress
+
+    with pytest.raises(NoProgress, match="no progress for 3s"):
+        run_fetch(FetchRequest("magnet:?xt=urn:btih:" + "ab" * 20, swarm_grace=1,
+                               swarm=FetchOptions(out=tmp_path / "got", no_dht=True, timeout=3)), _Said())

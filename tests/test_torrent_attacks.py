@@ -344,3 +344,23 @@ def test_fetch_never_writes_through_a_link_already_in_out(tmp_path: Path) -> Non
     assert "refusing to write through it" in result.stderr
     assert victim.read_bytes() == b"precious"
     assert not (out / ".mdist" / "complete.json").exists()
+
+
+@pytest.mark.parametrize("name", [b".git", b"..", b"con\x1b[2J"])
+def test_a_nameless_magnet_is_named_only_after_its_checked_info_dict(tmp_path: Path, name: bytes) -> None:
+    """Without dn= and --out the folder takes the torrent's own name, once the info dict passed the
+    path rule: a hostile name creates nothing in the current folder."""
+    entries = [([b"model.bin"], DATA, {})]
+    torrent_bytes = hand_made_torrent(name, entries)
+    torrent = tmp_path / "hostile.torrent"
+    torrent.write_bytes(torrent_bytes)
+    seed_dir = seed_folder(torrent_bytes, entries, tmp_path / "seeder" / "files")
+    work = tmp_path / "work" / "here"
+    work.mkdir(parents=True)
+    with raw_seeder(torrent, seed_dir) as magnet:
+        nameless = "&".join(part for part in magnet.split("&") if not part.startswith(("dn=", "x.pe=")))
+        result = run_mdist("fetch", nameless, "--peer", magnet.rsplit("x.pe=", 1)[1], "--no-dht", "--timeout", "20",
+                           cwd=work, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "refused" in error_line(result.stderr)
+    assert list((tmp_path / "work").rglob("*")) == [work]

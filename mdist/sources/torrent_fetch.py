@@ -24,12 +24,27 @@ from mdist.atomic import require_free_space, write_bytes_atomic, real_dir, refus
 from mdist.errors import InputError, UnsafeContentError, VerificationError
 from mdist.sources.bt_session import Endpoint, lt, make_session, parse_endpoint
 from mdist.paths import UnsafePathError, check_component, check_path_set
-from mdist.sources.torrent_meta import InfoHashes, check_info_dict, magnet_peers
+from mdist.sources.torrent_meta import (InfoHashes, check_info_dict, folder_mapping, magnet_peers,
+                                       release_torrent_bytes, root_name)
 from mdist.verify.folder import STATE_DIR
 
 RESUME_FILE = "resume.fastresume"
 COMPLETE_FILE = "complete.json"
+RELEASE_TORRENT = "release.torrent"  # the torrent fetched, so that `mdist seed` rejoins its swarm
 SAVE_RESUME_EVERY = 3.0
+STATE_LABELS = {"checking_files": "checking", "checking_resume_data": "checking", "downloading_metadata": "metadata",
+                "finished": "verifying", "seeding": "verifying"}  # libtorrent's "seeding" is not ours yet
+
+
+class NoProgress(InputError):
+    """The swarm gave nothing for too long (or no peer at all within the grace period): another
+    source may be tried. Hash failures are a VerificationError instead."""
+
+
+def state_label(state: str, phase: str | None = None) -> str:
+    """What the progress bar says: mdist's own phase once libtorrent has every piece (flush,
+    sha256, complete, seeding), else libtorrent's state in plain words."""
+    return phase or STATE_LABELS.get(state, state)
 
 
 @dataclass
@@ -69,6 +84,7 @@ class FetchOptions:
     no_dht: bool = False
     timeout: float = 300.0
     seed: bool = False
+    swarm_grace: float | None = None  # give up this soon when no peer at all was found (set with a fallback)
 
 
 @dataclass
@@ -104,20 +120,27 @@ def load_source(source: str):
         if not (params.info_hashes.has_v1() or params.info_hashes.has_v2()):
             raise InputError("the magnet link has no urn:btih or urn:btmh info-hash")
         return params, None
-    raw = _read_torrent_file(Path(source))
-    try:
-        decoded = lib.bdecode(raw)
-    except RuntimeError:
-        decoded = None
-    if not isinstance(decoded, dict) or b"info" not in decoded:
-        raise InputError(f"{source} is not a .torrent file")
-    info = decoded[b"info"]
-    check_info_dict(info)  # before libtorrent parses (and sanitises) any name
+    raw, info = read_checked_torrent(Path(source))
     try:
         params = lib.load_torrent_buffer(raw)
     except RuntimeError as exc:
         raise InputError(f"{source} is not a valid .torrent file: {exc}") from None
     return params, info
+
+
+def read_checked_torrent(path: Path) -> tuple[bytes, dict]:
+    """A .torrent file's bytes and raw info dict, checked (check_info_dict) before libtorrent
+    parses, and so sanitises, any name."""
+    raw = _read_torrent_file(path)
+    try:
+        decoded = lt().bdecode(raw)
+    except RuntimeError:
+        decoded = None
+    if not isinstance(decoded, dict) or b"info" not in decoded:
+        raise InputError(f"{path} is not a .torrent file")
+    info = decoded[b"info"]
+    check_info_dict(info)
+    return raw, info
 
 
 def _read_torrent_file(path: Path) -> bytes:
@@ -134,6 +157,36 @@ def _read_torrent_file(path: Path) -> bytes:
         raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
+class Patience:
+    """When to give up on a swarm: `timeout` seconds without progress (any progress resets it), or,
+    with a `grace`, that many seconds from the start without ever seeing a peer."""
+
+    def __init__(self, timeout: float, grace: float | None = None) -> None:
+        self.timeout, self.grace = timeout, grace
+        self.started = self.last_progress = time.monotonic()
+        self.last_done = -1
+        self.seen_peer = False
+
+    def progressed(self) -> None:
+        self.last_progress = time.monotonic()
+
+    def check(self, done: int, peers: int, waiting_for: str) -> None:
+        """Raise NoProgress when the swarm has had long enough."""
+        now = time.monotonic()
+        self.seen_peer = self.seen_peer or peers > 0
+        if done != self.last_done:
+            self.last_done, self.last_progress = done, now
+        if self.grace is not None and not self.seen_peer and now - self.started > self.grace:
+            raise NoProgress(f"no progress: no peer found in {self.grace:.0f}s ({waiting_for})")
+        if now - self.last_progress > self.timeout:
+            raise NoProgress(f"no progress for {self.timeout:.0f}s ({peers} {plural(peers, 'peer')} connected, "
+                             f"{waiting_for})")
+
+
+def plural(count: int, word: str) -> str:
+    return word if count == 1 else word + "s"
+
+
 def fetch_torrent(source: str, options: FetchOptions, reporter: Reporter | None = None,
                   on_complete: Callable[[Path, InfoHashes], tuple[str | None, int, list[str]]] | None = None,
                   ) -> FetchResult:
@@ -141,7 +194,9 @@ def fetch_torrent(source: str, options: FetchOptions, reporter: Reporter | None 
     (manifest name, files verified, files not checkable); it raises VerificationError on mismatch.
 
     Nothing is created in the output folder before the torrent's file list passed
-    check_info_dict: a magnet's metadata is learnt in a private scratch folder first.
+    check_info_dict: a magnet's metadata is learnt in a private scratch folder first. Files
+    already in the folder (a copy, an earlier download without resume data) are checked by
+    libtorrent, and only missing or damaged pieces are downloaded.
     """
     reporter = reporter or SilentReporter()
     params, raw_info = load_source(source)
@@ -150,25 +205,32 @@ def fetch_torrent(source: str, options: FetchOptions, reporter: Reporter | None 
     for url in options.trackers:
         params.trackers = list(params.trackers) + [url]
     requested = InfoHashes.of(params.info_hashes)
-    out = _output_dir(options.out, params, raw_info)
-    state_dir = out / STATE_DIR
-    refuse_unreal_dir(state_dir)
-    (state_dir / COMPLETE_FILE).unlink(missing_ok=True)
-    params = _maybe_resume(params, state_dir, requested, reporter)
-
     session = make_session(parse_endpoint(options.listen) if options.listen else None, no_dht=options.no_dht)
     extra = magnet_peers(source) if source.startswith("magnet:") else []
     peers = [parse_endpoint(p) for p in [*options.peers, *extra]]
+    patience = Patience(options.timeout, options.swarm_grace)
     try:
+        out = _output_dir(options.out, params, raw_info)
+        if out is None:  # a magnet without dn=: the torrent's own name, once known (and checked)
+            params.ti = fetch_metadata(session, params, peers, patience, reporter)
+            out = _named_after(params.ti)
+        state_dir = out / STATE_DIR
+        refuse_unreal_dir(state_dir)
+        (state_dir / COMPLETE_FILE).unlink(missing_ok=True)
+        fresh = params
+        params = _maybe_resume(params, state_dir, requested, reporter)
         if params.ti is None:
-            params.ti = fetch_metadata(session, params, peers, options.timeout, reporter)
+            params.ti = fetch_metadata(session, params, peers, patience, reporter)
         _prepare(params, out)  # checks the info dict; only then is anything created in out
-        real_dir(state_dir)
+        write_bytes_atomic(real_dir(state_dir) / RELEASE_TORRENT, release_torrent_bytes(params))
+        present = _bytes_present(out, params)
+        if present and params is fresh:  # no resume data: libtorrent checks every piece that is there
+            reporter.message(f"{out} already holds {present / 1e6:.1f} MB of this torrent's files: checking them; "
+                             f"only missing or damaged pieces are downloaded")
         handle = session.add_torrent(params)
-        engine = _Engine(session, handle, out, reporter, peers, options.timeout)
+        engine = _Engine(session, handle, out, reporter, peers, patience)
         try:
-            missing = params.ti.total_size() - handle.status().total_wanted_done  # resumed data counts
-            require_free_space(out, max(0, missing), what="the download")
+            require_free_space(out, max(0, params.ti.total_size() - present), what="the download")
             return _download(engine, state_dir, options.seed, on_complete)
         finally:
             engine.save_resume(wait=True)
@@ -195,6 +257,8 @@ def _download(engine: "_Engine", state_dir: Path, seed: bool,
     )
     write_bytes_atomic(state_dir / COMPLETE_FILE, json.dumps(result.to_json(), indent=2).encode())
     engine.save_resume(wait=True)
+    engine.keep_release_torrent(state_dir / RELEASE_TORRENT)
+    engine.show("complete")
     if seed:
         engine.reporter.message("complete and verified; seeding until Ctrl-C")
         engine.seed_forever()
@@ -208,19 +272,32 @@ def _prepare(params, out: Path) -> None:
     ti = params.ti
     check_info_dict(lib.bdecode(ti.info_section()))
     layout = ti.layout()
-    renamed = {}
-    for index in range(layout.num_files()):
-        root, _, rest = layout.file_path(index).partition("/")
-        if rest and root == ti.name():
-            renamed[index] = rest
+    renamed = folder_mapping(ti)
     params.renamed_files = renamed
-    _refuse_links_on_the_way(out, [renamed.get(i, layout.file_path(i)) for i in range(layout.num_files())])
+    refuse_links_on_the_way(out, [renamed.get(i, layout.file_path(i)) for i in range(layout.num_files())])
     params.save_path = str(out)
     flags = lib.torrent_flags
     params.flags &= ~(flags.paused | flags.auto_managed | flags.upload_mode | flags.default_dont_download)
 
 
-def _refuse_links_on_the_way(out: Path, paths: list[str]) -> None:
+def _bytes_present(out: Path, params) -> int:
+    """Bytes of the torrent's files already on disk in `out` (allocated, at most each file's size):
+    libtorrent checks them and writes in place, so they need no new space and may need no download."""
+    layout = params.ti.layout()
+    present = 0
+    for index in range(layout.num_files()):
+        if layout.file_flags(index) & layout.flag_pad_file:
+            continue
+        try:
+            info = os.lstat(out / params.renamed_files.get(index, layout.file_path(index)))
+        except OSError:
+            continue
+        if stat.S_ISREG(info.st_mode):
+            present += min(info.st_size, info.st_blocks * 512, layout.file_size(index))
+    return present
+
+
+def refuse_links_on_the_way(out: Path, paths: list[str]) -> None:
     """libtorrent opens files by path: a symlink (or FIFO, device) already in OUT at a place the
     torrent writes would be written through. Refuse before any byte arrives."""
     checked: set[Path] = set()
@@ -242,8 +319,8 @@ def _refuse_links_on_the_way(out: Path, paths: list[str]) -> None:
                                          f"{relative}; refusing to write through it (remove it first)")
 
 
-def fetch_metadata(session, params, peers: list[Endpoint], timeout: float, reporter: Reporter):
-    """A magnet's torrent_info, learnt without creating anything where it will be saved.
+def fetch_metadata(session, params, peers: list[Endpoint], patience: Patience, reporter: Reporter):
+    """A magnet's torrent_info, learnt without creating anything where it will be saved, and checked.
 
     libtorrent sets up storage as soon as metadata arrives (empty files, symbolic links) and
     sanitises names on the way, so the unchecked torrent is added in a private scratch folder,
@@ -259,17 +336,20 @@ def fetch_metadata(session, params, peers: list[Endpoint], timeout: float, repor
     try:
         handle = session.add_torrent(probe)
         try:
-            _wait_for_metadata(session, handle, peers, timeout, reporter)
-            return lib.torrent_info(handle.torrent_file())
+            _wait_for_metadata(session, handle, peers, patience, reporter)
+            ti = lib.torrent_info(handle.torrent_file())
         finally:
             _remove(session, handle)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    check_info_dict(lib.bdecode(ti.info_section()))
+    patience.progressed()  # the file list is progress: the data gets a full timeout of its own
+    return ti
 
 
-def _wait_for_metadata(session, handle, peers: list[Endpoint], timeout: float, reporter: Reporter) -> None:
+def _wait_for_metadata(session, handle, peers: list[Endpoint], patience: Patience, reporter: Reporter) -> None:
     lib = lt()
-    started = last_connect = time.monotonic()
+    last_connect = time.monotonic()
     _connect(handle, peers)
     while True:
         for alert in session.pop_alerts():
@@ -279,10 +359,8 @@ def _wait_for_metadata(session, handle, peers: list[Endpoint], timeout: float, r
                 raise InputError(f"download failed: {alert.message()}")
         status = handle.status()
         reporter.update(Progress(name=status.name, peers=status.num_peers, seeds=status.num_seeds))
+        patience.check(0, status.num_peers, "still waiting for the torrent's file list")
         now = time.monotonic()
-        if now - started > timeout:
-            raise InputError(f"no progress for {timeout:.0f}s ({status.num_peers} peers connected, "
-                             "still waiting for the torrent's file list)")
         if peers and now - last_connect > 5 and status.num_peers == 0:
             _connect(handle, peers)
             last_connect = now
@@ -305,12 +383,21 @@ def _remove(session, handle, timeout: float = 10.0) -> None:
         session.wait_for_alert(100)
 
 
-def _output_dir(out: Path | None, params, raw_info: dict | None) -> Path:
+def _output_dir(out: Path | None, params, raw_info: dict | None) -> Path | None:
+    """--out, else a folder in the current one named by the magnet's dn= or the .torrent's name;
+    None when only the torrent's metadata can name it."""
     if out is not None:
         return Path(out)
     name = params.name or (raw_info[b"name"].decode("utf-8", "replace") if raw_info else "")
-    if not name:
-        name = str(params.info_hashes.v1 if params.info_hashes.has_v1() else params.info_hashes.v2)
+    return _checked_folder(name) if name else None
+
+
+def _named_after(torrent_info) -> Path:
+    """The folder named after a (checked) torrent's own root name."""
+    return _checked_folder(root_name(lt().bdecode(torrent_info.info_section())))
+
+
+def _checked_folder(name: str) -> Path:
     try:
         check_path_set([check_component(name, "torrent name")], "torrent name")
     except UnsafePathError as exc:
@@ -351,31 +438,26 @@ def _maybe_resume(params, state_dir: Path, requested: InfoHashes, reporter: Repo
 class _Engine:
     """The alert loop of one download, added only after its file list was checked."""
 
-    def __init__(self, session, handle, out: Path, reporter: Reporter, peers: list[Endpoint], timeout: float):
+    def __init__(self, session, handle, out: Path, reporter: Reporter, peers: list[Endpoint], patience: Patience):
         self.session, self.handle, self.out = session, handle, out
-        self.reporter, self.peers, self.timeout = reporter, peers, timeout
+        self.reporter, self.peers, self.patience = reporter, peers, patience
         self.progress = Progress()
         self.name = handle.torrent_file().name()
+        self.phase: str | None = None  # mdist's own state once libtorrent has every piece
         self.last_resume = 0.0
         self.resume_pending = False
+        self.resume_params = None  # the latest saved state: info dict, trackers, v2 piece layers
 
     def file_paths(self) -> list[str]:
-        layout = self.handle.torrent_file().layout()
-        pad = layout.flag_pad_file
-        paths = []
-        for index in range(layout.num_files()):
-            if layout.file_flags(index) & pad:
-                continue
-            path = layout.file_path(index)
-            root, _, rest = path.partition("/")
-            paths.append(rest if (rest and root == self.name) else path)
-        return sorted(paths)
+        ti = self.handle.torrent_file()
+        layout, renamed = ti.layout(), folder_mapping(ti)
+        return sorted(renamed.get(index, layout.file_path(index)) for index in range(layout.num_files())
+                      if not layout.file_flags(index) & layout.flag_pad_file)
 
     # -- the loop -----------------------------------------------------------------------------
     def run_until_finished(self) -> None:
         lib = lt()
         _connect(self.handle, self.peers)
-        last_done, last_progress_at = -1, time.monotonic()
         last_connect = time.monotonic()
         flushing = False
         while True:
@@ -387,30 +469,19 @@ class _Engine:
                     self.reporter.message(f"banned peer {alert.endpoint} for sending corrupt data")
                 elif isinstance(alert, (lib.torrent_error_alert, lib.file_error_alert)):
                     raise InputError(f"download failed: {alert.message()}")
-                elif isinstance(alert, lib.save_resume_data_alert):
-                    write_bytes_atomic(self.out / STATE_DIR / RESUME_FILE, lib.write_resume_data_buf(alert.params))
-                    self.resume_pending = False
-                elif isinstance(alert, lib.save_resume_data_failed_alert):
-                    self.resume_pending = False
+                elif isinstance(alert, (lib.save_resume_data_alert, lib.save_resume_data_failed_alert)):
+                    self._saved(alert)
                 elif isinstance(alert, lib.torrent_finished_alert) and not flushing:
                     flushing = True
                     self.handle.flush_cache()
                 elif isinstance(alert, lib.cache_flushed_alert) and flushing:
                     self._remove_pad_files()
-                    self._update()
-                    self.reporter.update(self.progress)
+                    self.show("verifying")
                     return
-            now = time.monotonic()
             self._update()
             self.reporter.update(self.progress)
-            if self.progress.done != last_done:
-                last_done, last_progress_at = self.progress.done, now
-            elif now - last_progress_at > self.timeout:
-                failures = self.progress.hash_failures
-                detail = f"; {failures} pieces failed their hash check" if failures else ""
-                message = (f"no progress for {self.timeout:.0f}s ({self.progress.peers} peers connected, "
-                           f"{self.progress.done} of {self.progress.total or '?'} bytes{detail})")
-                raise (VerificationError if failures else InputError)(message)
+            self._check_patience()
+            now = time.monotonic()
             if self.peers and now - last_connect > 5 and self.progress.peers == 0:
                 _connect(self.handle, self.peers)
                 last_connect = now
@@ -418,11 +489,26 @@ class _Engine:
                 self.save_resume()
             self.session.wait_for_alert(250)
 
+    def _check_patience(self) -> None:
+        p = self.progress
+        try:
+            self.patience.check(p.done, p.peers, f"{p.done} of {p.total or '?'} bytes")
+        except NoProgress as exc:
+            if not p.hash_failures:
+                raise
+            raise VerificationError(f"{exc}; {p.hash_failures} pieces failed their hash check") from None
+
+    def show(self, phase: str) -> None:
+        """Say what mdist is doing now that libtorrent has every piece: verifying, complete, seeding."""
+        self.phase = phase
+        self._update()
+        self.reporter.update(self.progress)
+
     def _update(self) -> None:
         status = self.handle.status()
         p = self.progress
         p.name = self.name or status.name
-        p.state = str(status.state).rsplit(".", 1)[-1]
+        p.state = state_label(str(status.state).rsplit(".", 1)[-1], self.phase)
         p.total = status.total_wanted
         p.done = status.total_wanted_done
         p.download_rate, p.upload_rate = status.download_payload_rate, status.upload_payload_rate
@@ -436,6 +522,13 @@ class _Engine:
         if pad_dir.is_dir() and not pad_dir.is_symlink():
             shutil.rmtree(pad_dir)
 
+    def _saved(self, alert) -> None:
+        lib = lt()
+        if isinstance(alert, lib.save_resume_data_alert):
+            write_bytes_atomic(self.out / STATE_DIR / RESUME_FILE, lib.write_resume_data_buf(alert.params))
+            self.resume_params = alert.params
+        self.resume_pending = False
+
     def save_resume(self, wait: bool = False) -> None:
         lib = lt()
         if not self.handle.is_valid():
@@ -448,14 +541,22 @@ class _Engine:
             deadline = time.monotonic() + 10
             while self.resume_pending and time.monotonic() < deadline:
                 for alert in self.session.pop_alerts():
-                    if isinstance(alert, lib.save_resume_data_alert):
-                        write_bytes_atomic(self.out / STATE_DIR / RESUME_FILE, lib.write_resume_data_buf(alert.params))
-                        self.resume_pending = False
-                    elif isinstance(alert, lib.save_resume_data_failed_alert):
-                        self.resume_pending = False
+                    if isinstance(alert, (lib.save_resume_data_alert, lib.save_resume_data_failed_alert)):
+                        self._saved(alert)
                 self.session.wait_for_alert(100)
 
+    def keep_release_torrent(self, path: Path) -> None:
+        """Rewrite the saved .torrent from the final state: the same info dict, now with the v2 piece
+        layers libtorrent verified, so that a seeder (or any client) can use the file alone."""
+        saved = self.resume_params
+        if saved is None or saved.ti is None:
+            return
+        if InfoHashes.of(saved.ti.info_hashes()) != InfoHashes.of(self.handle.info_hashes()):
+            return
+        write_bytes_atomic(path, release_torrent_bytes(saved))
+
     def seed_forever(self) -> None:
+        self.phase = "seeding"
         while True:
             self.session.pop_alerts()
             self._update()

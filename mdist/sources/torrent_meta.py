@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Collection
 from urllib.parse import quote
 
 from mdist.errors import InputError, UnsafeContentError
@@ -25,8 +26,13 @@ def choose_piece_size(total_bytes: int) -> int:
 
 
 def create_torrent(directory: Path, *, trackers: list[str] = (), web_seeds: list[str] = (),
-                   version: str = "hybrid", piece_size: int | None = None) -> bytes:
-    """Bencoded .torrent of a folder (its name becomes the torrent's root name)."""
+                   version: str = "hybrid", piece_size: int | None = None,
+                   leave_out: Collection[str] = ()) -> bytes:
+    """Bencoded .torrent of a folder (its name becomes the torrent's root name).
+
+    Tool state (.mdist, .git...) is never shared; `leave_out` names more files (relative POSIX
+    paths), such as what mdist derived here: they are not part of what was released.
+    """
     lib = lt()
     directory = Path(directory).resolve()
     if not directory.is_dir():
@@ -35,7 +41,9 @@ def create_torrent(directory: Path, *, trackers: list[str] = (), web_seeds: list
         for name in dirs + names:
             if (Path(root) / name).is_symlink():
                 raise InputError(f"{Path(root) / name} is a symbolic link; refusing to share it")
-    files = lib.list_files(str(directory), lambda path: not _is_tool_state(directory, path))
+    skipped = set(leave_out)
+    files = lib.list_files(str(directory), lambda path: not (_is_tool_state(directory, path)
+                                                              or _relative(directory, path) in skipped))
     if not files:
         raise InputError(f"{directory} has no files to share")
     _check_shareable(directory, [entry.filename for entry in files])
@@ -49,6 +57,10 @@ def create_torrent(directory: Path, *, trackers: list[str] = (), web_seeds: list
     creator.set_creator("mdist")
     lib.set_piece_hashes(creator, str(directory.parent))
     return lib.bencode(creator.generate())
+
+
+def _relative(directory: Path, path: str) -> str:
+    return os.path.relpath(path, directory).replace(os.sep, "/")
 
 
 def _is_tool_state(directory: Path, path: str) -> bool:
@@ -84,12 +96,61 @@ class InfoHashes:
         return cls(v1, v2)
 
 
-def magnet_link(torrent_info, *, peer: Endpoint | None = None) -> str:
+def magnet_link(torrent, *, peer: Endpoint | None = None) -> str:
+    """The magnet link of a torrent_info or a torrent_handle (with the handle's trackers)."""
     lib = lt()
-    uri = lib.make_magnet_uri(torrent_info)
+    uri = lib.make_magnet_uri(torrent)
     if peer is not None:
         uri += "&x.pe=" + quote(str(peer), safe=":[]")  # libtorrent ignores a percent-encoded colon
     return uri
+
+
+def folder_mapping(torrent_info) -> dict[int, str]:
+    """renamed_files that put a multi-file torrent's files straight into the model folder.
+
+    fetch drops the torrent's root folder (OUT is the release folder) and seed maps back the
+    same way, so a folder serves the very torrent it was fetched with, whatever its own name.
+    """
+    layout = torrent_info.layout()
+    renamed = {}
+    for index in range(layout.num_files()):
+        root, _, rest = layout.file_path(index).partition("/")
+        if rest and root == torrent_info.name():
+            renamed[index] = rest
+    return renamed
+
+
+def root_name(info: dict) -> str:
+    """The name an info dict gives its folder (call check_info_dict first)."""
+    return _name_text(_one_of(info, b"name", "name"), "name")
+
+
+def _bencode_key(key: bytes) -> bytes:
+    return str(len(key)).encode() + b":" + key
+
+
+def release_torrent_bytes(params) -> bytes:
+    """A .torrent file of `params.ti` whose info dict is byte for byte the one fetched (so its
+    info-hashes are the original's), with the trackers and web seeds known, and the v2 piece
+    layers when libtorrent has them (from resume data or after checking the data)."""
+    lib = lt()
+    ti = params.ti
+    trackers = list(dict.fromkeys([*params.trackers, *(entry.url for entry in ti.trackers())]))
+    web_seeds = list(dict.fromkeys([*params.url_seeds, *(seed["url"] for seed in ti.web_seeds())]))
+    fields: dict[bytes, bytes] = {}
+    if trackers:
+        fields[b"announce"] = lib.bencode(trackers[0].encode())
+        fields[b"announce-list"] = lib.bencode([[url.encode()] for url in trackers])
+    if web_seeds:
+        fields[b"url-list"] = lib.bencode([url.encode() for url in web_seeds])
+    try:
+        layers = lib.write_torrent_file(params, lib.write_flags.allow_missing_piece_layer).get(b"piece layers")
+    except RuntimeError:  # the layers are a convenience: libtorrent recomputes them when it checks the data
+        layers = None
+    if layers:
+        fields[b"piece layers"] = lib.bencode(layers)
+    fields[b"info"] = ti.info_section()  # verbatim: re-encoding could change the info-hash
+    return b"d" + b"".join(_bencode_key(key) + fields[key] for key in sorted(fields)) + b"e"
 
 
 def magnet_peers(uri: str) -> list[str]:
