@@ -1,0 +1,300 @@
+#!/usr/bin/env python3
+"""Mutation testing of mdist's trust-critical modules with mutmut 3 (not part of CI: too slow).
+
+    .venv/bin/pip install -e '.[test,mutation]'
+    .venv/bin/python bench/mutation.py                    # every module, in priority order
+    .venv/bin/python bench/mutation.py paths manifest     # some modules
+    .venv/bin/python bench/mutation.py --list             # the modules and their tests
+
+For each module this lays a scratch copy of the work tree (mdist/, checksums/ as mdist/checksums,
+tests/, docs/, pyproject.toml with a [tool.mutmut] section naming the module and the fast tests
+chosen for it) under --workdir, and runs `mutmut run --max-children 1` there, at nice 19 and under
+`timeout` (--budget seconds per module). The repository's own mdist/ is never written.
+
+Making every test see the mutated code:
+- mutmut puts <scratch>/mutants first on sys.path of its own process; this script also puts it on
+  PYTHONPATH, so the many tests that run `python -m mdist` in a subprocess import the mutated copy
+  too (not the editable install in the repository), and MUTANT_UNDER_TEST reaches them through the
+  environment.
+- mutmut runs a mutant only against the tests that reached its function in a "stats" run, and it
+  records those hits in memory: hits inside a CLI subprocess would be lost, leaving the mutants
+  that only the CLI tests reach as "no tests". A sitecustomize.py (written to <scratch>/support,
+  also on PYTHONPATH) records a subprocess's hits to a file at exit, and a pytest plugin
+  (mutmut_hits, same folder) credits them to the test that ran the subprocess.
+
+The result: per module, killed / total, the equivalent mutants (EQUIVALENT below, each with the
+reason and a fragment of the mutated source that must still match), and the diff of every other
+survivor. --json writes the same as JSON. docs/testing.md holds the last report and the reasons.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Modules in priority order: (key, files to mutate, pytest arguments choosing the fast tests).
+MODULES: list[tuple[str, list[str], list[str]]] = [
+    ("paths", ["mdist/paths.py"], [
+        "tests/test_mutants_paths.py", "tests/test_documents_hostile.py", "tests/test_hub_attacks.py",
+        "tests/test_torrent_attacks.py", "-k", "not test_torrent_attacks or path or forged or linear_time"
+        " or more_files or hostile_magnet"]),
+    ("model_folder", ["mdist/derived.py", "mdist/model_folder.py"], [
+        "tests/test_mutants_model_folder.py", "tests/test_model_folder.py", "tests/test_hf_cache.py",
+        "tests/test_verify.py"]),
+    ("verify_folder", ["mdist/verify/hashing.py", "mdist/verify/folder.py"], [
+        "tests/test_mutants_verify_folder.py", "tests/test_verify.py", "tests/test_interrupts.py"]),
+    ("manifest", ["mdist/verify/manifest.py"], [
+        "tests/test_mutants_manifest.py", "tests/test_documents_hostile.py", "tests/test_verify.py"]),
+    ("checkpoint", ["mdist/convert/pickle_reader.py", "mdist/convert/checkpoint.py"], [
+        "tests/test_mutants_checkpoint.py", "tests/test_hostile.py", "tests/test_checkpoint_attacks.py",
+        "tests/test_convert.py"]),
+    ("safetensors", ["mdist/convert/safetensors_reader.py"], [
+        "tests/test_mutants_safetensors.py", "tests/test_documents_hostile.py"]),
+    ("torrent_meta", ["mdist/sources/torrent_meta.py"], [
+        "tests/test_mutants_torrent_meta.py", "tests/test_torrent_attacks.py", "-k",
+        "not test_torrent_attacks or malformed_info_dict or forged_state_and_unsafe or accepted_paths"
+        " or linear_time or more_files_than"]),
+    ("atomic", ["mdist/atomic.py"], ["tests/test_mutants_atomic.py", "tests/test_interrupts.py"]),
+]
+
+# Surviving mutants that no test can kill: mutant name -> (why, a fragment of the mutated source that
+# must still be in its diff; when the source moves and the name points elsewhere, the entry is
+# reported as stale and the mutant counts as a survivor again).
+EQUIVALENT: dict[str, tuple[str, str]] = {}
+
+STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
+          -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout", None: "not checked"}
+
+SITECUSTOMIZE = '''\
+"""bench/mutation.py: in a subprocess of a mutmut stats run, record trampoline hits to a file at exit."""
+import os
+
+if os.environ.get("MUTANT_UNDER_TEST") == "stats" and os.environ.get("MDIST_MUTMUT_HITS"):
+    try:
+        import atexit
+        import json
+
+        import mutmut.mutation.trampoline as _trampoline
+
+        _hits = set()
+
+        def _record(name, caller=None):  # mutmut's own recorder needs its config, found from the cwd
+            _hits.add(name)
+
+        def _dump():
+            if _hits:
+                folder = os.environ["MDIST_MUTMUT_HITS"]
+                tmp = os.path.join(folder, ".%d.tmp" % os.getpid())
+                with open(tmp, "w") as f:
+                    json.dump(sorted(_hits), f)
+                os.replace(tmp, os.path.join(folder, "%d.json" % os.getpid()))
+
+        _trampoline.record_trampoline_hit = _record
+        atexit.register(_dump)
+    except Exception:  # never break the program under test
+        pass
+'''
+
+HITS_PLUGIN = '''\
+"""bench/mutation.py: credit a test with the functions its subprocesses reached (see sitecustomize.py)."""
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+
+def _collect():
+    folder = os.environ.get("MDIST_MUTMUT_HITS")
+    if not folder or os.environ.get("MUTANT_UNDER_TEST") != "stats":
+        return
+    from mutmut.state import state
+
+    for path in sorted(Path(folder).glob("*.json")):
+        try:
+            names = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        state()._stats.update(names)
+        path.unlink()
+
+
+def pytest_sessionstart(session):
+    """Refuse to run against any mdist but the mutated copy in mutants/ (the cwd of mutmut's runs)."""
+    import mdist
+
+    here = Path.cwd().resolve()
+    if here.name == "mutants" and here not in Path(mdist.__file__).resolve().parents:
+        raise pytest.UsageError(f"mdist imported from {mdist.__file__}, not from {here}: no mutant would be seen")
+
+
+@pytest.hookimpl(tryfirst=True)  # before mutmut's own hook files this test's hits
+def pytest_runtest_teardown(item, nextitem):
+    _collect()
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """When a mutant is tested, run its fastest tests first (mutmut stops at the first failure)."""
+    if os.environ.get("MUTANT_UNDER_TEST", "") in ("", "stats", "fail", "mutant_generation"):
+        return
+    from mutmut.state import state
+
+    seconds = state().duration_by_test
+    items.sort(key=lambda item: seconds.get(item.nodeid, 1e9))
+'''
+
+
+def toml_list(values: list[str]) -> str:
+    return "[" + ", ".join(json.dumps(v) for v in values) + "]"
+
+
+def prepare(work: Path, files: list[str], tests: list[str]) -> None:
+    """A scratch copy of the work tree with mutmut's config for this module."""
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis", ".pytest_cache")
+    shutil.copytree(REPO / "mdist", work / "mdist", ignore=ignore, symlinks=True)
+    shutil.copytree(REPO / "checksums", work / "mdist" / "checksums", ignore=ignore, dirs_exist_ok=True)
+    shutil.copytree(REPO / "tests", work / "tests", ignore=ignore, symlinks=True)
+    shutil.copytree(REPO / "docs", work / "docs", ignore=ignore)
+    shutil.copytree(REPO / "checksums", work / "checksums", ignore=ignore)
+    shutil.copy2(REPO / "README.md", work / "README.md")
+    selection = [t for t in tests if not t.startswith("tests/") or (REPO / t).exists()]
+    config = (REPO / "pyproject.toml").read_text() + f"""
+[tool.mutmut]
+source_paths = ["mdist"]
+also_copy = ["checksums", "docs", "README.md"]
+only_mutate = {toml_list(files)}
+pytest_add_cli_args_test_selection = {toml_list(selection)}
+pytest_add_cli_args = ["-p", "mutmut_hits", "-p", "no:cacheprovider", "-p", "no:randomly"]
+use_setproctitle = false
+"""
+    (work / "pyproject.toml").write_text(config)
+    support = work / "support"
+    support.mkdir()
+    (support / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    (support / "mutmut_hits.py").write_text(HITS_PLUGIN)
+    (work / "hits").mkdir()
+    # On PYTHONPATH before mutmut fills it: a folder missing at start-up is cached by the import
+    # system as "nothing here", and mdist would be imported from the repository instead.
+    (work / "mutants").mkdir()
+
+
+def environment(work: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(work / "mutants"), str(work / "support")])
+    env["MDIST_MUTMUT_HITS"] = str(work / "hits")
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env.pop("MUTANT_UNDER_TEST", None)
+    return env
+
+
+def run_mutmut(work: Path, budget: float, log) -> int:
+    """`mutmut run` with one worker, at nice 19, bounded by timeout; its whole process group ends with it."""
+    command = ["nice", "-n", "19", "timeout", "--kill-after=20", str(int(budget)), sys.executable, "-m", "mutmut",
+               "run", "--max-children", "1"]
+    proc = subprocess.Popen(command, cwd=work, env=environment(work), stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        return proc.wait()
+    finally:
+        try:  # a mutant's CLI subprocess can outlive a worker that was stopped for a timeout
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def mutant_diff(work: Path, name: str) -> str:
+    result = subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=work, env=environment(work),
+                            capture_output=True, text=True, timeout=120)
+    lines = [line for line in result.stdout.splitlines() if line.startswith(("-", "+")) and
+             not line.startswith(("---", "+++"))]
+    return "\n".join(lines) or result.stdout.strip()
+
+
+def report(key: str, work: Path, files: list[str], seconds: float, exit_code: int) -> dict:
+    statuses: dict[str, str] = {}
+    for file in files:
+        meta = work / "mutants" / (file + ".meta")
+        if meta.exists():
+            for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
+                statuses[name] = STATUS.get(code, f"exit {code}")
+    counts: dict[str, int] = {}
+    for status in statuses.values():
+        counts[status] = counts.get(status, 0) + 1
+    equivalent, survivors, stale = {}, {}, []
+    for name, status in sorted(statuses.items()):
+        if status == "killed" or status == "timeout":
+            continue
+        diff = mutant_diff(work, name)
+        if name in EQUIVALENT:
+            reason, fragment = EQUIVALENT[name]
+            if fragment in diff:
+                equivalent[name] = {"status": status, "reason": reason, "diff": diff}
+                continue
+            stale.append(name)
+        survivors[name] = {"status": status, "diff": diff}
+    killed = counts.get("killed", 0) + counts.get("timeout", 0)
+    total = len(statuses)
+    non_equivalent = total - len(equivalent)
+    return {"module": key, "files": files, "seconds": round(seconds), "mutmut_exit": exit_code, "total": total,
+            "killed": killed, "equivalent": len(equivalent), "counts": counts,
+            "kill_rate": round(100 * killed / non_equivalent, 1) if non_equivalent else 100.0,
+            "equivalent_mutants": equivalent, "survivors": survivors, "stale_equivalent_entries": stale}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("modules", nargs="*", help="module keys (default: all, in priority order)")
+    parser.add_argument("--budget", type=float, default=1800, help="seconds per module (default 1800)")
+    parser.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "mdist-mutation")
+    parser.add_argument("--json", type=Path, help="write the results here as JSON")
+    parser.add_argument("--list", action="store_true", help="list the modules and their tests")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch copies")
+    args = parser.parse_args()
+    if args.list:
+        for key, files, tests in MODULES:
+            print(f"{key:14} {' '.join(files)}\n{'':14} tests: {' '.join(tests)}")
+        return 0
+    chosen = [m for m in MODULES if not args.modules or m[0] in args.modules]
+    unknown = set(args.modules) - {m[0] for m in MODULES}
+    if unknown:
+        parser.error(f"unknown module(s): {', '.join(sorted(unknown))}")
+    results = []
+    for key, files, tests in chosen:
+        work = args.workdir / key
+        print(f"== {key}: {' '.join(files)}", flush=True)
+        prepare(work, files, tests)
+        start = time.monotonic()
+        with open(args.workdir / f"{key}.log", "w") as log:
+            code = run_mutmut(work, args.budget, log)
+        seconds = time.monotonic() - start
+        result = report(key, work, files, seconds, code)
+        results.append(result)
+        note = " (budget reached: unfinished)" if code == 124 or result["counts"].get("not checked") else ""
+        print(f"   {result['killed']} killed / {result['total']} mutants / {result['equivalent']} equivalent: "
+              f"{result['kill_rate']} % of non-equivalent killed, {result['seconds']} s{note}; "
+              f"statuses {result['counts']}", flush=True)
+        for name in result["stale_equivalent_entries"]:
+            print(f"   stale EQUIVALENT entry (source moved?): {name}")
+        for name, survivor in result["survivors"].items():
+            print(f"   {survivor['status']}: {name}\n" + "\n".join("      " + l for l in survivor["diff"].splitlines()))
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+    return 0 if all(r["kill_rate"] >= 90 for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

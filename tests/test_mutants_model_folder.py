@@ -1,0 +1,747 @@
+"""mdist.derived and mdist.model_folder, in process: each rule of the folder check at its edges.
+
+Written for mutation testing (bench/mutation.py, docs/testing.md): tests/test_model_folder.py shows
+the rules end to end through the CLI; these pin every condition so that a weakened one fails a test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import FIXTURE
+from mdist import derived
+from mdist import model_folder as mf
+from mdist.errors import InputError, UnsafeContentError
+from mdist.verify.manifest import FileEntry, Manifest, find_manifest
+
+TINY = find_manifest("tiny-mistral")
+TINY_HF = find_manifest("tiny-mistral-hf")
+
+
+@pytest.fixture(autouse=True)
+def private_key_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    state = tmp_path / "state"
+    monkeypatch.setenv("XDG_STATE_HOME", str(state))
+    return state
+
+
+def sized(path: Path, size: int, content: bytes = b"") -> Path:
+    """A file of `size` bytes (sparse), starting with `content`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as handle:
+        handle.write(content)
+        handle.truncate(size)
+    return path
+
+
+def tiny_release(folder: Path) -> Path:
+    """tiny-mistral's names and sizes (the weights sparse), with the real params.json."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(FIXTURE / "params.json", folder / "params.json")
+    sized(folder / "consolidated.00.pth", TINY.files["consolidated.00.pth"].size)
+    sized(folder / "tokenizer.model", TINY.files["tokenizer.model"].size)
+    return folder
+
+
+# --- mdist.derived -------------------------------------------------------------------------------------
+
+def test_the_key_lives_in_xdg_state_home_or_the_home_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert derived._key_path() == tmp_path / "state" / "mdist" / "derived.key"
+    monkeypatch.setenv("XDG_STATE_HOME", "")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert derived._key_path() == tmp_path / "home" / ".local" / "state" / "mdist" / "derived.key"
+    monkeypatch.delenv("XDG_STATE_HOME")
+    assert derived._key_path() == tmp_path / "home" / ".local" / "state" / "mdist" / "derived.key"
+
+
+def test_the_key_is_made_once_private_and_random(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert derived._load_key(create=False) is None
+    assert not (tmp_path / "state").exists()
+    key = derived._load_key(create=True)
+    path = tmp_path / "state" / "mdist" / "derived.key"
+    assert key is not None and len(key) == 32 and path.read_bytes() == key
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.parent.stat().st_mode & 0o777 == 0o700
+    assert derived._load_key(create=False) == key
+    assert derived._load_key(create=True) == key
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "other"))
+    assert derived._load_key(create=True) != key
+
+
+def test_a_key_of_the_wrong_length_is_no_key(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "mdist" / "derived.key"
+    for size in (31, 33, 0):
+        sized(path, size, b"k" * size)
+        assert derived._load_key(create=False) is None
+        assert derived._load_key(create=True) is None  # never overwritten
+        assert path.read_bytes() == b"k" * size
+
+
+def test_a_dangling_key_link_is_never_written_through(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "mdist" / "derived.key"
+    path.parent.mkdir(parents=True)
+    path.symlink_to(tmp_path / "elsewhere")
+    assert derived._load_key(create=True) is None
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_identity_is_size_mtime_inode_of_a_regular_file_only(tmp_path: Path) -> None:
+    file = sized(tmp_path / "f", 5, b"hello")
+    info = os.lstat(file)
+    assert derived._identity(file) == [5, info.st_mtime_ns, info.st_ino]
+    (tmp_path / "link").symlink_to(file)
+    assert derived._identity(tmp_path / "link") is None
+    assert derived._identity(tmp_path) is None
+    assert derived._identity(tmp_path / "missing") is None
+    os.mkfifo(tmp_path / "fifo")
+    assert derived._identity(tmp_path / "fifo") is None
+
+
+def test_the_mac_covers_name_identity_and_sources_in_a_fixed_form() -> None:
+    key = b"k" * 32
+    sources = {"b": [1, 2, 3], "a": [4, 5, 6]}
+    message = b'["out",[7,8,9],[["a",[4,5,6]],["b",[1,2,3]]]]'
+    assert derived._mac(key, "out", [7, 8, 9], sources) == hmac.new(key, message, hashlib.sha256).hexdigest()
+    base = derived._mac(key, "out", [7, 8, 9], sources)
+    assert derived._mac(key, "out", [7, 8, 9], dict(reversed(sources.items()))) == base
+    assert derived._mac(b"j" * 32, "out", [7, 8, 9], sources) != base
+    assert derived._mac(key, "out2", [7, 8, 9], sources) != base
+    assert derived._mac(key, "out", [7, 8, 10], sources) != base
+    assert derived._mac(key, "out", [7, 8, 9], {"a": [4, 5, 6]}) != base
+
+
+def test_record_then_state_valid_then_stale(tmp_path: Path, private_key_home: Path) -> None:
+    folder = tmp_path / "m"
+    source = sized(folder / "consolidated.00.pth", 10, b"source")
+    outside = sized(tmp_path / "outside.pth", 3, b"out")
+    output = sized(folder / "consolidated.safetensors", 4, b"made")
+    assert derived.derived_state(folder) is derived.NONE
+    derived.record_derived(folder, [output], [source, outside, tmp_path / "missing"])
+    record = json.loads((folder / ".mdist" / "derived.json").read_text())
+    assert record["note"] == "files mdist derived here; see docs/trust-model.md"
+    entry = record["files"]["consolidated.safetensors"]
+    assert entry["identity"] == derived._identity(output)
+    assert entry["sources"] == {"consolidated.00.pth": derived._identity(source),
+                                str(outside.resolve()): derived._identity(outside)}
+    key = (private_key_home / "mdist" / "derived.key").read_bytes()
+    assert entry["mac"] == derived._mac(key, "consolidated.safetensors", entry["identity"], entry["sources"])
+    text = (folder / ".mdist" / "derived.json").read_text()
+    assert text == json.dumps(record, indent=1, sort_keys=True)
+
+    state = derived.derived_state(folder)
+    assert state.valid == {"consolidated.safetensors"} and state.stale == frozenset()
+    assert state.sources == {"consolidated.safetensors": (str(outside.resolve()), "consolidated.00.pth")}
+    assert state.known("consolidated.safetensors") and not state.known("consolidated.00.pth")
+
+    sized(outside, 4, b"outx")  # a source changed
+    state = derived.derived_state(folder)
+    assert state.valid == frozenset() and state.stale == {"consolidated.safetensors"}
+    assert state.known("consolidated.safetensors") and state.sources == {}
+
+
+def test_a_changed_or_removed_output_is_stale(tmp_path: Path) -> None:
+    folder = tmp_path / "m"
+    source = sized(folder / "a.pth", 10, b"source")
+    output = sized(folder / "b.safetensors", 4, b"made")
+    derived.record_derived(folder, [output], [source])
+    output.unlink()
+    sized(output, 4, b"made")  # same size and content, another inode / mtime
+    assert derived.derived_state(folder).stale == {"b.safetensors"}
+    output.unlink()
+    assert derived.derived_state(folder).stale == {"b.safetensors"}
+    derived.record_derived(folder, [output], [source])  # a missing output is not recorded
+    assert derived.derived_state(folder).stale == {"b.safetensors"}
+
+
+def test_a_removed_source_makes_it_stale(tmp_path: Path) -> None:
+    folder = tmp_path / "m"
+    source = sized(folder / "a.pth", 10, b"source")
+    output = sized(folder / "b.safetensors", 4, b"made")
+    derived.record_derived(folder, [output], [source])
+    source.unlink()
+    assert derived.derived_state(folder).stale == {"b.safetensors"}
+
+
+def test_records_accumulate_and_an_output_is_never_its_own_source(tmp_path: Path) -> None:
+    folder = tmp_path / "m"
+    source = sized(folder / "a.pth", 10, b"source")
+    first = sized(folder / "x.safetensors", 4, b"one")
+    second = sized(folder / "sub" / "y.json", 4, b"two")
+    derived.record_derived(folder, [first], [source])
+    derived.record_derived(folder, [second, first], [source, first, second])
+    state = derived.derived_state(folder)
+    assert state.valid == {"x.safetensors", "sub/y.json"}
+    assert state.sources == {"x.safetensors": ("a.pth",), "sub/y.json": ("a.pth",)}
+
+
+def test_a_record_made_with_another_key_is_ignored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "m"
+    output = sized(folder / "b.safetensors", 4, b"made")
+    derived.record_derived(folder, [output], [])
+    assert derived.derived_state(folder).valid == {"b.safetensors"}  # no sources is still a record
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "another-machine"))
+    assert derived.derived_state(folder) is derived.NONE  # no key here: nothing is derived
+    derived._load_key(create=True)
+    assert derived.derived_state(folder) == derived.DerivedState(frozenset(), frozenset(), {})
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda r: r.update(mac=1),
+    lambda r: r.pop("mac"),
+    lambda r: r.update(sources=[]),
+    lambda r: r.pop("sources"),
+    lambda r: r.update(identity="x"),
+    lambda r: r.pop("identity"),
+    lambda r: r.update(mac="0" * 64),
+    lambda r: r["identity"].__setitem__(0, 5),
+    lambda r: r["sources"].update({"a.pth": [1, 2, 3]}),
+])
+def test_a_forged_or_malformed_record_is_ignored(tmp_path: Path, mutate) -> None:
+    folder = tmp_path / "m"
+    source = sized(folder / "a.pth", 10, b"source")
+    output = sized(folder / "b.safetensors", 4, b"made")
+    good = sized(folder / "c.json", 2, b"{}")
+    derived.record_derived(folder, [output, good], [source])
+    path = folder / ".mdist" / "derived.json"
+    record = json.loads(path.read_text())
+    mutate(record["files"]["b.safetensors"])
+    path.write_text(json.dumps(record))
+    state = derived.derived_state(folder)
+    assert not state.known("b.safetensors")
+    assert state.valid == {"c.json"}
+
+
+@pytest.mark.parametrize("content", [b"", b"not json", b"[]", b'{"files": []}', b'{"files": 1}', b'{"x": {}}',
+                                     b'{"files": {"a": 1, "b": []}}'])
+def test_unreadable_records_are_no_records(tmp_path: Path, content: bytes) -> None:
+    folder = tmp_path / "m"
+    derived._load_key(create=True)
+    sized(folder / ".mdist" / "derived.json", len(content), content)
+    assert derived._records(folder) == ({} if b'"a"' not in content else {"a": 1, "b": []})
+    state = derived.derived_state(folder)
+    assert state.valid == frozenset() and state.stale == frozenset()
+
+
+def test_an_oversized_record_file_is_not_read(tmp_path: Path) -> None:
+    folder = tmp_path / "m"
+    output = sized(folder / "b.safetensors", 4, b"made")
+    derived.record_derived(folder, [output], [])
+    path = folder / ".mdist" / "derived.json"
+    text = path.read_text()
+    path.write_text(text[:-1] + " " * ((1 << 20) + 1 - len(text)) + "}")
+    assert path.stat().st_size == (1 << 20) + 1
+    assert derived._records(folder) == {}
+    path.write_text(text[:-1] + " " * ((1 << 20) - len(text)) + "}")
+    assert path.stat().st_size == 1 << 20
+    assert derived._records(folder) != {}
+
+
+def test_source_identities() -> None:
+    assert derived._source_identities(Path("/"), []) is None
+    assert derived._source_identities(Path("/"), {1: [1]}) is None
+    assert derived._source_identities(Path("/nonexistent"), {}) == {}
+
+
+def test_source_identities_absolute_and_relative(tmp_path: Path) -> None:
+    inside = sized(tmp_path / "in", 1, b"i")
+    outside = sized(tmp_path.parent / f"{tmp_path.name}-out", 1, b"o")
+    try:
+        ids = derived._source_identities(tmp_path, {"in": None, str(outside): None})
+        assert ids == {"in": derived._identity(inside), str(outside): derived._identity(outside)}
+        assert derived._source_identities(tmp_path, {"in": None, "gone": None}) is None
+    finally:
+        outside.unlink()
+
+
+# --- mdist.model_folder: names and layouts ---------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["a.safetensors", "A.SAFETENSORS", "x/c.pth", "m.pt", "pytorch_model.bin",
+                                  "c.ckpt", "m.gguf", "m.ggml", "w.npz", "t.h5", "f.msgpack", "m.onnx", "p.pkl",
+                                  "p.pickle", "consolidated.00.pth-split0", "x.SAFETENSORS-split12", "y.bin-split3"])
+def test_weight_file_names(name: str) -> None:
+    assert mf.is_weight_file(name)
+
+
+@pytest.mark.parametrize("name", ["params.json", "model.safetensors.index.json", "tokenizer.model", "a.pth.txt",
+                                  "x.pth-split", "x.pth-splitA", "x.txt-split1", "safetensors", "readme"])
+def test_not_weight_file_names(name: str) -> None:
+    assert not mf.is_weight_file(name)
+
+
+def test_layout_files_are_config_extra_weights_tokenizer() -> None:
+    layout = mf.Layout(mf.HF, "config.json", ("a", "b"), ("index",))
+    assert layout.files("tok") == ("config.json", "index", "a", "b", "tok")
+    assert layout.files(None) == ("config.json", "index", "a", "b")
+    assert mf.Layout(mf.PTH, None, ("w",)).files(None) == ("w",)
+    assert mf.Layout(mf.PTH, None, ("w",)).extra == ()
+
+
+def test_preferences() -> None:
+    assert mf.PREFERENCE == {"run": ("mistral", "hf", "pth"), "digest": ("pth", "mistral", "hf"),
+                             "convert": ("pth",)}
+    assert mf.SIDE_NAMES == ("params.json", "config.json", "model.safetensors.index.json", "tokenizer.model",
+                             ".mdist")
+
+
+def layouts(tmp_path: Path, names: dict[str, bytes]) -> tuple[list[mf.Layout], list[str]]:
+    for name, content in names.items():
+        sized(tmp_path / name, len(content), content)
+    problems: list[str] = []
+    files, _, _ = mf.scan(tmp_path)
+    return mf._find_layouts(tmp_path, files, problems), problems
+
+
+def test_find_layouts_of_each_kind(tmp_path: Path) -> None:
+    index = json.dumps({"weight_map": {"a": "s2.safetensors", "b": "s1.safetensors", "c": "s1.safetensors"}})
+    found, problems = layouts(tmp_path, {
+        "params.json": b"{}", "consolidated.01.pth": b"1", "consolidated.00.pth": b"0", "consolidated.0.pth": b"",
+        "xconsolidated.00.pth": b"", "consolidated.00.pthx": b"", "consolidated.safetensors": b"s",
+        "config.json": b"{}", "model.safetensors.index.json": index.encode(), "s1.safetensors": b"1",
+        "s2.safetensors": b"2", "model.safetensors": b"m"})
+    assert problems == []
+    assert found == [mf.Layout("pth", "params.json", ("consolidated.00.pth", "consolidated.01.pth")),
+                     mf.Layout("mistral", "params.json", ("consolidated.safetensors",)),
+                     mf.Layout("hf", "config.json", ("s1.safetensors", "s2.safetensors"),
+                               ("model.safetensors.index.json",))]
+
+
+def test_a_bare_checkpoint_and_a_single_hf_file(tmp_path: Path) -> None:
+    found, _ = layouts(tmp_path / "a", {"consolidated.00.pth": b"0", "consolidated.safetensors": b"s"})
+    assert found == [mf.Layout("pth", None, ("consolidated.00.pth",))]  # no params: no mistral layout
+    found, _ = layouts(tmp_path / "b", {"config.json": b"{}", "model.safetensors": b"m"})
+    assert found == [mf.Layout("hf", "config.json", ("model.safetensors",))]
+    found, _ = layouts(tmp_path / "c", {"model.safetensors": b"m", "params.json": b"{}"})
+    assert found == []
+    found, _ = layouts(tmp_path / "d", {"config.json": b"{}"})
+    assert found == []
+
+
+@pytest.mark.parametrize("index, problem", [
+    (b"[]", "model.safetensors.index.json has no weight_map"),
+    (b'{"weight_map": []}', "model.safetensors.index.json has no weight_map"),
+    (b'{"weight_map": {}}', "model.safetensors.index.json has no weight_map"),
+    (b'{"x": {}}', "model.safetensors.index.json has no weight_map"),
+    (b'{"weight_map": {"a": 1}}', "maps tensors to something other than file names"),
+    (b'{"weight_map": {"a": "s.safetensors", "b": 1}}', "maps tensors to something other than file names"),
+    (b'{"weight_map": {"a": "../s.safetensors"}}', "holds a separator"),
+    (b'{"weight_map": {"a": ".."}}', "leads outside the folder"),
+    (b'{"weight_map": {"a": "missing.safetensors"}}', "names missing.safetensors, which is not a safetensors file"),
+    (b'{"weight_map": {"a": "config.json"}}', "names config.json, which is not a safetensors file"),
+    (b'{"weight_map": {"a": "s.safetensors", "b": "t.bin"}}', "names t.bin, which is not a safetensors file"),
+    (b"{", "model.safetensors.index.json"),
+])
+def test_a_bad_hf_index_is_a_problem_not_a_layout(tmp_path: Path, index: bytes, problem: str) -> None:
+    found, problems = layouts(tmp_path, {"config.json": b"{}", "model.safetensors.index.json": index,
+                                         "s.safetensors": b"s", "t.bin": b"t", "model.safetensors": b"m"})
+    assert found == []
+    assert len(problems) == 1 and problem in problems[0], problems
+
+
+# --- scanning ----------------------------------------------------------------------------------------------
+
+def test_scan_lists_regular_files_and_reports_the_rest(tmp_path: Path) -> None:
+    sized(tmp_path / "a", 3, b"abc")
+    sized(tmp_path / "sub" / "b", 2)
+    sized(tmp_path / "sub" / ".mdist" / "c", 1)  # only the top-level state folder is mdist's
+    sized(tmp_path / ".mdist" / "derived.json", 5)
+    sized(tmp_path / ".cache" / "huggingface" / "x.lock", 1)
+    sized(tmp_path / "sub" / ".cache" / "huggingface" / "y", 1)
+    (tmp_path / "link").symlink_to(tmp_path / "a")
+    (tmp_path / "dirlink").symlink_to(tmp_path / "sub")
+    (tmp_path / "sub" / "dirlink2").symlink_to(tmp_path / "sub")
+    os.mkfifo(tmp_path / "fifo")
+    files, others, blobs = mf.scan(tmp_path)
+    assert files == {"a": 3, "sub/b": 2, "sub/.mdist/c": 1, "sub/.cache/huggingface/y": 1}
+    assert others == ["dirlink", "fifo", "link", "sub/dirlink2"]
+    assert blobs == {}
+    assert mf.list_files(tmp_path) == (files, others)
+
+
+def test_a_cache_folder_without_huggingface_is_part_of_the_model(tmp_path: Path) -> None:
+    sized(tmp_path / ".cache" / "other", 1)
+    sized(tmp_path / ".cache" / "huggingface", 2)  # a file, not huggingface_hub's folder
+    assert mf.scan(tmp_path)[0] == {".cache/other": 1, ".cache/huggingface": 2}
+
+
+@pytest.mark.parametrize("kind", ["link", "file", "dangling"])
+def test_a_state_folder_that_is_not_a_folder_is_reported(tmp_path: Path, kind: str) -> None:
+    sized(tmp_path / "a", 1)
+    if kind == "link":
+        (tmp_path / "elsewhere").mkdir()
+        (tmp_path / ".mdist").symlink_to(tmp_path / "elsewhere")
+    elif kind == "file":
+        sized(tmp_path / ".mdist", 1)
+    else:
+        (tmp_path / ".mdist").symlink_to(tmp_path / "nowhere")
+    files, others, _ = mf.scan(tmp_path)
+    assert ".mdist" in others
+    assert "a" in files
+    if kind != "file":
+        assert ".mdist" not in files
+
+
+def test_scan_of_a_file_or_nothing_is_an_input_error(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="is not a folder"):
+        mf.scan(sized(tmp_path / "f", 1))
+    with pytest.raises(InputError, match="is not a folder"):
+        mf.scan(tmp_path / "missing")
+
+
+def test_an_unreadable_subfolder_is_an_input_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def walk(top, followlinks, onerror):  # what os.walk does when a folder cannot be listed (root can list all)
+        assert followlinks is False
+        onerror(PermissionError(13, "Permission denied", str(Path(top) / "sub")))
+        return iter(())
+
+    monkeypatch.setattr(mf.os, "walk", walk)
+    with pytest.raises(InputError) as info:
+        mf.scan(tmp_path)
+    assert str(info.value) == f"cannot read {tmp_path / 'sub'}: Permission denied"
+
+
+SHA = "a" * 64
+SHA1 = "b" * 40
+
+
+def hf_cache(tmp_path: Path) -> tuple[Path, Path]:
+    repo = tmp_path / "models--o--n"
+    blobs = repo / "blobs"
+    snapshot = repo / "snapshots" / ("c" * 40)
+    sized(blobs / SHA, 7)
+    sized(blobs / SHA1, 3)
+    (blobs / ("d" * 64)).mkdir()
+    sized(blobs / "notablob", 1)
+    sized(repo / "elsewhere" / SHA, 2)
+    snapshot.mkdir(parents=True)
+    (snapshot / "sub").mkdir()
+    (snapshot / "w.safetensors").symlink_to(f"../../blobs/{SHA}")
+    (snapshot / "sub" / "config.json").symlink_to(blobs / SHA1)
+    (snapshot / "dir").symlink_to(blobs / ("d" * 64))
+    (snapshot / "odd").symlink_to(blobs / "notablob")
+    (snapshot / "out").symlink_to(repo / "elsewhere" / SHA)
+    (snapshot / "dangling").symlink_to(blobs / ("e" * 64))
+    sized(snapshot / "plain.json", 2)
+    return repo, snapshot
+
+
+def test_a_cache_snapshot_follows_links_into_its_blobs_only(tmp_path: Path) -> None:
+    repo, snapshot = hf_cache(tmp_path)
+    assert mf.hf_cache_repo(snapshot) == repo.resolve()
+    files, others, blobs = mf.scan(snapshot)
+    assert files == {"w.safetensors": 7, "sub/config.json": 3}
+    assert blobs == {"w.safetensors": SHA, "sub/config.json": SHA1}
+    assert others == ["dangling", "dir", "odd", "out", "plain.json"]
+
+
+def test_what_is_not_a_cache_snapshot(tmp_path: Path) -> None:
+    repo, snapshot = hf_cache(tmp_path)
+    assert mf.hf_cache_repo(repo) is None
+    assert mf.hf_cache_repo(repo / "snapshots") is None
+    assert mf.hf_cache_repo(snapshot / "sub") is None
+    other = tmp_path / "models--o--m"
+    (other / "snapshots" / "x").mkdir(parents=True)
+    assert mf.hf_cache_repo(other / "snapshots" / "x") is None  # no blobs folder
+    (other / "blobs").symlink_to(repo / "blobs")
+    assert mf.hf_cache_repo(other / "snapshots" / "x") is None  # blobs is a link
+    (tmp_path / "models--o--p" / "notsnapshots" / "x").mkdir(parents=True)
+    (tmp_path / "models--o--p" / "blobs").mkdir()
+    assert mf.hf_cache_repo(tmp_path / "models--o--p" / "notsnapshots" / "x") is None
+
+
+def test_blob_target(tmp_path: Path) -> None:
+    repo, snapshot = hf_cache(tmp_path)
+    blobs = repo.resolve() / "blobs"
+    assert mf._blob_target(snapshot / "w.safetensors", blobs) == (SHA, 7)
+    assert mf._blob_target(snapshot / "sub" / "config.json", blobs) == (SHA1, 3)
+    for name in ("dir", "odd", "out", "dangling"):
+        assert mf._blob_target(snapshot / name, blobs) is None, name
+    (snapshot / "short").symlink_to(blobs / SHA1[:39])
+    sized(blobs / SHA1[:39], 1)
+    (snapshot / "upper").symlink_to(blobs / SHA.upper())
+    sized(blobs / SHA.upper(), 1)
+    (snapshot / "long").symlink_to(blobs / (SHA + "0"))
+    sized(blobs / (SHA + "0"), 1)
+    for name in ("short", "upper", "long"):
+        assert mf._blob_target(snapshot / name, blobs) is None, name
+
+
+# --- the folder rule ----------------------------------------------------------------------------------------
+
+def contents(files: dict[str, int], *, release: Manifest | None = TINY, valid=(), stale=(), sources=None,
+             others=(), layouts_=()) -> mf.FolderContents:
+    state = derived.DerivedState(frozenset(valid), frozenset(stale), dict(sources or {}))
+    return mf.FolderContents(Path("/m"), dict(files), list(others), list(layouts_), state, release)
+
+
+TINY_FILES = {name: entry.size for name, entry in TINY.files.items()}
+
+
+def test_in_release_by_name_and_size() -> None:
+    c = contents({**TINY_FILES, "params.json": 1, "extra": 2})
+    assert c.in_release("consolidated.00.pth")
+    assert not c.in_release("params.json")
+    assert not c.in_release("extra")
+    assert not c.in_release("missing")
+    assert not contents(TINY_FILES, release=None).in_release("consolidated.00.pth")
+    loose = Manifest("loose", "t", {"a": FileEntry("a"), "b": FileEntry("b", size=3)}, False)
+    c = contents({"a": 5}, release=loose)
+    assert c.in_release("a")
+    assert not c.in_release("b")  # listed with a size but absent
+
+
+def test_derived_from_release_follows_sources_within_the_release() -> None:
+    c = contents({**TINY_FILES, "x.safetensors": 1, "y.json": 1, "z.bin": 1, "w": 1},
+                 valid={"x.safetensors", "y.json", "z.bin", "w"},
+                 sources={"x.safetensors": ("consolidated.00.pth", "params.json"), "y.json": ("x.safetensors",),
+                          "z.bin": ("/abs/consolidated.00.pth",), "w": ()})
+    assert c.derived_from_release("x.safetensors")
+    assert c.derived_from_release("y.json")
+    assert not c.derived_from_release("z.bin")
+    assert not c.derived_from_release("w")  # made from nothing known
+    assert not c.derived_from_release("consolidated.00.pth")  # part of the release, not derived
+    assert c.trusted("consolidated.00.pth") and c.trusted("y.json") and not c.trusted("z.bin")
+    assert not contents(TINY_FILES, stale={"x"}, sources={"x": ("params.json",)}).derived_from_release("x")
+
+
+def test_a_derivation_chain_is_followed_five_levels_deep() -> None:
+    def chain(n: int) -> mf.FolderContents:
+        names = [f"d{i}" for i in range(n)]
+        sources = {names[0]: ("params.json",), **{names[i]: (names[i - 1],) for i in range(1, n)}}
+        return contents(TINY_FILES, valid=names, sources=sources)
+
+    assert chain(5).derived_from_release("d4")
+    assert not chain(6).derived_from_release("d5")
+    cycle = contents(TINY_FILES, valid={"a", "b"}, sources={"a": ("b",), "b": ("a",)})
+    assert not cycle.derived_from_release("a")
+
+
+def test_foreign_weights() -> None:
+    files = {**TINY_FILES, "evil.safetensors": 1, "notes.txt": 1, "good.safetensors": 1, "old.safetensors": 1,
+             "other.bin": 1, "consolidated.01.pth": 1}
+    c = contents(files, valid={"good.safetensors", "other.bin"}, stale={"old.safetensors"},
+                 sources={"good.safetensors": ("consolidated.00.pth",), "other.bin": ("/x",)})
+    assert c.foreign_weights() == ["consolidated.01.pth", "evil.safetensors", "other.bin"]
+    assert contents(files, release=None).foreign_weights() == []
+    bad_size = contents({**TINY_FILES, "consolidated.00.pth": 5})
+    assert bad_size.foreign_weights() == ["consolidated.00.pth"]
+
+
+PTH_LAYOUT = mf.Layout("pth", "params.json", ("consolidated.00.pth",))
+MISTRAL_LAYOUT = mf.Layout("mistral", "params.json", ("consolidated.safetensors",))
+HF_LAYOUT = mf.Layout("hf", "config.json", ("model.safetensors",))
+
+
+def test_usable_layouts() -> None:
+    files = {**TINY_FILES, "consolidated.safetensors": 1, "config.json": 1, "model.safetensors": 1}
+    c = contents(files, valid={"consolidated.safetensors"}, stale={"model.safetensors"},
+                 sources={"consolidated.safetensors": ("consolidated.00.pth",)})
+    assert c.usable(PTH_LAYOUT) and c.usable(MISTRAL_LAYOUT) and not c.usable(HF_LAYOUT)
+    loose = contents(files, release=None, stale={"model.safetensors"})
+    assert loose.usable(PTH_LAYOUT) and loose.usable(MISTRAL_LAYOUT) and not loose.usable(HF_LAYOUT)
+    assert contents(files, release=None).usable(HF_LAYOUT)
+    no_tok = dict(files)
+    del no_tok["tokenizer.model"]
+    assert contents(no_tok, stale={"tokenizer.model"}).usable(PTH_LAYOUT)  # no tokenizer, nothing stale read
+    assert not contents(files, stale={"tokenizer.model"}, release=None).usable(PTH_LAYOUT)
+    assert not contents({**files, "tokenizer.model": 1}).usable(PTH_LAYOUT)
+    assert contents(files).tokenizer == "tokenizer.model" and contents(no_tok).tokenizer is None
+
+
+def test_choose_by_purpose_and_say_so() -> None:
+    files = {**TINY_FILES, "consolidated.safetensors": 1, "config.json": 1, "model.safetensors": 1}
+    c = contents(files, release=None, layouts_=[PTH_LAYOUT, MISTRAL_LAYOUT, HF_LAYOUT])
+    notes: list[str] = []
+    assert c.choose("run", notes.append) == MISTRAL_LAYOUT
+    assert c.choose("digest", notes.append) == PTH_LAYOUT
+    assert c.choose("convert") == PTH_LAYOUT
+    assert notes == ["/m holds several layouts (hf, mistral, pth); run uses mistral (consolidated.safetensors)",
+                     "/m holds several layouts (hf, mistral, pth); digest uses pth (consolidated.00.pth)"]
+    c = contents(files, release=None, layouts_=[PTH_LAYOUT, HF_LAYOUT])
+    assert c.choose("run") == HF_LAYOUT
+    single = contents(files, release=None, layouts_=[HF_LAYOUT])
+    single.choose("run", notes.append)
+    assert len(notes) == 2  # one layout: nothing to say
+    c = contents(files, release=None, layouts_=[MISTRAL_LAYOUT, PTH_LAYOUT], stale={"consolidated.safetensors"})
+    assert c.choose("run") == PTH_LAYOUT
+
+
+@pytest.mark.parametrize("other", ["params.json", "config.json", "model.safetensors.index.json", "tokenizer.model",
+                                   ".mdist", "evil.safetensors", "sub/x.bin"])
+def test_choose_refuses_linked_side_files_and_weights(other: str) -> None:
+    c = contents(TINY_FILES, others=[other], layouts_=[PTH_LAYOUT])
+    with pytest.raises(InputError, match="is a symbolic link or special file; mdist never follows") as info:
+        c.choose("run")
+    assert str(info.value).startswith(f"/m/{other} is a symbolic link")
+
+
+def test_choose_ignores_other_links() -> None:
+    c = contents(TINY_FILES, others=["notes.txt", "sub/params.json"], layouts_=[PTH_LAYOUT])
+    assert c.choose("run") == PTH_LAYOUT
+
+
+def test_choose_refuses_a_release_with_foreign_weights() -> None:
+    c = contents({**TINY_FILES, "evil.safetensors": 1}, layouts_=[PTH_LAYOUT])
+    with pytest.raises(UnsafeContentError) as info:
+        c.choose("run")
+    assert str(info.value).startswith("/m looks like tiny-mistral but also holds evil.safetensors, which is not part")
+
+
+def test_nothing_usable_says_why() -> None:
+    def message(c: mf.FolderContents, purpose: str = "run") -> str:
+        with pytest.raises(InputError) as info:
+            c.choose(purpose)
+        assert not isinstance(info.value, UnsafeContentError)
+        return str(info.value)
+
+    c = contents({}, release=None)
+    c.problems.extend(["first problem", "second"])
+    assert message(c) == "/m: first problem"
+    assert message(contents({}, release=None), "convert") == "/m holds no consolidated.00.pth checkpoint"
+    assert message(contents({}, release=None), "digest").startswith("/m holds no model weights: expected params")
+    assert message(contents({}, release=None)).endswith("or config.json with model.safetensors / "
+                                                         "model.safetensors.index.json")
+    stale = contents(TINY_FILES, release=None, stale={"consolidated.00.pth"}, layouts_=[PTH_LAYOUT])
+    assert message(stale) == "/m: consolidated.00.pth was derived by mdist from files that have changed since"
+    untrusted = contents({**TINY_FILES, "params.json": 3}, layouts_=[PTH_LAYOUT])
+    assert message(untrusted) == "/m: params.json is not part of tiny-mistral (name or size differs)"
+    other_purpose = contents({**TINY_FILES, "params.json": 3}, layouts_=[MISTRAL_LAYOUT])
+    assert message(other_purpose, "convert") == "/m holds no consolidated.00.pth checkpoint"
+
+
+# --- recognising a release ---------------------------------------------------------------------------------
+
+def test_the_release_is_recognised_by_its_weights_and_published_content(tmp_path: Path) -> None:
+    folder = tiny_release(tmp_path / "m")
+    files = mf.scan(folder)[0]
+    assert mf.recognise(files, folder) is TINY
+    assert mf.recognise(files) is TINY
+    assert mf.recognise({"tokenizer.model": TINY_FILES["tokenizer.model"]}) is None  # no weights: not it
+    assert mf.recognise({"consolidated.00.pth": 1, "params.json": TINY_FILES["params.json"]}) is None
+    assert mf.recognise({}) is None
+
+
+def test_names_alone_are_not_evidence(tmp_path: Path) -> None:
+    loose = Manifest("loose", "t", {"a.bin": FileEntry("a.bin"), "b": FileEntry("b")}, False)
+    from mdist.verify import manifest as manifest_module
+    original = manifest_module.load_registry
+    manifest_module.load_registry = lambda: (loose,)
+    try:
+        assert mf.recognise({"a.bin": 5, "b": 1}) is None  # no size and no JSON content to compare
+        json_release = Manifest("j", "t", {"a.bin": FileEntry("a.bin"), "c.json": FileEntry("c.json", json={})},
+                                False)
+        manifest_module.load_registry = lambda: (json_release,)
+        sized(tmp_path / "c.json", 2, b"{}")
+        assert mf.recognise({"a.bin": 5, "c.json": 2}, tmp_path) is json_release
+        assert mf.recognise({"a.bin": 5, "c.json": 2}) is None  # JSON content not looked at
+        (tmp_path / "c.json").write_text('{"x": 1}')
+        assert mf.recognise({"a.bin": 5, "c.json": 8}, tmp_path) is None
+        no_weights = Manifest("nw", "t", {"c.json": FileEntry("c.json", size=2)}, False)
+        manifest_module.load_registry = lambda: (no_weights,)
+        assert mf.recognise({"c.json": 2}) is no_weights
+    finally:
+        manifest_module.load_registry = original
+
+
+def test_changed_published_json_means_another_release(tmp_path: Path) -> None:
+    folder = tiny_release(tmp_path / "m")
+    params = json.loads((folder / "params.json").read_text())
+    assert mf._published_json_differs(folder, TINY, mf.scan(folder)[0]) is None
+    entry = TINY.files["params.json"]
+    with_json = Manifest("t", "t", {**TINY.files, "params.json": FileEntry("params.json", entry.size, None, None,
+                                                                           params)}, True)
+    assert mf._published_json_differs(folder, with_json, mf.scan(folder)[0]) is None
+    assert mf._published_json_differs(None, with_json, mf.scan(folder)[0]) is None
+    assert mf._published_json_differs(folder, with_json, {}) is None
+    (folder / "params.json").write_text(json.dumps({**params, "dim": 1}))
+    assert mf._published_json_differs(folder, with_json, mf.scan(folder)[0]) == "params.json"
+    (folder / "params.json").write_text("{")
+    assert mf._published_json_differs(folder, with_json, mf.scan(folder)[0]) == "params.json"
+
+
+def test_closest_release_and_what_differs(tmp_path: Path) -> None:
+    folder = tiny_release(tmp_path / "m")
+    sized(folder / "consolidated.00.pth", 5)
+    release, differences = mf.closest_release(folder, mf.scan(folder)[0])
+    assert release is TINY
+    assert differences == [f"consolidated.00.pth size 5, expected {TINY_FILES['consolidated.00.pth']}"]
+    (folder / "params.json").unlink()
+    assert mf.closest_release(folder, mf.scan(folder)[0])[1][-1] == "params.json missing"
+    assert mf.closest_release(folder, {"nothing.txt": 1}) == (None, [])
+    hf = {"config.json": 1, "tokenizer.model": TINY_FILES["tokenizer.model"], "model.safetensors.index.json": 1}
+    assert mf.closest_release(tmp_path, hf)[0] is TINY_HF
+
+
+def test_closest_release_names_changed_json(tmp_path: Path) -> None:
+    params_entry = FileEntry("params.json", None, None, None, {"dim": 2})
+    release = Manifest("j", "t", {"params.json": params_entry}, True)
+    from mdist.verify import manifest as manifest_module
+    original = manifest_module.load_registry
+    manifest_module.load_registry = lambda: (release,)
+    mf_original = mf.load_registry
+    mf.load_registry = manifest_module.load_registry
+    try:
+        sized(tmp_path / "params.json", 10, b'{"dim": 1}')
+        assert mf.closest_release(tmp_path, {"params.json": 10}) == (
+            release, ["params.json content differs from the published one"])
+    finally:
+        manifest_module.load_registry = original
+        mf.load_registry = mf_original
+
+
+def test_inspect_folder(tmp_path: Path) -> None:
+    folder = tiny_release(tmp_path / "m")
+    found = mf.inspect_folder(folder)
+    assert found.release is TINY and found.path == folder and found.others == [] and found.blobs == {}
+    assert found.layouts == [mf.Layout("pth", "params.json", ("consolidated.00.pth",))]
+    assert mf.inspect_folder(folder, recognise_release=False).release is None
+    assert mf.inspect_folder(folder, TINY_HF).release is TINY_HF
+
+
+def test_derived_files_do_not_decide_the_release(tmp_path: Path) -> None:
+    folder = tiny_release(tmp_path / "m")
+    index = folder / "model.safetensors.index.json"
+    sized(index, TINY_HF.files["model.safetensors.index.json"].size)
+    sized(folder / "config.json", TINY_HF.files["config.json"].size)
+    hf_weights = "model-00001-of-00001.safetensors"
+    sized(folder / hf_weights, TINY_HF.files[hf_weights].size)
+    derived.record_derived(folder, [index, folder / "config.json", folder / hf_weights],
+                           [folder / "consolidated.00.pth"])
+    assert mf.inspect_folder(folder).release is TINY
+
+
+def test_model_path(tmp_path: Path) -> None:
+    pth = sized(tmp_path / "m" / "consolidated.00.pth", 1)
+    st = sized(tmp_path / "m" / "w.safetensors", 1)
+    other = sized(tmp_path / "m" / "params.json", 1)
+    assert mf.model_path(pth) == tmp_path / "m"
+    assert mf.model_path(st) == tmp_path / "m"
+    assert mf.model_path(tmp_path / "m") == tmp_path / "m"
+    with pytest.raises(InputError, match="is not a model folder"):
+        mf.model_path(other)
+    with pytest.raises(InputError, match="does not exist"):
+        mf.model_path(tmp_path / "nothing.pth")
+    (tmp_path / "m" / "x.pth").mkdir()
+    assert mf.model_path(tmp_path / "m" / "x.pth") == tmp_path / "m" / "x.pth"
+
+
+def test_read_config(tmp_path: Path) -> None:
+    shutil.copy(FIXTURE / "params.json", tmp_path / "params.json")
+    config = mf.read_config(tmp_path, PTH_LAYOUT)
+    assert config.dim == 256 and config.n_layers == 6
+    with pytest.raises(InputError, match="has no params.json next to consolidated.00.pth"):
+        mf.read_config(tmp_path, mf.Layout("pth", None, ("consolidated.00.pth",)))
+    hf_config = {"hidden_size": 256, "num_hidden_layers": 6, "num_attention_heads": 8, "num_key_value_heads": 2,
+                 "intermediate_size": 768, "rms_norm_eps": 1e-5, "vocab_size": 2048, "head_dim": 32,
+                 "architectures": ["MistralForCausalLM"], "model_type": "mistral"}
+    (tmp_path / "config.json").write_text(json.dumps(hf_config))
+    assert mf.read_config(tmp_path, HF_LAYOUT).dim == 256
+    (tmp_path / "params.json").write_text(json.dumps(hf_config))
+    with pytest.raises(InputError):
+        mf.read_config(tmp_path, PTH_LAYOUT)  # params.json is read as params, never as an HF config

@@ -1,0 +1,441 @@
+"""mdist.verify.hashing and mdist.verify.folder, in process: every verdict `verify` can give, at its edges.
+
+Written for mutation testing (bench/mutation.py, docs/testing.md): tests/test_verify.py shows the
+verdicts through the CLI; these pin each condition so that a weakened one fails a test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+from conftest import FIXTURE
+from mdist import derived
+from mdist.errors import InputError
+from mdist.verify import folder as vf
+from mdist.verify import hashing
+from mdist.verify.manifest import FileEntry, Manifest, find_manifest
+
+TINY = find_manifest("tiny-mistral")
+
+
+@pytest.fixture(autouse=True)
+def private_key_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    return tmp_path / "state"
+
+
+def write(path: Path, content: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    return path
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def git_sha1(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+# --- hashing ------------------------------------------------------------------------------------------------
+
+def test_chunk_and_names() -> None:
+    assert hashing.CHUNK == 4 * 1024 * 1024
+    assert hashing.GIT_SHA1 == "git-sha1"
+
+
+@pytest.mark.parametrize("size", [0, 1, hashing.CHUNK - 1, hashing.CHUNK, hashing.CHUNK + 1, 2 * hashing.CHUNK + 5])
+def test_hash_file_reads_once_for_every_algorithm(tmp_path: Path, size: int) -> None:
+    data = (b"0123456789abcdef" * (size // 16 + 1))[:size]
+    path = write(tmp_path / "f", data)
+    seen: list[int] = []
+    result = hashing.hash_file(path, ("sha256", "md5", "git-sha1", "sha1"), on_bytes=seen.append)
+    assert result == {"sha256": sha256(data), "md5": md5(data), "git-sha1": git_sha1(data),
+                      "sha1": hashlib.sha1(data).hexdigest()}
+    assert list(result) == ["sha256", "md5", "git-sha1", "sha1"]
+    expected = [hashing.CHUNK] * (size // hashing.CHUNK) + ([size % hashing.CHUNK] if size % hashing.CHUNK else [])
+    assert seen == expected
+    assert hashing.hash_file(path) == {"sha256": sha256(data)}
+
+
+def test_git_sha1_is_gits_blob_id(tmp_path: Path) -> None:
+    path = write(tmp_path / "f", b"hello\n")
+    assert hashing.hash_file(path, ("git-sha1",)) == {"git-sha1": "ce013625030ba8dba906f756967f9e9ca394464a"}
+
+
+def test_hash_file_stops_when_cancelled(tmp_path: Path) -> None:
+    path = write(tmp_path / "f", b"x" * (hashing.CHUNK + 1))
+    cancel = threading.Event()
+    seen: list[int] = []
+
+    def on_bytes(n: int) -> None:
+        seen.append(n)
+        cancel.set()
+
+    with pytest.raises(hashing.Cancelled) as info:
+        hashing.hash_file(path, ("sha256",), on_bytes, cancel)
+    assert str(info.value) == str(path)
+    assert seen == [hashing.CHUNK]
+    assert hashing.hash_file(path, ("md5",), None, threading.Event()) == {"md5": md5(b"x" * (hashing.CHUNK + 1))}
+
+
+def test_hash_files_largest_first_and_all_results(tmp_path: Path) -> None:
+    small = write(tmp_path / "small", b"s" * 10)
+    big = write(tmp_path / "big", b"b" * 1000)
+    mid = write(tmp_path / "mid", b"m" * 100)
+    seen: list[int] = []
+    result = hashing.hash_files({small: ("sha256",), big: ("md5",), mid: ("sha256", "md5")}, workers=1,
+                                on_bytes=seen.append)
+    assert seen == [1000, 100, 10]
+    assert result == {big: {"md5": md5(b"b" * 1000)}, mid: {"sha256": sha256(b"m" * 100), "md5": md5(b"m" * 100)},
+                      small: {"sha256": sha256(b"s" * 10)}}
+    assert hashing.hash_files({small: ("sha256",)}) == {small: {"sha256": sha256(b"s" * 10)}}
+    assert hashing.hash_files({}) == {}
+
+
+def test_hash_files_uses_at_most_one_worker_per_file_and_core(tmp_path: Path, monkeypatch) -> None:
+    made: list[int] = []
+    original = hashing.ThreadPoolExecutor
+
+    def pool(max_workers: int):
+        made.append(max_workers)
+        return original(max_workers=max_workers)
+
+    monkeypatch.setattr(hashing, "ThreadPoolExecutor", pool)
+    files = {write(tmp_path / f"f{i}", b"x" * i): ("sha256",) for i in range(5)}
+    hashing.hash_files(dict(list(files.items())[:1]))
+    hashing.hash_files(files)
+    hashing.hash_files(files, workers=3)
+    hashing.hash_files({})
+    assert made == [1, min(5, os.cpu_count() or 1), 3, 1]
+
+
+def test_an_error_in_one_file_cancels_the_others(tmp_path: Path, monkeypatch) -> None:
+    big = write(tmp_path / "big", b"b" * (3 * hashing.CHUNK))
+    events: list[threading.Event] = []
+    original = hashing.hash_file
+
+    def hash_file(path, algorithms, on_bytes, cancel):
+        events.append(cancel)
+        if path.name == "bad":
+            raise OSError("boom")
+        return original(path, algorithms, on_bytes, cancel)
+
+    monkeypatch.setattr(hashing, "hash_file", hash_file)
+    bad = write(tmp_path / "bad", b"x" * (4 * hashing.CHUNK))
+    with pytest.raises(OSError, match="boom"):
+        hashing.hash_files({bad: ("sha256",), big: ("sha256",)}, workers=1)
+    assert events and all(e.is_set() for e in events)
+
+
+def test_hash_files_passes_the_shared_cancel_event(tmp_path: Path, monkeypatch) -> None:
+    seen = []
+    monkeypatch.setattr(hashing, "hash_file", lambda path, algorithms, on_bytes, cancel: seen.append(cancel) or {})
+    files = {write(tmp_path / f"f{i}", b"x"): ("sha256",) for i in range(3)}
+    hashing.hash_files(files)
+    assert len(seen) == 3 and all(isinstance(e, threading.Event) and not e.is_set() for e in seen)
+    assert seen[0] is seen[1] is seen[2]
+
+
+# --- reports ------------------------------------------------------------------------------------------------
+
+def test_report_ok_fully_checked_counts_and_json() -> None:
+    statuses = [vf.OK, vf.MISMATCH, vf.MISSING, vf.UNEXPECTED, vf.UNCHECKABLE, vf.REFUSED, vf.DERIVED]
+    assert statuses == ["ok", "mismatch", "missing", "unexpected", "not checkable", "refused", "derived"]
+    assert vf.FAILING == {"mismatch", "missing", "refused"}
+    for status in statuses:
+        report = vf.Report("m", True, [vf.FileResult("a", vf.OK), vf.FileResult("b", status)])
+        assert report.ok == (status not in vf.FAILING)
+        report.strict = True
+        assert report.ok == (status in (vf.OK, vf.DERIVED))
+        assert report.fully_checked == (status != vf.UNCHECKABLE)
+    assert not vf.Report(None, True).ok
+    assert vf.Report("m", False).ok
+    report = vf.Report("m", True, [vf.FileResult("a", vf.OK), vf.FileResult("b", vf.OK),
+                                   vf.FileResult("c", vf.MISSING)])
+    assert report.counts() == {"ok": 2, "missing": 1}
+    data = report.to_json()
+    assert data["ok"] is False and data["fully_checked"] is True and data["counts"] == {"ok": 2, "missing": 1}
+    assert data["files"][2] == {"path": "c", "status": "missing", "detail": "", "expected": None, "actual": None}
+    assert data["manifest"] == "m" and data["identified"] is True and data["strict"] is False
+
+
+def by_path(report: vf.Report) -> dict[str, vf.FileResult]:
+    return {r.path: r for r in report.files}
+
+
+def test_the_fixture_verifies_and_says_how(fixture_copy: Path) -> None:
+    starts: list[int] = []
+    seen: list[int] = []
+    report = vf.verify_folder(fixture_copy, on_start=starts.append, on_bytes=seen.append)
+    assert report.manifest == "tiny-mistral" and report.identified and report.ok and report.fully_checked
+    assert [(r.path, r.status, r.detail) for r in report.files] == [
+        ("consolidated.00.pth", "ok", "sha256"), ("params.json", "ok", "sha256"), ("tokenizer.model", "ok", "sha256")]
+    entry = TINY.files["params.json"]
+    assert by_path(report)["params.json"].expected == by_path(report)["params.json"].actual == entry.sha256
+    total = sum(e.size for e in TINY.files.values())
+    assert starts == [total] and sum(seen) == total
+    assert report.not_checked == []
+    given = vf.verify_folder(fixture_copy, TINY)
+    assert given.ok and not given.identified
+
+
+def manifest(files: dict[str, FileEntry], complete: bool = True) -> Manifest:
+    return Manifest("m", "m", files, complete)
+
+
+def test_every_verdict_on_listed_files(tmp_path: Path) -> None:
+    good, other = b"good content", b"other content"
+    folder = tmp_path / "f"
+    for name in ["sha", "md5only", "both", "badsha", "badmd5", "short", "sizeonly", "bare", "json", "badjson",
+                 "notjson", "jsonsha", "jsonbadsha"]:
+        write(folder / name, good)
+    write(folder / "json", b'{"a": [1, 2]}')
+    write(folder / "badjson", b'{"a": [1, 3]}')
+    write(folder / "jsonsha", b'{"a": 1}')
+    write(folder / "jsonbadsha", b'{"a": 1}')
+    n = len(good)
+    m = manifest({
+        "sha": FileEntry("sha", n, sha256(good)),
+        "md5only": FileEntry("md5only", n, md5=md5(good)),
+        "both": FileEntry("both", None, sha256(good), md5(good)),
+        "badsha": FileEntry("badsha", n, sha256(other), md5(good)),
+        "badmd5": FileEntry("badmd5", n, sha256(good), md5(other)),
+        "short": FileEntry("short", n + 1, sha256(good)),
+        "sizeonly": FileEntry("sizeonly", n),
+        "bare": FileEntry("bare"),
+        "json": FileEntry("json", json={"a": [1, 2]}),
+        "badjson": FileEntry("badjson", json={"a": [1, 2]}),
+        "notjson": FileEntry("notjson", json={"a": [1, 2]}),
+        "jsonsha": FileEntry("jsonsha", 8, sha256(b'{"a": 1}'), json={"a": 1}),
+        "jsonbadsha": FileEntry("jsonbadsha", 8, sha256(b'{"a":1}'), json={"a": 1}),
+        "gone": FileEntry("gone", 3, sha256(b"abc")),
+    })
+    report = vf.verify_folder(folder, m)
+    got = {r.path: (r.status, r.detail, r.expected, r.actual) for r in report.files}
+    assert got == {
+        "sha": ("ok", "sha256", sha256(good), sha256(good)),
+        "md5only": ("ok", "md5 (only md5 was published)", md5(good), md5(good)),
+        "both": ("ok", "sha256", sha256(good), sha256(good)),
+        "badsha": ("mismatch", "sha256 differs", sha256(other), sha256(good)),
+        "badmd5": ("mismatch", "md5 differs", md5(other), md5(good)),
+        "short": ("mismatch", f"size {n}, expected {n + 1}", str(n + 1), str(n)),
+        "sizeonly": ("not checkable", "size matches; no published hash", None, None),
+        "bare": ("not checkable", "no published size or hash", None, None),
+        "json": ("ok", "JSON content (no published hash)", None, None),
+        "badjson": ("mismatch", "JSON content differs from the published one", None, None),
+        "notjson": ("mismatch", "not the published JSON content", None, None),
+        "jsonsha": ("ok", "sha256", sha256(b'{"a": 1}'), sha256(b'{"a": 1}')),
+        "jsonbadsha": ("mismatch", "sha256 differs", sha256(b'{"a":1}'), sha256(b'{"a": 1}')),
+        "gone": ("missing", "", None, None),
+    }
+    assert [r.path for r in report.files] == sorted(got)
+    assert report.not_checked == ["bare", "sizeonly"]
+    assert not report.ok and not report.fully_checked
+
+
+def test_only_files_with_a_published_hash_are_hashed(tmp_path: Path, monkeypatch) -> None:
+    folder = tmp_path / "f"
+    for name in ("sha", "md5", "size", "short", "json"):
+        write(folder / name, b"12345")
+    jobs_seen: list[dict] = []
+    original = vf.hash_files
+
+    def hash_files(jobs, on_bytes=None):
+        jobs_seen.append(dict(jobs))
+        return original(jobs, on_bytes=on_bytes)
+
+    monkeypatch.setattr(vf, "hash_files", hash_files)
+    starts: list[int] = []
+    m = manifest({"sha": FileEntry("sha", 5, sha256(b"12345")), "md5": FileEntry("md5", None, None, md5(b"12345")),
+                  "size": FileEntry("size", 5), "short": FileEntry("short", 4, sha256(b"1234")),
+                  "json": FileEntry("json", json=12345)})
+    report = vf.verify_folder(folder, m, on_start=starts.append)
+    assert jobs_seen == [{folder / "sha": ("sha256",), folder / "md5": ("md5",)}]
+    assert starts == [10]
+    assert by_path(report)["json"].status == "ok"
+    jobs_seen.clear()
+    vf.verify_folder(folder, manifest({"size": FileEntry("size", 5)}))
+    assert jobs_seen == []  # nothing to hash: not even started
+
+
+def test_extra_files(tmp_path: Path) -> None:
+    folder = tmp_path / "f"
+    write(folder / "a", b"a")
+    write(folder / "notes.txt", b"n")
+    write(folder / "evil.safetensors", b"e")
+    m = manifest({"a": FileEntry("a", 1, sha256(b"a"))})
+    got = {r.path: (r.status, r.detail) for r in vf.verify_folder(folder, m).files}
+    assert got["notes.txt"] == ("unexpected", "not part of the release")
+    assert got["evil.safetensors"] == ("refused", "weights that are not part of m: mdist refuses to load this "
+                                                  "folder while the file is here")
+    loose = manifest(m.files, complete=False)
+    assert {r.path: r.detail for r in vf.verify_folder(folder, loose).files}["notes.txt"] == "not listed in the manifest"
+    report = vf.verify_folder(folder, m, strict=True)
+    assert report.strict and not report.ok
+    (folder / "evil.safetensors").unlink()
+    assert vf.verify_folder(folder, m).ok
+    assert not vf.verify_folder(folder, m, strict=True).ok
+
+
+def test_derived_files_in_a_release(fixture_copy: Path, tmp_path: Path) -> None:
+    folder = fixture_copy
+    made = write(folder / "consolidated.safetensors", b"weights")
+    note = write(folder / "made.json", b"{}")
+    derived.record_derived(folder, [made, note], [folder / "consolidated.00.pth"])
+    lone = write(tmp_path / "lone.pth", b"x")
+    other = write(folder / "other.safetensors", b"o")
+    other_note = write(folder / "other.json", b"{}")
+    derived.record_derived(folder, [other, other_note], [lone])
+    got = {r.path: (r.status, r.detail) for r in vf.verify_folder(folder).files}
+    assert got["consolidated.safetensors"] == ("derived", "written by mdist here from the release's files "
+                                                          "(not re-hashed)")
+    assert got["made.json"][0] == "derived"
+    assert got["other.safetensors"] == ("refused", "written by mdist, but from files that are not part of this "
+                                                   "release")
+    assert got["other.json"] == ("unexpected", "written by mdist from files that are not part of this release")
+    write(lone, b"changed")
+    got = {r.path: (r.status, r.detail) for r in vf.verify_folder(folder).files}
+    assert got["other.safetensors"] == ("refused", "derived by mdist, but it or its source changed since; mdist "
+                                                   "will not load it (convert again)")
+    assert got["other.json"] == ("unexpected", "derived by mdist, but it or its source changed since")
+
+
+def test_derived_files_in_an_unknown_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "f"
+    source = write(folder / "w.pth", b"w")
+    made = write(folder / "w.safetensors", b"s")
+    derived.record_derived(folder, [made], [source])
+    m = manifest({"w.pth": FileEntry("w.pth", 1, sha256(b"w"))})
+    assert {r.path: r.status for r in vf.verify_folder(folder, m).files} == {"w.pth": "ok", "w.safetensors": "derived"}
+
+
+def test_no_known_release_names_the_closest(fixture_copy: Path) -> None:
+    (fixture_copy / "params.json").write_text("{}")
+    report = vf.verify_folder(fixture_copy)
+    assert report.manifest is None and report.identified and report.files == [] and not report.ok
+    assert report.closest == "tiny-mistral"
+    assert report.differences == [f"params.json size 2, expected {TINY.files['params.json'].size}"]
+
+
+def test_no_release_and_nothing_close(tmp_path: Path) -> None:
+    write(tmp_path / "f" / "x", b"x")
+    report = vf.verify_folder(tmp_path / "f")
+    assert (report.manifest, report.closest, report.differences, report.files) == (None, None, [], [])
+
+
+def test_links_and_special_files_are_refused(fixture_copy: Path, tmp_path: Path) -> None:
+    (fixture_copy / "link").symlink_to(fixture_copy / "params.json")
+    os.mkfifo(fixture_copy / "fifo")
+    report = vf.verify_folder(fixture_copy)
+    got = by_path(report)
+    assert got["link"].status == got["fifo"].status == "refused"
+    assert got["link"].detail == ("symbolic link, FIFO, device, or a plain file inside an HF cache snapshot: "
+                                  "never followed or read")
+    assert not report.ok
+
+
+SHA_CONTENT = b"weights in the cache"
+SMALL = b'{"small": true}'
+
+
+def snapshot(tmp_path: Path) -> Path:
+    repo = tmp_path / "models--owner--name"
+    blobs = repo / "blobs"
+    write(blobs / sha256(SHA_CONTENT), SHA_CONTENT)
+    write(blobs / git_sha1(SMALL), SMALL)
+    snap = repo / "snapshots" / ("1" * 40)
+    snap.mkdir(parents=True)
+    (snap / "model.safetensors").symlink_to(f"../../blobs/{sha256(SHA_CONTENT)}")
+    (snap / "config.json").symlink_to(f"../../blobs/{git_sha1(SMALL)}")
+    return snap
+
+
+def test_a_cache_snapshot_verifies_by_blob_names(tmp_path: Path) -> None:
+    snap = snapshot(tmp_path)
+    report = vf.verify_folder(snap)
+    assert report.manifest == "hf-cache models--owner--name" and not report.identified and report.ok
+    got = {r.path: (r.status, r.detail, r.expected, r.actual) for r in report.files}
+    assert got == {
+        "config.json": ("ok", "git-sha1 equals its blob name (content-addressed cache)", git_sha1(SMALL),
+                        git_sha1(SMALL)),
+        "model.safetensors": ("ok", "sha256 equals its blob name (content-addressed cache)", sha256(SHA_CONTENT),
+                              sha256(SHA_CONTENT)),
+    }
+
+
+def test_a_cache_blob_that_does_not_match_its_name(tmp_path: Path) -> None:
+    snap = snapshot(tmp_path)
+    blobs = snap.parent.parent / "blobs"
+    write(blobs / sha256(SHA_CONTENT), b"tampered")
+    write(blobs / git_sha1(SMALL), b"tampered")
+    report = vf.verify_folder(snap)
+    got = {r.path: (r.status, r.detail, r.expected, r.actual) for r in report.files}
+    assert got == {
+        "config.json": ("mismatch", "content differs from its blob name (git-sha1)", git_sha1(SMALL),
+                        git_sha1(b"tampered")),
+        "model.safetensors": ("mismatch", "content differs from its blob name (sha256)", sha256(SHA_CONTENT),
+                              sha256(b"tampered")),
+    }
+    assert not report.ok
+
+
+def test_a_cache_snapshot_against_a_manifest_checks_both(tmp_path: Path) -> None:
+    snap = snapshot(tmp_path)
+    m = manifest({"model.safetensors": FileEntry("model.safetensors", len(SHA_CONTENT), sha256(SHA_CONTENT),
+                                                 md5(SHA_CONTENT)),
+                  "config.json": FileEntry("config.json", len(SMALL), None, md5(b"other"))})
+    jobs_seen = []
+    original = vf.hash_files
+    vf.hash_files = lambda jobs, on_bytes=None: jobs_seen.append(dict(jobs)) or original(jobs, on_bytes=on_bytes)
+    try:
+        report = vf.verify_folder(snap, m)
+    finally:
+        vf.hash_files = original
+    assert jobs_seen == [{snap / "model.safetensors": ("sha256", "md5"), snap / "config.json": ("md5", "git-sha1")}]
+    got = {r.path: (r.status, r.detail) for r in report.files}
+    assert got == {"model.safetensors": ("ok", "sha256"), "config.json": ("mismatch", "md5 differs")}
+    assert report.manifest == "m"
+
+
+def test_judge_blob_keeps_other_verdicts(tmp_path: Path) -> None:
+    result = vf.FileResult("a", vf.MISMATCH, "x")
+    assert vf._judge_blob(result, None, {}) is result
+    assert vf._judge_blob(result, "a" * 64, {"sha256": "a" * 64}) is result
+    derived_result = vf.FileResult("a", vf.DERIVED)
+    assert vf._judge_blob(derived_result, "b" * 40, {"git-sha1": "b" * 40}) is derived_result
+    unexpected = vf.FileResult("a", vf.UNEXPECTED)
+    assert vf._judge_blob(unexpected, "b" * 40, {"git-sha1": "b" * 40}).status == vf.OK
+    uncheckable = vf.FileResult("a", vf.UNCHECKABLE)
+    assert vf._judge_blob(uncheckable, "a" * 64, {"sha256": "a" * 64}).status == vf.OK
+    assert vf._judge_blob(uncheckable, "a" * 64, {"git-sha1": "a" * 64}).status == vf.MISMATCH
+    assert vf._judge_blob(uncheckable, "a" * 64, {}).actual is None
+
+
+def test_judge_extra_without_a_manifest(tmp_path: Path) -> None:
+    from mdist.model_folder import inspect_folder
+
+    write(tmp_path / "f" / "x.bin", b"x")
+    contents = inspect_folder(tmp_path / "f")
+    assert vf._judge_extra("x.bin", None, contents) == vf.FileResult("x.bin", vf.UNEXPECTED, "no manifest")
+
+
+def test_a_file_that_is_not_readable_json(tmp_path: Path) -> None:
+    write(tmp_path / "a.json", b"\xff")
+    result = vf._judge(tmp_path / "a.json", FileEntry("a.json", json=1), {})
+    assert result == vf.FileResult("a.json", vf.MISMATCH, "not the published JSON content")
+    with pytest.raises(InputError):
+        from mdist.jsonio import read_json_file
+        read_json_file(tmp_path / "a.json", "a.json")
