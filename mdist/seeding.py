@@ -21,7 +21,7 @@ from mdist.sources.bt_session import make_session, parse_endpoint
 from mdist.sources.resolve import compose_magnet
 from mdist.sources.torrent_fetch import (RELEASE_TORRENT, Patience, SilentReporter, fetch_metadata, load_source,
                                          read_checked_torrent)
-from mdist.sources.torrent_meta import InfoHashes, magnet_peers
+from mdist.sources.torrent_meta import InfoHashes, magnet_peers, release_torrent_bytes
 from mdist.sources.torrent_seed import Seeder, write_torrent
 from mdist.verify.folder import verify_folder
 from mdist.verify.manifest import Manifest, find_manifest
@@ -96,10 +96,10 @@ def learn_metadata(magnet: str, options: SeedOptions) -> bytes:
     peers = [parse_endpoint(p) for p in [*options.peers, *magnet_peers(magnet)]]
     session = make_session(None, no_dht=options.no_dht)
     try:
-        ti = fetch_metadata(session, params, peers, Patience(options.timeout), SilentReporter())
+        params.ti = fetch_metadata(session, params, peers, Patience(options.timeout), SilentReporter())
     finally:
         del session
-    return b"d4:info" + ti.info_section() + b"e"
+    return release_torrent_bytes(params)  # with the release's trackers, which the seeder announces to
 
 
 def choose_torrent(directory: Path, release: Manifest | None, options: SeedOptions,

@@ -182,3 +182,20 @@ def test_fetch_metadata_needs_a_known_release(tmp_path: Path) -> None:
     (folder / "notes.txt").write_text("not a release\n")
     result = run_mdist("seed", str(folder), "--no-dht", "--force", "--fetch-metadata", timeout=60)
     assert result.returncode == 2 and "needs a known release" in result.stderr, result.stderr
+
+
+def test_fetch_metadata_uses_and_keeps_the_releases_trackers(release: Path, tmp_path: Path) -> None:
+    """No --peer: the release's own magnet (its manifest's trackers) finds the swarm, and the seeder
+    goes on announcing there."""
+    copied = copy_release(FIXTURE, tmp_path / "disk" / "from-a-disk")
+    with http_tracker() as announce:
+        manifest = {**MANIFEST, "name": "tiny-mistral-tracked",
+                    "sources": {**MANIFEST["sources"], "trackers": [announce]}}
+        path = tmp_path / "tiny-mistral-tracked.json"
+        path.write_text(json.dumps(manifest))
+        with mdist_seeder(release, "--tracker", announce):
+            with mdist_seeder(copied, "--manifest", str(path), "--fetch-metadata", "--timeout", "30") as magnet:
+                assert info_hashes(magnet) == PUBLISHED
+                assert "tr=" in magnet
+    saved = lt.bdecode((copied / ".mdist" / "release.torrent").read_bytes())
+    assert saved[b"announce"] == announce.encode()
