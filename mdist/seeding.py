@@ -149,10 +149,11 @@ def run_seed(directory: Path, options: SeedOptions, *, echo: Callable[[str], Non
                 no_dht=options.no_dht, version=options.version or "hybrid", torrent=plan.torrent,
                 upload_limit=options.upload_limit, leave_out=plan.leave_out) as seeder:
         info = seeder.start()
+        served = seeder.release_torrent() if plan.keep else info.torrent  # with the v2 layers the check made
         if plan.keep:  # the data passed libtorrent's check against it: keep it for next time
-            write_bytes_atomic(real_dir(directory / STATE_DIR) / RELEASE_TORRENT, seeder.release_torrent())
+            write_bytes_atomic(real_dir(directory / STATE_DIR) / RELEASE_TORRENT, served)
         if options.torrent_out:
-            write_torrent(options.torrent_out, info.torrent)
+            write_torrent(options.torrent_out, served)
         note(f"seeding {directory} on port {info.port}: {plan.what} (btih {info.hashes.v1 or '-'}, "
              f"btmh {('1220' + info.hashes.v2) if info.hashes.v2 else '-'}){_published(release, info.hashes)}; "
              f"Ctrl-C to stop")
