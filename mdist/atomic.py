@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from mdist.errors import InputError
+from mdist.errors import InputError, UnsafeContentError
 
 
 @contextlib.contextmanager
@@ -63,6 +64,28 @@ def real_dir(path: Path) -> Path:
     except OSError as exc:
         raise InputError(f"cannot create {path}: {exc.strerror}") from None
     return path
+
+
+def refuse_links_on_the_way(root: Path, paths: list[str], what: str = "the download") -> None:
+    """A symlink (or FIFO, device) already under `root` at any component of a path mdist (or
+    libtorrent) is about to write, read or delete would be followed out of `root`: refuse first."""
+    checked: set[Path] = set()
+    for relative in paths:
+        target = Path(root)
+        for part in relative.split("/"):
+            target = target / part
+            if target in checked:
+                continue
+            checked.add(target)
+            try:
+                mode = os.lstat(target).st_mode
+            except FileNotFoundError:
+                break
+            except OSError as exc:
+                raise InputError(f"cannot inspect {target}: {exc.strerror}") from None
+            if stat.S_ISLNK(mode) or not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+                raise UnsafeContentError(f"{target} is a symbolic link or special file where {what} writes "
+                                         f"{relative}; refusing to write through it (remove it first)")
 
 
 def write_bytes_atomic(target: Path, data: bytes, *, overwrite: bool = True) -> None:

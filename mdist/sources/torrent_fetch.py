@@ -20,7 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
-from mdist.atomic import require_free_space, write_bytes_atomic, real_dir, refuse_unreal_dir
+from mdist.atomic import (real_dir, refuse_links_on_the_way, refuse_unreal_dir, require_free_space,
+                          write_bytes_atomic)
 from mdist.errors import InputError, UnsafeContentError, VerificationError
 from mdist.sources.bt_session import Endpoint, lt, make_session, parse_endpoint
 from mdist.paths import UnsafePathError, check_component, check_path_set
@@ -295,28 +296,6 @@ def _bytes_present(out: Path, params) -> int:
         if stat.S_ISREG(info.st_mode):
             present += min(info.st_size, info.st_blocks * 512, layout.file_size(index))
     return present
-
-
-def refuse_links_on_the_way(out: Path, paths: list[str]) -> None:
-    """libtorrent opens files by path: a symlink (or FIFO, device) already in OUT at a place the
-    torrent writes would be written through. Refuse before any byte arrives."""
-    checked: set[Path] = set()
-    for relative in paths:
-        target = out
-        for part in relative.split("/"):
-            target = target / part
-            if target in checked:
-                continue
-            checked.add(target)
-            try:
-                mode = os.lstat(target).st_mode
-            except FileNotFoundError:
-                break
-            except OSError as exc:
-                raise InputError(f"cannot inspect {target}: {exc.strerror}") from None
-            if stat.S_ISLNK(mode) or not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
-                raise UnsafeContentError(f"{target} is a symbolic link or special file where the torrent writes "
-                                         f"{relative}; refusing to write through it (remove it first)")
 
 
 def fetch_metadata(session, params, peers: list[Endpoint], patience: Patience, reporter: Reporter):

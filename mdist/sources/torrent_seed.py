@@ -12,7 +12,7 @@ from typing import Callable, Collection
 from mdist.atomic import write_bytes_atomic
 from mdist.errors import InputError, VerificationError
 from mdist.sources.bt_session import Endpoint, actual_listen_port, lt, make_session
-from mdist.sources.torrent_fetch import refuse_links_on_the_way
+from mdist.atomic import refuse_links_on_the_way
 from mdist.sources.torrent_meta import InfoHashes, create_torrent, folder_mapping, magnet_link, release_torrent_bytes
 
 
