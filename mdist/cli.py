@@ -45,6 +45,11 @@ class _Group(click.Group):
         except KeyboardInterrupt as exc:
             click.echo("mdist: interrupted", err=True)
             sys.exit(143 if isinstance(exc, Terminated) else 130)
+        except (RecursionError, MemoryError) as exc:  # an input beyond what a check foresaw: still one line
+            self._fail(ctx, f"input too large or too deeply nested ({type(exc).__name__})", 2)
+        except Exception as exc:  # a defect in mdist: one line for the user, the traceback with --debug
+            self._fail(ctx, f"internal error ({type(exc).__name__}: {exc}); please report it "
+                            f"(`mdist --debug ...` shows where)", 2)
 
     @staticmethod
     def _fail(ctx: click.Context, message: str, code: int) -> None:

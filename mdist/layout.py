@@ -31,14 +31,14 @@ _TOP_NAMES = {
 }
 _HF_LAYER_NAMES = {v: k for k, v in _LAYER_NAMES.items()}
 _HF_TOP_NAMES = {v: k for k, v in _TOP_NAMES.items()}
-_MISTRAL_LAYER = re.compile(r"^layers\.(\d+)\.(.+)$")
-_HF_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+_MISTRAL_LAYER = re.compile(r"layers\.([0-9]+)\.(.+)")  # fullmatch: `$` accepts a final newline
+_HF_LAYER = re.compile(r"model\.layers\.([0-9]+)\.(.+)")
 
 
 def mistral_to_hf_name(name: str) -> str:
     if name in _TOP_NAMES:
         return _TOP_NAMES[name]
-    match = _MISTRAL_LAYER.match(name)
+    match = _MISTRAL_LAYER.fullmatch(name)
     if match and match.group(2) in _LAYER_NAMES:
         return f"model.layers.{match.group(1)}.{_LAYER_NAMES[match.group(2)]}"
     raise KeyError(name)
@@ -47,7 +47,7 @@ def mistral_to_hf_name(name: str) -> str:
 def hf_to_mistral_name(name: str) -> str:
     if name in _HF_TOP_NAMES:
         return _HF_TOP_NAMES[name]
-    match = _HF_LAYER.match(name)
+    match = _HF_LAYER.fullmatch(name)
     if match and match.group(2) in _HF_LAYER_NAMES:
         return f"layers.{match.group(1)}.{_HF_LAYER_NAMES[match.group(2)]}"
     raise KeyError(name)

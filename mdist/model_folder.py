@@ -26,7 +26,7 @@ from mdist.derived import DerivedState, derived_state
 from mdist.errors import InputError, UnsafeContentError
 from mdist.jsonio import read_json_file
 from mdist.modelconfig import MistralConfig, read_json
-from mdist.paths import check_component
+from mdist.paths import check_component, walk
 from mdist.verify.manifest import Manifest, identify, load_registry
 
 STATE_DIR = ".mdist"  # mdist's own resume, status and derived-file records; never part of a release
@@ -43,12 +43,12 @@ HF_INDEX = "model.safetensors.index.json"
 HF_SINGLE = "model.safetensors"
 TOKENIZER = "tokenizer.model"
 SIDE_NAMES = ("params.json", "config.json", HF_INDEX, TOKENIZER, STATE_DIR)  # read (or written) by commands
-_PTH_NAME = re.compile(r"^consolidated\.\d{2}\.pth$")
+_PTH_NAME = re.compile(r"consolidated\.[0-9]{2}\.pth")  # used with fullmatch: `$` would accept a final newline
 # Anything a loader (ours, transformers, llama.cpp, torch) might pick up as weights.
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".gguf", ".ggml", ".npz", ".h5",
                    ".msgpack", ".onnx", ".pkl", ".pickle")
-_BLOB_NAME = re.compile(r"^([0-9a-f]{40}|[0-9a-f]{64})$")  # git blob sha1 or LFS sha256
-_SPLIT_PIECE = re.compile(r"\.(pth|safetensors|bin)-split\d+$")
+_BLOB_NAME = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # git blob sha1 or LFS sha256
+_SPLIT_PIECE = re.compile(r"\.(pth|safetensors|bin)-split[0-9]+\Z")
 
 
 def is_weight_file(name: str) -> bool:
@@ -90,7 +90,7 @@ def hf_cache_repo(directory: Path) -> Path | None:
 def _blob_target(link: Path, blobs: Path) -> tuple[str, int] | None:
     """(blob name, size) when `link` resolves to a regular file directly inside `blobs`."""
     target = Path(os.path.realpath(link))
-    if target.parent != blobs or not _BLOB_NAME.match(target.name):
+    if target.parent != blobs or not _BLOB_NAME.fullmatch(target.name):
         return None
     try:
         info = os.stat(target)
@@ -116,28 +116,25 @@ def scan(directory: Path) -> tuple[dict[str, int], list[str], dict[str, str]]:
     others: list[str] = []
     blobs: dict[str, str] = {}
 
-    def fail(exc: OSError) -> None:
-        raise InputError(f"cannot read {exc.filename}: {exc.strerror}")
+    state = directory / STATE_DIR
+    if state.is_symlink() or (state.exists() and not state.is_dir()):
+        others.append(STATE_DIR)  # mdist would write its state through it: reported, refused
 
-    for root, dirs, names in os.walk(directory, followlinks=False, onerror=fail):
-        rel_root = Path(root).relative_to(directory)
-        if rel_root == Path("."):
-            state = Path(root) / STATE_DIR
-            if state.is_symlink() or (state.exists() and not state.is_dir()):
-                others.append(STATE_DIR)  # mdist would write its state through it: reported, refused
-            dirs[:] = [d for d in dirs if d != STATE_DIR and not (
-                d == HF_STATE_DIR and (Path(root) / d / "huggingface").is_dir())]
-        for d in list(dirs):
-            if (Path(root) / d).is_symlink():
-                others.append((rel_root / d).as_posix())
-                dirs.remove(d)
-        for name in names:
-            rel = (rel_root / name).as_posix()
+    def skip(rel: str) -> bool:  # mdist's state and huggingface_hub's bookkeeping are no model files
+        return rel == STATE_DIR or (rel == HF_STATE_DIR and (directory / rel / "huggingface").is_dir())
+
+    for rel_root, entries in walk(directory, skip):
+        for entry in entries:
+            rel = f"{rel_root}/{entry.name}" if rel_root else entry.name
+            if rel == STATE_DIR and not rel_root:
+                continue
             try:
-                info = os.lstat(Path(root) / name)
+                info = entry.stat(follow_symlinks=False)
             except OSError as exc:
                 raise InputError(f"cannot read {rel}: {exc.strerror}") from None
-            blob = _blob_target(Path(root) / name, blobs_dir) if blobs_dir and stat.S_ISLNK(info.st_mode) else None
+            if stat.S_ISDIR(info.st_mode):
+                continue
+            blob = _blob_target(Path(entry.path), blobs_dir) if blobs_dir and stat.S_ISLNK(info.st_mode) else None
             if stat.S_ISREG(info.st_mode) and blobs_dir is None:
                 files[rel] = info.st_size
             elif blob is not None:
@@ -265,7 +262,7 @@ def _hf_layout(directory: Path, files: dict[str, int], problems: list[str]) -> L
 def _find_layouts(directory: Path, files: dict[str, int], problems: list[str]) -> list[Layout]:
     layouts = []
     params = "params.json" if "params.json" in files else None
-    checkpoints = sorted(n for n in files if _PTH_NAME.match(n))
+    checkpoints = sorted(n for n in files if _PTH_NAME.fullmatch(n))
     if checkpoints:
         layouts.append(Layout(PTH, params, tuple(checkpoints)))
     if params:

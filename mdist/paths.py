@@ -9,14 +9,17 @@ normalisation). The limits are documented in docs/trust-model.md.
 
 from __future__ import annotations
 
+import os
 import unicodedata
-from typing import Iterable
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
 
-from mdist.errors import UnsafeContentError
+from mdist.errors import InputError, UnsafeContentError
 
 MAX_PATH_CHARS = 4096
 MAX_COMPONENT_BYTES = 255
 MAX_FILES = 100_000
+MAX_DEPTH = 64  # folders deep: no model nests near this; Python's own recursion breaks near 1,000
 
 # Folders whose content other programs (or mdist itself) trust: never written from a source.
 STATE_FOLDERS = frozenset({".mdist", ".git", ".hg", ".svn", ".bzr", ".huggingface"})
@@ -59,6 +62,8 @@ def check_relative_path(text: str, where: str = "path") -> str:
     if text.startswith("/"):
         raise UnsafePathError(f"{where}: {_printable(text)!r} is an absolute path")
     parts = text.split("/")
+    if len(parts) > MAX_DEPTH:
+        raise UnsafePathError(f"{where}: a path nested deeper than {MAX_DEPTH} folders")
     for part in parts:
         check_component(part, where)
     check_not_state(parts, where)
@@ -109,3 +114,27 @@ def check_path_set(paths: Iterable[str], where: str = "file list") -> list[str]:
     if clash:
         raise UnsafePathError(f"{where}: {_printable(seen[min(clash)])!r} is both a file and a folder")
     return checked
+
+
+def walk(root: Path, skip: Callable[[str], bool] = lambda rel: False) -> Iterator[tuple[str, list[os.DirEntry]]]:
+    """(relative folder, its entries sorted by name) for every folder under `root`, never following
+    a link, without recursion (os.walk recurses once per level), at most MAX_DEPTH deep.
+
+    `skip(relative folder)` keeps the walk out of a folder (mdist's state, a tool's cache).
+    """
+    stack: list[tuple[str, int]] = [("", 0)]
+    while stack:
+        rel, depth = stack.pop()
+        folder = Path(root) / rel if rel else Path(root)
+        try:
+            with os.scandir(folder) as listing:
+                entries = sorted(listing, key=lambda entry: entry.name)
+        except OSError as exc:
+            raise InputError(f"cannot read {folder}: {exc.strerror}") from None
+        yield rel, entries
+        for entry in reversed(entries):
+            child = f"{rel}/{entry.name}" if rel else entry.name
+            if entry.is_dir(follow_symlinks=False) and not skip(child):
+                if depth + 1 > MAX_DEPTH:
+                    raise InputError(f"{Path(root) / child} is nested deeper than {MAX_DEPTH} folders")
+                stack.append((child, depth + 1))

@@ -79,9 +79,9 @@ def test_markup_in_a_file_name_is_shown_as_text(fixture_copy: Path) -> None:
     """rich markup in a name must neither restyle the table nor break it."""
     (fixture_copy / "a[").mkdir()
     (fixture_copy / "a[" / "x]").write_text("x")  # shown as the path a[/x]
-    (fixture_copy / "[bold red]ok[\\bold red]").write_text("x")
+    (fixture_copy / "[bold red]ok").write_text("x")
     result = run_mdist("verify", str(fixture_copy))
     assert result.returncode == 0, result.stderr
-    assert "a[/x]" in result.stdout and "[bold red]ok[\\bold red]" in result.stdout
+    assert "a[/x]" in result.stdout and "[bold red]ok" in result.stdout
     payload = json.loads(run_mdist("verify", str(fixture_copy), "--json").stdout)
-    assert {r["path"] for r in payload["report"]["files"]} >= {"a[/x]", "[bold red]ok[\\bold red]"}
+    assert {r["path"] for r in payload["report"]["files"]} >= {"a[/x]", "[bold red]ok"}

@@ -147,3 +147,26 @@ def test_verify_hf_unknown_repo_is_exit_2(served_cache) -> None:
     _, home, _ = served_cache
     result = run_mdist("verify", "hf://org/nothing", env={"HF_HOME": str(home)})
     assert result.returncode == 2 and "is not in the Hugging Face cache" in result.stderr
+
+
+def test_verify_hf_never_hands_a_foreign_link_to_the_hub_check(served_cache, tmp_path: Path) -> None:
+    endpoint, home, snapshot = served_cache
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"x" * 1000)
+    extra = snapshot / "extra.bin"
+    extra.symlink_to(outside)
+    try:
+        result, payload = verify_hf(home, "--endpoint", endpoint)
+    finally:
+        extra.unlink()
+    assert result.returncode == 1
+    assert payload["hub"] is None and any("hub check skipped: extra.bin is refused" in n for n in payload["notes"])
+
+
+def test_verify_hf_offline_answers_at_once(served_cache) -> None:
+    import time
+    _, home, _ = served_cache
+    started = time.monotonic()
+    result, _ = verify_hf(home, "--endpoint", "http://127.0.0.1:9")
+    assert result.returncode == 0 and "Retry" not in result.stderr
+    assert time.monotonic() - started < 20  # huggingface_hub alone retries for ~25 s

@@ -330,3 +330,34 @@ def test_a_config_with_a_repeated_key_is_refused(tmp_path: Path) -> None:
     (folder / "params.json").write_text(text.replace("{", '{"n_layers": 1, ', 1))
     result = greedy(folder)
     assert result.returncode == 2 and "duplicate key 'n_layers'" in result.stderr
+
+
+def test_a_deeply_nested_folder_is_one_line(tmp_path: Path) -> None:
+    """os.walk recursed once per level: 1,200 levels ended in RecursionError and a traceback.
+    Now the walk is iterative and refuses folders nested deeper than 64."""
+    release = copy_fixture(tmp_path)
+    deep = release
+    for _ in range(100):  # past the 64-folder limit; the walk itself no longer recurses
+        deep = deep / "d"
+        deep.mkdir()
+    for args in (("verify", str(release)), ("digest", str(release)), ("run", str(release), "--prompt", "x")):
+        result = run_mdist(*args)
+        assert result.returncode == 2, (args, result.stderr[-500:])
+        assert result.stderr.count("\n") == 1 and "nested deeper than 64 folders" in result.stderr
+
+
+def test_a_name_ending_in_a_newline_is_judged_alike_everywhere(tmp_path: Path) -> None:
+    release = copy_fixture(tmp_path)
+    shutil.copy(release / "consolidated.00.pth", release / "consolidated.01.pth\n")
+    verified = run_mdist("verify", str(release), "--json")
+    assert verified.returncode == 1 and statuses(verified)["consolidated.01.pth\n"] == "refused"
+    digest = run_mdist("digest", str(release))  # never taken for a checkpoint: the release's own digest
+    expected = json.loads((FIXTURE.parents[2] / "checksums" / "tiny-mistral.json").read_text())["tensor_digest"]
+    assert digest.returncode == 0 and digest.stdout.split()[0] == expected
+
+
+def test_names_equal_but_for_case_are_refused(tmp_path: Path) -> None:
+    release = copy_fixture(tmp_path)
+    (release / "Params.json").write_text("{}")
+    verified = run_mdist("verify", str(release), "--json")
+    assert verified.returncode == 1 and statuses(verified)["Params.json"] == "refused"

@@ -55,7 +55,7 @@ _ALLOWED_FLAGS = 0x0800 | 0x0008 | 0x0006  # UTF-8 names, data descriptor, defla
 _STORED, _DEFLATED = 0, 8
 _U16, _U32 = 0xFFFF, 0xFFFFFFFF
 _NUMPY_UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
-_DATA_PKL = re.compile(r"^[^/]+/data\.pkl$")
+_DATA_PKL = re.compile(r"[^/]+/data\.pkl")  # fullmatch: `$` would accept a final newline
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ class Checkpoint:
 
     # -- opening -----------------------------------------------------------------------------
     def _open_archive(self) -> None:
-        pickles = [n for n in self._members if _DATA_PKL.match(n)]
+        pickles = [n for n in self._members if _DATA_PKL.fullmatch(n)]
         if not pickles:
             raise InputError(f"{self.path.name} is not a torch.save archive: it has no data.pkl")
         if len(pickles) != 1:

@@ -8,6 +8,7 @@ from typing import Callable
 
 from mdist.errors import InputError
 from mdist.jsonio import read_json_file
+from mdist.paths import UnsafePathError, check_component, collision_key
 from mdist.model_folder import STATE_DIR, closest_release, inspect_folder, is_weight_file, list_files  # noqa: F401 (re-exported)
 from mdist.verify.hashing import GIT_SHA1, hash_files
 from mdist.verify.manifest import FileEntry, Manifest
@@ -107,14 +108,35 @@ def verify_folder(directory: Path, manifest: Manifest | None = None, *, strict: 
     digests = hash_files(jobs, on_bytes=on_bytes) if jobs else {}
 
     judged = {r.path for r in report.files}
+    odd_names = _odd_names(present)
     for path in sorted(set(present) - judged):
         found = digests.get(directory / path, {})
         result = (_judge(directory / path, listed[path], found) if path in listed
                   else _judge_extra(path, manifest, contents))
+        if path in odd_names and path not in listed:
+            result = FileResult(path, REFUSED, odd_names[path])
         report.files.append(_judge_blob(result, blobs.get(path), found))
     report.files.sort(key=lambda r: r.path)
     report.not_checked = [r.path for r in report.files if r.status == UNCHECKABLE]
     return report
+
+
+def _odd_names(present: dict[str, int]) -> dict[str, str]:
+    """Names a person or another tool could mistake for others: control characters, invalid
+    Unicode, or two names equal after case folding and NFC (one file on some file systems)."""
+    odd: dict[str, str] = {}
+    seen: dict[str, str] = {}
+    for path in sorted(present):
+        try:
+            for part in path.split("/"):
+                check_component(part)
+        except UnsafePathError:
+            odd[path] = "a name with a control character or invalid Unicode"
+        key = collision_key(path)
+        if key in seen:
+            odd[path] = odd[seen[key]] = f"differs from {seen[key]} only by case or Unicode normalisation"
+        seen.setdefault(key, path)
+    return odd
 
 
 def _judge_blob(result: FileResult, blob: str | None, digests: dict[str, str]) -> FileResult:

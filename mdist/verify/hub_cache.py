@@ -16,7 +16,7 @@ from typing import Any, Callable
 from mdist.errors import InputError
 from mdist.jsonio import read_small_file
 
-_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
 def cached_snapshot(repo: str, revision: str | None) -> tuple[Path, str]:
@@ -27,12 +27,12 @@ def cached_snapshot(repo: str, revision: str | None) -> tuple[Path, str]:
     if not folder.is_dir():
         raise InputError(f"{repo} is not in the Hugging Face cache ({constants.HF_HUB_CACHE})")
     wanted = revision or "main"
-    if _COMMIT.match(wanted):
+    if _COMMIT.fullmatch(wanted):
         commit = wanted
     else:  # `wanted` passed git's ref-name rules (parse_hub): no `..`, so it stays under refs/
         ref = folder / "refs" / wanted
         commit = read_small_file(ref, 64, f"{repo}'s cached ref {wanted}").decode("ascii", "replace").strip()
-        if not _COMMIT.match(commit):
+        if not _COMMIT.fullmatch(commit):
             raise InputError(f"{ref} does not hold a commit")
     snapshot = folder / "snapshots" / commit
     if not snapshot.is_dir() or snapshot.is_symlink():
@@ -49,6 +49,13 @@ def verify_cached(repo: str, revision: str | None, endpoint: str | None, *, stri
     outcome = verify_command(snapshot, None, strict=strict, quiet=quiet, progress=progress)
     outcome["snapshot"] = str(snapshot)
     outcome["commit"] = commit
+    refused = [r["path"] for r in outcome["report"]["files"] if r["status"] == "refused"]
+    if refused:  # huggingface_hub's check follows links wherever they point: never hand it these
+        outcome["hub"] = None
+        outcome["notes"].append(f"hub check skipped: {refused[0]} is refused (a link out of the cache's blobs/ "
+                                f"or a plain file in the snapshot)")
+        outcome["ok"] = False
+        return outcome
     published = _hub_check(repo, commit, snapshot, endpoint)
     outcome["hub"] = published
     if published is None:
@@ -75,6 +82,8 @@ def _hub_check(repo: str, commit: str, snapshot: Path, endpoint: str | None) -> 
     from huggingface_hub import HfApi, constants, errors
 
     endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+    if not _reachable(endpoint):  # huggingface_hub would retry for ~25 s, printing each attempt
+        return None
     try:
         result = HfApi(endpoint=endpoint).verify_repo_checksums(repo, revision=commit,
                                                                 cache_dir=snapshot.parents[2], token=False)
@@ -88,3 +97,19 @@ def _hub_check(repo: str, commit: str, snapshot: Path, endpoint: str | None) -> 
         raise
     return {"endpoint": endpoint, "checked": result.checked_count, "mismatches": list(result.mismatches),
             "missing": list(result.missing_paths), "extra": list(result.extra_paths)}
+
+
+def _reachable(endpoint: str, timeout: float = 5.0) -> bool:
+    """Whether a TCP connection to the endpoint's host opens at all (offline is answered at once)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(endpoint)
+    if not parts.hostname:
+        return False
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
