@@ -1,3 +1,3 @@
 from mdist.cli import main
 
-main()
+main(prog_name="mdist")

@@ -26,7 +26,8 @@ class _Group(click.Group):
         try:
             result = super().main(*args, standalone_mode=False, **kwargs)
         except click.ClickException as exc:  # usage errors: one line, with where to find help
-            hint = " (see `mdist --help`)" if isinstance(exc, click.UsageError) else ""
+            where = exc.ctx.command_path if isinstance(exc, click.UsageError) and exc.ctx else "mdist"
+            hint = f" (see `{where} --help`)" if isinstance(exc, click.UsageError) else ""
             click.echo(f"mdist: error: {exc.format_message()}{hint}", err=True)
             sys.exit(exc.exit_code)
         except click.exceptions.Abort:
@@ -45,6 +46,8 @@ class _Group(click.Group):
         except KeyboardInterrupt as exc:
             click.echo("mdist: interrupted", err=True)
             sys.exit(143 if isinstance(exc, Terminated) else 130)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # usage errors and --help: handled in main()
         except (RecursionError, MemoryError) as exc:  # an input beyond what a check foresaw: still one line
             self._fail(ctx, f"input too large or too deeply nested ({type(exc).__name__})", 2)
         except Exception as exc:  # a defect in mdist: one line for the user, the traceback with --debug
@@ -270,7 +273,7 @@ def digest(paths: tuple[Path, ...], per_tensor: bool, as_json: bool) -> None:
 
     if len(paths) > 2:
         raise click.UsageError("give one path, or two to compare")
-    results = [tensor_digests(p) for p in paths]
+    results = [tensor_digests(p, note=lambda line: click.echo(f"mdist: {line}", err=True)) for p in paths]
     roots = [root_digest(r) for r in results]
     differing = compare(*results) if len(results) == 2 else []
     if as_json:

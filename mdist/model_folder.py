@@ -218,6 +218,18 @@ class FolderContents:
                  f"({', '.join(chosen.weights)})")
         return chosen
 
+    def choose_containing(self, name: str, purpose: str) -> Layout:
+        """The usable layout that holds the weight file `name` (a file named on the command line):
+        the same refusals as `choose`, and never another file than the one named."""
+        self.choose(purpose)  # foreign weights, links: refused as for the folder
+        for layout in self.layouts:
+            if name in layout.weights and layout.kind in PREFERENCE[purpose]:
+                if not self.usable(layout):
+                    raise InputError(self._nothing_usable(purpose))
+                return layout
+        raise InputError(f"{self.path / name} is not the weights of a layout mdist can {purpose} "
+                         f"(give the folder to let mdist choose)")
+
     def _nothing_usable(self, purpose: str) -> str:
         if self.problems:
             return f"{self.path}: {self.problems[0]}"

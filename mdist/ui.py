@@ -42,7 +42,7 @@ def byte_progress(description: str, *, quiet: bool = False):
 
 
 STATUS_STYLE = {"ok": "green", "mismatch": "bold red", "missing": "bold red", "refused": "bold red",
-                 "unexpected": "yellow", "not checkable": "yellow", "derived": "cyan"}
+                 "unexpected": "yellow", "not checkable": "yellow", "derived": "cyan", "stale": "yellow"}
 
 
 def print_verify_report(outcome: dict) -> None:

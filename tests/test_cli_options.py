@@ -31,7 +31,7 @@ def test_usage_errors_are_one_line() -> None:
     result = run_mdist("run", "x", "--max-tokens", "-3")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "mdist: error: Invalid value for '--max-tokens': -3 is not in the range 0<=x<=32768. (see `mdist --help`)"]
+        "mdist: error: Invalid value for '--max-tokens': -3 is not in the range 0<=x<=32768. (see `mdist run --help`)"]
 
 
 def test_manifest_of_a_git_clone_skips_git_and_reads_back(tmp_path: Path) -> None:
@@ -44,3 +44,41 @@ def test_manifest_of_a_git_clone_skips_git_and_reads_back(tmp_path: Path) -> Non
     assert list(json.loads(out.read_text())["files"]) == ["params.json"]
     verified = run_mdist("verify", str(folder), "--manifest", str(out), "--json")
     assert verified.returncode == 0, verified.stdout
+
+
+def test_verify_of_a_folder_without_a_model_is_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "README.md").write_text("hello")
+    for folder in ("empty", "notes"):
+        result = run_mdist("verify", str(tmp_path / folder))
+        assert result.returncode == 2 and "holds no model" in result.stderr
+
+
+def test_usage_errors_point_at_the_command_help() -> None:
+    result = run_mdist("verify", "x", "--strictt")
+    assert result.returncode == 2 and "(see `mdist verify --help`)" in result.stderr
+
+
+def test_run_of_a_named_file_uses_that_file_or_nothing(tmp_path: Path) -> None:
+    import shutil
+    folder = tmp_path / "m"
+    shutil.copytree(FIXTURE, folder)
+    assert run_mdist("convert", str(folder), "--layout", "hf").returncode == 0
+    named = run_mdist("run", str(folder / "model-00001-of-00001.safetensors"), "--prompt", "x", "--max-tokens", "1")
+    assert named.returncode == 0 and "converting" not in named.stderr  # the named HF shard, not the .pth
+    by_pth = run_mdist("run", str(folder / "consolidated.00.pth"), "--prompt", "x", "--max-tokens", "1")
+    assert by_pth.returncode == 0 and "converting" in by_pth.stderr  # the named .pth, not the HF shard
+    again = run_mdist("run", str(folder / "consolidated.00.pth"), "--prompt", "x", "--max-tokens", "1")
+    assert again.returncode == 0 and "converting" not in again.stderr  # converted once
+    named = run_mdist("run", str(folder / "tokenizer.model"), "--prompt", "x")
+    assert named.returncode == 2 and "is not a model folder" in named.stderr
+
+
+def test_digest_says_which_layout_it_used(tmp_path: Path) -> None:
+    import shutil
+    folder = tmp_path / "m"
+    shutil.copytree(FIXTURE, folder)
+    assert run_mdist("convert", str(folder)).returncode == 0
+    result = run_mdist("digest", str(folder))
+    assert result.returncode == 0 and "digest uses pth" in result.stderr

@@ -147,6 +147,8 @@ def test_a_copy_made_here_is_converted_again_not_loaded(tmp_path: Path) -> None:
     save_file(attacker_weights(tmp_path) | {k: v for k, v in load_file(
         str(copied / "consolidated.safetensors")).items() if k != "output.weight"},
         str(copied / "consolidated.safetensors"))  # tampered after mdist recorded it
+    verified = run_mdist("verify", str(copied), "--json")  # ours but changed: stale, never loaded
+    assert verified.returncode == 0 and statuses(verified)["consolidated.safetensors"] == "stale"
     result = greedy(copied)
     assert result.returncode == 0 and "converting" in result.stderr
     assert json.loads(result.stdout)["token_ids"] == json.loads(first.stdout)["token_ids"]

@@ -18,8 +18,12 @@ def _note(text: str) -> None:
 def resolve_model(path: Path) -> tuple[Path, Layout]:
     """(folder, layout) to load. A pth layout is converted with the safe reader into the folder
     (or a per-user cache when the folder is read-only) and recorded as derived."""
-    contents = inspect_folder(model_path(path))
-    layout = contents.choose("run", note=_note)
+    folder = model_path(path)
+    contents = inspect_folder(folder)
+    if Path(path).is_file():  # a weight file named on the command line: its own layout, or nothing
+        layout = contents.choose_containing(Path(path).name, "run")
+    else:
+        layout = contents.choose("run", note=_note)
     if layout.kind != PTH:
         return contents.path, layout
     return _converted(contents, layout)
@@ -31,6 +35,10 @@ def _converted(contents: FolderContents, layout: Layout) -> tuple[Path, Layout]:
     from mdist.convert import convert
 
     source = contents.path
+    for done in contents.layouts:  # converted before, from this very file, and unchanged since
+        if (done.kind == MISTRAL and contents.usable(done) and MISTRAL_WEIGHTS in contents.derived.valid
+                and layout.weights[0] in contents.derived.sources.get(MISTRAL_WEIGHTS, ())):
+            return source, done
     in_place = os.access(source, os.W_OK)
     target = source if in_place else _cache_dir_for(source)
     if not in_place:

@@ -13,8 +13,8 @@ from mdist.model_folder import STATE_DIR, closest_release, inspect_folder, is_we
 from mdist.verify.hashing import GIT_SHA1, hash_files
 from mdist.verify.manifest import FileEntry, Manifest
 
-OK, MISMATCH, MISSING, UNEXPECTED, UNCHECKABLE, REFUSED, DERIVED = (
-    "ok", "mismatch", "missing", "unexpected", "not checkable", "refused", "derived",
+OK, MISMATCH, MISSING, UNEXPECTED, UNCHECKABLE, REFUSED, DERIVED, STALE = (
+    "ok", "mismatch", "missing", "unexpected", "not checkable", "refused", "derived", "stale",
 )
 FAILING = {MISMATCH, MISSING, REFUSED}
 HF_CACHE_LABEL = "hf-cache"  # the report's manifest name for a snapshot checked by blob names alone
@@ -80,7 +80,9 @@ def verify_folder(directory: Path, manifest: Manifest | None = None, *, strict: 
         manifest = contents.release
         if manifest is None and not blobs:
             closest, differences = closest_release(directory, present)
-            return Report(None, True, closest=closest.name if closest else None, differences=differences)
+            if closest is None and not any(is_weight_file(p) for p in present):
+                raise InputError(f"{directory} holds no model: no weight file and no file of a known release")
+            return Report(None, False, closest=closest.name if closest else None, differences=differences)
     name = manifest.name if manifest else f"{HF_CACHE_LABEL} {contents.path.resolve().parent.parent.name}"
     report = Report(name, identified and manifest is not None, strict=strict)
     for link in contents.others:
@@ -161,11 +163,9 @@ def _judge_extra(path: str, manifest: Manifest | None, contents) -> FileResult:
         if is_weight_file(path):
             return FileResult(path, REFUSED, "written by mdist, but from files that are not part of this release")
         return FileResult(path, UNEXPECTED, "written by mdist from files that are not part of this release")
-    if path in contents.derived.stale:
-        if is_weight_file(path):
-            return FileResult(path, REFUSED, "derived by mdist, but it or its source changed since; "
-                                             "mdist will not load it (convert again)")
-        return FileResult(path, UNEXPECTED, "derived by mdist, but it or its source changed since")
+    if path in contents.derived.stale:  # ours, but copied or edited since: never loaded, so not failing
+        return FileResult(path, STALE, "derived by mdist, but it or its source changed since (a copy, an edit): "
+                                       "never loaded; `mdist run` converts again, `mdist convert --force` too")
     if manifest is None:
         return FileResult(path, UNEXPECTED, "no manifest")
     if is_weight_file(path):

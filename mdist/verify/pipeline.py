@@ -9,7 +9,8 @@ from typing import Any, Callable
 from mdist import __version__
 from mdist.errors import MdistError
 from mdist.paths import in_state_folder
-from mdist.verify.folder import HF_CACHE_LABEL, list_files, verify_folder
+from mdist.model_folder import inspect_folder
+from mdist.verify.folder import HF_CACHE_LABEL, verify_folder
 from mdist.verify.hashing import hash_files
 from mdist.verify.manifest import SCHEMA_ID, check_release_name, find_manifest
 
@@ -67,8 +68,10 @@ def build_manifest(directory: Path, name: str, title: str | None = None) -> dict
 
     check_release_name(name)  # before any work: a name verify would reject is never written
     directory = Path(directory)
-    present, links = list_files(directory)
-    present = {p: size for p, size in present.items() if not in_state_folder(p)}  # .git/ is no release file
+    contents = inspect_folder(directory, recognise_release=False)
+    present, links = contents.files, contents.others
+    present = {p: size for p, size in present.items()  # .git/ and mdist's own derivations are no release file
+               if not in_state_folder(p) and not contents.derived.known(p)}
     if links:
         raise MdistError(f"{directory} contains {links[0]}, which is not a regular file; refusing to describe it")
     digests = hash_files({directory / p: ("sha256",) for p in present})
