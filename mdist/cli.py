@@ -148,7 +148,7 @@ def run(model: Path, prompt: str, max_tokens: int, temperature: float, top_p: fl
         chat: bool, safe_prompt: bool, as_json: bool) -> None:
     """Generate text with the built-in numpy Mistral runner (no torch).
 
-    MODEL is a folder with consolidated.safetensors, an HF layout (config.json + model*.safetensors)
+    MODEL is a folder with consolidated.safetensors, an HF layout (config.json + the shards its index names)
     or a raw consolidated.00.pth (converted safely once, then reused).
 
     \b
