@@ -395,12 +395,15 @@ def test_scan_of_a_file_or_nothing_is_an_input_error(tmp_path: Path) -> None:
 
 
 def test_an_unreadable_subfolder_is_an_input_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def walk(top, followlinks, onerror):  # what os.walk does when a folder cannot be listed (root can list all)
-        assert followlinks is False
-        onerror(PermissionError(13, "Permission denied", str(Path(top) / "sub")))
-        return iter(())
+    sized(tmp_path / "sub" / "a", 1)
+    real = os.scandir
 
-    monkeypatch.setattr(mf.os, "walk", walk)
+    def scandir(path):  # what listing a folder does when it may not be read (root reads every folder)
+        if Path(path).name == "sub":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
     with pytest.raises(InputError) as info:
         mf.scan(tmp_path)
     assert str(info.value) == f"cannot read {tmp_path / 'sub'}: Permission denied"
@@ -745,3 +748,25 @@ def test_read_config(tmp_path: Path) -> None:
     (tmp_path / "params.json").write_text(json.dumps(hf_config))
     with pytest.raises(InputError):
         mf.read_config(tmp_path, PTH_LAYOUT)  # params.json is read as params, never as an HF config
+
+
+def test_nothing_usable_names_a_stale_or_foreign_tokenizer() -> None:
+    stale_tokenizer = contents(TINY_FILES, release=None, stale={"tokenizer.model"}, layouts_=[PTH_LAYOUT])
+    with pytest.raises(InputError) as info:
+        stale_tokenizer.choose("run")
+    assert str(info.value) == "/m: tokenizer.model was derived by mdist from files that have changed since"
+    foreign_tokenizer = contents({**TINY_FILES, "tokenizer.model": 5}, layouts_=[PTH_LAYOUT])
+    with pytest.raises(InputError) as info:
+        foreign_tokenizer.choose("run")
+    assert str(info.value) == "/m: tokenizer.model is not part of tiny-mistral (name or size differs)"
+
+
+def test_closest_release_weighs_a_matching_size_as_two_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    names = Manifest("names", "n", {p: FileEntry(p, 9) for p in ("x", "y", "z")}, True)
+    size = Manifest("size", "s", {"x": FileEntry("x", 1), "w": FileEntry("w", 5)}, True)
+    present = {"x": 1, "y": 1, "z": 1}
+    monkeypatch.setattr(mf, "load_registry", lambda: (names, size))
+    assert mf.closest_release(None, present)[0] is names  # 3 names against 1 name + 1 size: a tie, the first
+    monkeypatch.setattr(mf, "load_registry", lambda: (size, names))
+    assert mf.closest_release(None, present)[0] is size
+    assert mf.closest_release(None, {"x": 1, "y": 1, "q": 1})[0] is size  # 1 + 2 against 2

@@ -29,7 +29,7 @@ def test_limits_are_the_documented_ones() -> None:
 
 
 @pytest.mark.parametrize("name", ["a", "model.safetensors", "a b", "ü", "1:", "ab:", "\u00a0", " ", "~",
-                                  "..a", "a..", ".a", "...", "a" * MAX_COMPONENT_BYTES, "é" * 127])
+                                  "..a", "a..", ".a", "...", "X", "MODEL-X.json", "a" * MAX_COMPONENT_BYTES, "é" * 127])
 def test_plain_names_are_returned_unchanged(name: str) -> None:
     assert check_component(name) == name
     assert check_component(name, "somewhere") is name
@@ -109,6 +109,7 @@ def test_path_length_limit_is_in_characters() -> None:
 def test_unsafe_relative_paths_are_refused(path: object, message: str) -> None:
     text = refused(check_relative_path, path, "listing", match=message)
     assert text.startswith("listing: ")
+    assert refused(check_relative_path, path).startswith("path: ")
 
 
 @pytest.mark.parametrize("path", [
@@ -121,6 +122,8 @@ def test_tool_state_folders_are_refused(path: str) -> None:
     with pytest.raises(UnsafePathError) as info:
         check_not_state(path.split("/"), "w")
     assert str(info.value) == f"w: {path!r} is inside a tool-state folder"
+    with pytest.raises(UnsafePathError, match=r"^path: '"):
+        check_not_state(path.split("/"))
     if ".." not in path.split("/"):
         refused(check_relative_path, path, match="is inside a tool-state folder")
 
@@ -179,3 +182,84 @@ def test_a_huge_list_is_refused_before_it_is_read_whole() -> None:
             i += 1
 
     refused(check_path_set, endless(), match="more than")
+
+
+def test_depth_limit_of_a_relative_path() -> None:
+    from mdist.paths import MAX_DEPTH
+
+    assert MAX_DEPTH == 64
+    deepest = "/".join(["d"] * 64)
+    assert check_relative_path(deepest) == deepest
+    assert refused(check_relative_path, deepest + "/f", "w") == "w: a path nested deeper than 64 folders"
+    assert refused(check_relative_path, deepest + "/f").startswith("path: ")
+
+
+# -- walk: every folder, sorted, never through a link, without recursion, bounded ---------------------------
+
+def tree(root, *names: str):
+    for name in names:
+        path = root / name
+        if name.endswith("/"):
+            path.mkdir(parents=True, exist_ok=True)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"x")
+    return root
+
+
+def listing(root, **kwargs) -> list[tuple[str, list[str]]]:
+    from mdist.paths import walk
+
+    return [(rel, [entry.name for entry in entries]) for rel, entries in walk(root, **kwargs)]
+
+
+def test_walk_lists_every_folder_in_order(tmp_path) -> None:
+    tree(tmp_path, "b", "a/y", "a/x/z", "c/", "B")
+    (tmp_path / "link").symlink_to(tmp_path / "a")
+    assert listing(tmp_path) == [("", ["B", "a", "b", "c", "link"]), ("a", ["x", "y"]), ("a/x", ["z"]), ("c", [])]
+    assert listing(tmp_path, skip=lambda rel: rel == "a/x") == [("", ["B", "a", "b", "c", "link"]),
+                                                                ("a", ["x", "y"]), ("c", [])]
+    assert listing(tmp_path, skip=lambda rel: rel in ("a", "c")) == [("", ["B", "a", "b", "c", "link"])]
+    from mdist.paths import walk
+
+    first = next(walk(str(tmp_path)))  # a str root is a path too
+    assert first[0] == "" and first[1][0].path == str(tmp_path / "B")
+
+
+def test_walk_depth_limit(tmp_path) -> None:
+    from mdist.errors import InputError
+    from mdist.paths import walk
+
+    deep = tmp_path / "/".join(["d"] * 64)
+    deep.mkdir(parents=True)
+    assert len(list(walk(tmp_path))) == 65
+    (deep / "e").mkdir()
+    with pytest.raises(InputError) as info:
+        list(walk(tmp_path))
+    assert str(info.value) == f"{deep / 'e'} is nested deeper than 64 folders"
+    assert len(list(walk(tmp_path, skip=lambda rel: rel.endswith("/e")))) == 65
+    (deep / "e").rmdir()
+    (deep / "f").write_bytes(b"")  # a file at the deepest level is fine
+    assert len(list(walk(tmp_path))) == 65
+
+
+def test_walk_error_is_one_line(tmp_path, monkeypatch) -> None:
+    import os
+
+    from mdist.errors import InputError
+    from mdist.paths import walk
+
+    tree(tmp_path, "sub/a")
+    real = os.scandir
+
+    def scandir(path):
+        if str(path).endswith("sub"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(InputError) as info:
+        list(walk(tmp_path))
+    assert str(info.value) == f"cannot read {tmp_path / 'sub'}: Permission denied"
+    with pytest.raises(InputError, match="cannot read"):
+        list(walk(tmp_path / "missing"))

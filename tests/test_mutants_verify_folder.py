@@ -307,10 +307,13 @@ def test_derived_files_in_a_release(fixture_copy: Path, tmp_path: Path) -> None:
                                                    "release")
     assert got["other.json"] == ("unexpected", "written by mdist from files that are not part of this release")
     write(lone, b"changed")
-    got = {r.path: (r.status, r.detail) for r in vf.verify_folder(folder).files}
-    assert got["other.safetensors"] == ("refused", "derived by mdist, but it or its source changed since; mdist "
-                                                   "will not load it (convert again)")
-    assert got["other.json"] == ("unexpected", "derived by mdist, but it or its source changed since")
+    report = vf.verify_folder(folder)
+    got = {r.path: (r.status, r.detail) for r in report.files}
+    stale = ("stale", "derived by mdist, but it or its source changed since (a copy, an edit): never loaded; "
+                      "`mdist run` converts again, `mdist convert --force` too")
+    assert got["other.safetensors"] == got["other.json"] == stale
+    assert report.ok  # never loaded, so not failing
+    assert report.counts()["stale"] == 2
 
 
 def test_derived_files_in_an_unknown_folder(tmp_path: Path) -> None:
@@ -325,15 +328,51 @@ def test_derived_files_in_an_unknown_folder(tmp_path: Path) -> None:
 def test_no_known_release_names_the_closest(fixture_copy: Path) -> None:
     (fixture_copy / "params.json").write_text("{}")
     report = vf.verify_folder(fixture_copy)
-    assert report.manifest is None and report.identified and report.files == [] and not report.ok
+    assert report.manifest is None and not report.identified and report.files == [] and not report.ok
     assert report.closest == "tiny-mistral"
     assert report.differences == [f"params.json size 2, expected {TINY.files['params.json'].size}"]
 
 
 def test_no_release_and_nothing_close(tmp_path: Path) -> None:
     write(tmp_path / "f" / "x", b"x")
+    with pytest.raises(InputError) as info:
+        vf.verify_folder(tmp_path / "f")
+    assert str(info.value) == f"{tmp_path / 'f'} holds no model: no weight file and no file of a known release"
+    write(tmp_path / "f" / "w.bin", b"w")  # weights, but of no known release
     report = vf.verify_folder(tmp_path / "f")
-    assert (report.manifest, report.closest, report.differences, report.files) == (None, None, [], [])
+    assert (report.manifest, report.identified, report.closest, report.differences, report.files) == (
+        None, False, None, [], [])
+
+
+def test_odd_names_are_refused_unless_listed(tmp_path: Path) -> None:
+    folder = tmp_path / "f"
+    names = {"a": b"a", "Notes.txt": b"1", "notes.TXT": b"2", "caf\u00e9": b"3", "cafe\u0301": b"4",
+             "bad\x01name": b"5", "sub/x\x7fy": b"6", "plain": b"7"}
+    for name, content in names.items():
+        write(folder / name, content)
+    m = manifest({"a": FileEntry("a", 1, sha256(b"a")), "plain": FileEntry("plain", 1, sha256(b"7"))})
+    got = {r.path: (r.status, r.detail) for r in vf.verify_folder(folder, m).files}
+    control = ("refused", "a name with a control character or invalid Unicode")
+    assert got["bad\x01name"] == got["sub/x\x7fy"] == control
+    assert got["Notes.txt"] == got["notes.TXT"] == ("refused", "differs from Notes.txt only by case or Unicode "
+                                                               "normalisation")
+    assert got["cafe\u0301"] == got["caf\u00e9"] == ("refused", "differs from cafe\u0301 only by case or Unicode "
+                                                                 "normalisation")
+    assert got["a"] == ("ok", "sha256") and got["plain"] == ("ok", "sha256")
+    assert vf._odd_names({"a": 1, "b": 2, "A/b": 3}) == {}
+    assert vf._odd_names({"x": 1, "X": 1, "x\x00": 1}) == {
+        "X": "differs from X only by case or Unicode normalisation",
+        "x": "differs from X only by case or Unicode normalisation",
+        "x\x00": "a name with a control character or invalid Unicode"}
+
+
+def test_a_listed_file_with_an_odd_twin_is_still_checked(tmp_path: Path) -> None:
+    folder = tmp_path / "f"
+    write(folder / "a", b"a")
+    write(folder / "A", b"b")
+    m = manifest({"a": FileEntry("a", 1, sha256(b"a"))})
+    got = {r.path: (r.status, r.detail) for r in vf.verify_folder(folder, m).files}
+    assert got == {"a": ("ok", "sha256"), "A": ("refused", "differs from A only by case or Unicode normalisation")}
 
 
 def test_links_and_special_files_are_refused(fixture_copy: Path, tmp_path: Path) -> None:
