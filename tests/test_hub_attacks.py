@@ -3,8 +3,10 @@ server (FakeHub in tests/hubmirror.py), and the options that must not be silentl
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import struct
 import subprocess
 from pathlib import Path
@@ -312,3 +314,287 @@ def test_plain_progress_shows_the_total_of_the_selection(hf, tmp_path: Path) -> 
     assert lines, result.stderr
     total = f"of {sum(len(d) for d in hf.values()) / 1e6:.1f} MB"
     assert all(total in line for line in lines), lines
+
+
+# 7. Links and special files where the fetch reads, writes or deletes: what is already in OUT (or in
+# the HF cache) is never followed out of it, nor read when it is a FIFO or a device. Every victim is
+# outside OUT and must stay as it was; every run is bounded in time (a hang fails, it does not block).
+
+VICTIM_BYTES = b"the victim's own bytes, outside OUT\n"
+HANG = 60  # seconds: a fetch of this fixture takes a few; one that hangs on a FIFO or /dev/zero never ends
+
+
+def victim_file(tmp_path: Path) -> Path:
+    folder = tmp_path / "victim"
+    folder.mkdir(exist_ok=True)
+    path = folder / "precious.txt"
+    path.write_bytes(VICTIM_BYTES)
+    return path
+
+
+def snapshot_of(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def bounded_fetch(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    try:
+        return run_mdist("fetch", *args, timeout=HANG, env=env)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"mdist fetch {' '.join(args)} did not end within {HANG} s (blocked on a FIFO or a device?)")
+
+
+def error_line(result: subprocess.CompletedProcess, code: int) -> str:
+    """The error that ended a fetch (after its progress lines), with no traceback."""
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("mdist: error:"), result.stderr
+    return line
+
+
+def partial_name(path: str, data: bytes) -> str:
+    """The partial download of `path` in OUT/.mdist/hub-partial (keyed by path and content)."""
+    entry = listing_entry(path, data)
+    etag = (entry.get("lfs") or {}).get("oid") or entry["oid"]
+    return f"{hashlib.sha256(path.encode()).hexdigest()[:16]}.{etag}.incomplete"
+
+
+@pytest.mark.parametrize("case", ["victim file there", "no victim file there", "file itself linked"])
+def test_a_linked_sub_folder_is_never_written_through(hf, tmp_path: Path, case: str) -> None:
+    """OUT/sub linked to a folder elsewhere once had sub/a.txt written there (and a mismatching
+    file there deleted first); OUT/sub/a.txt linked to a file elsewhere is refused likewise."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    out = tmp_path / "got"
+    (out / "sub").mkdir(parents=True)
+    if case == "file itself linked":
+        (victim / "a.txt").write_bytes(VICTIM_BYTES)
+        (out / "sub" / "a.txt").symlink_to(victim / "a.txt")
+    else:
+        (out / "sub").rmdir()
+        (out / "sub").symlink_to(victim, target_is_directory=True)
+        if case == "victim file there":
+            (victim / "a.txt").write_bytes(b"x" * 12)  # the listed size: hashed, found wrong, deleted
+    before = snapshot_of(victim)
+    files = dict(hf, **{"sub/a.txt": b"from the hub"})
+    with fake_hub(FakeHub(REPO, COMMIT, files)) as hub:
+        result = bounded_fetch(f"hf://{REPO}", "--endpoint", hub.endpoint, "--out", str(out))
+    line = error_line(result, 1)
+    assert "sub" in line and "link" in line, line
+    assert snapshot_of(victim) == before
+    assert hub.downloads() == []
+    assert os.path.islink(out / "sub" / "a.txt") if case == "file itself linked" else os.path.islink(out / "sub")
+    assert not (out / ".mdist" / "complete.json").exists()
+
+
+@pytest.mark.parametrize("kind", ["link to a longer file", "link to a shorter file", "fifo", "link to /dev/zero",
+                                  "hard link to a longer file", "hard link to a shorter file"])
+def test_a_partial_that_is_no_regular_file_is_removed_never_followed(hf, tmp_path: Path, kind: str) -> None:
+    """OUT/.mdist/hub-partial/<key>.<etag>.incomplete linked to a file elsewhere once truncated it
+    to 0 (a size taken with lstat, then os.truncate through the link); a FIFO there hung the fetch;
+    a hard link's other name was truncated or appended to. The name is removed, never what it
+    leads to, and the file is downloaded."""
+    victim = victim_file(tmp_path)
+    if kind.endswith("to a shorter file"):
+        victim.write_bytes(b"v")
+    before = victim.read_bytes()
+    small = b"tiny\n"  # shorter than the link's own text: lstat's size says the partial is too long
+    files = dict(hf, **{"tiny.txt": small})
+    out = tmp_path / "got"
+    partials = out / ".mdist" / "hub-partial"
+    partials.mkdir(parents=True)
+    partial = partials / partial_name("tiny.txt", small)
+    if kind == "fifo":
+        os.mkfifo(partial)
+    elif kind.startswith("hard link"):
+        os.link(victim, partial)
+    else:
+        partial.symlink_to("/dev/zero" if kind == "link to /dev/zero" else victim)
+    with fake_hub(FakeHub(REPO, COMMIT, files)) as hub:
+        result = bounded_fetch(f"hf://{REPO}", "--endpoint", hub.endpoint, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert victim.read_bytes() == before
+    assert (out / "tiny.txt").read_bytes() == small
+    assert not os.path.lexists(partial)
+    assert (out / ".mdist" / "complete.json").is_file()
+
+
+def test_a_linked_partial_blob_in_the_hf_cache_is_never_followed(hf, tmp_path: Path) -> None:
+    victim = victim_file(tmp_path)
+    home = tmp_path / "home"
+    small = b"tiny\n"
+    blobs = home / "hub" / "models--org--tiny-mistral" / "blobs"
+    blobs.mkdir(parents=True)
+    partial = blobs / f"{listing_entry('tiny.txt', small)['oid']}.incomplete"
+    partial.symlink_to(victim)
+    with fake_hub(FakeHub(REPO, COMMIT, dict(hf, **{"tiny.txt": small}))) as hub:
+        result = bounded_fetch(f"hf://{REPO}", "--endpoint", hub.endpoint, "--to-hf-cache",
+                               env={"HF_HOME": str(home)})
+    assert result.returncode == 0, result.stderr
+    assert victim.read_bytes() == VICTIM_BYTES
+    assert (home / "hub" / "models--org--tiny-mistral" / "snapshots" / COMMIT / "tiny.txt").read_bytes() == small
+
+
+KNOWN_REPO = "mistralai/Mistral-7B-v0.1"  # checksums/mistral-7b-v0.1-hub.json lists its tokenizer.model
+
+
+@pytest.mark.parametrize("kind", ["link to a file", "link to /dev/zero", "fifo"])
+def test_a_release_file_in_out_that_is_no_regular_file_is_refused(tmp_path: Path, kind: str) -> None:
+    """Files already in OUT are checked against a known release: OUT/tokenizer.model linked to a
+    file elsewhere once had that file hashed and then deleted; linked to /dev/zero (or a FIFO) the
+    check never ended. Refused before any download, the link left as it is."""
+    victim = victim_file(tmp_path)
+    out = tmp_path / "got"
+    out.mkdir()
+    if kind == "fifo":
+        os.mkfifo(out / "tokenizer.model")
+    else:
+        (out / "tokenizer.model").symlink_to("/dev/zero" if kind == "link to /dev/zero" else victim)
+    with fake_hub(FakeHub(KNOWN_REPO, COMMIT, {"config.json": b'{"dim": 4096}\n'})) as hub:
+        result = bounded_fetch(f"hf://{KNOWN_REPO}", "--endpoint", hub.endpoint, "--out", str(out))
+    line = error_line(result, 1)
+    assert "tokenizer.model" in line, line
+    assert victim.read_bytes() == VICTIM_BYTES
+    assert os.path.lexists(out / "tokenizer.model")
+    assert hub.downloads() == []
+    assert not (out / ".mdist" / "complete.json").exists()
+
+
+@pytest.mark.parametrize("kind", ["link out of blobs", "link to /dev/zero"])
+def test_a_release_file_in_the_hf_cache_linked_out_of_blobs_is_refused(tmp_path: Path, kind: str) -> None:
+    """In the HF cache a snapshot's file is a link, but only into the repo's own blobs/: one
+    leading elsewhere once had its target deleted as a mismatching blob."""
+    victim = victim_file(tmp_path)
+    home = tmp_path / "home"
+    snapshot = home / "hub" / "models--mistralai--Mistral-7B-v0.1" / "snapshots" / COMMIT
+    snapshot.mkdir(parents=True)
+    (snapshot / "tokenizer.model").symlink_to("/dev/zero" if kind == "link to /dev/zero" else victim)
+    with fake_hub(FakeHub(KNOWN_REPO, COMMIT, {"config.json": b'{"dim": 4096}\n'})) as hub:
+        result = bounded_fetch(f"hf://{KNOWN_REPO}", "--endpoint", hub.endpoint, "--to-hf-cache",
+                               env={"HF_HOME": str(home)})
+    line = error_line(result, 1)
+    assert "tokenizer.model" in line, line
+    assert victim.read_bytes() == VICTIM_BYTES
+    assert os.path.islink(snapshot / "tokenizer.model")
+    assert not (home / "hub" / "models--mistralai--Mistral-7B-v0.1" / "refs" / "main").exists()
+
+
+STORAGE = "models--org--tiny-mistral"
+
+
+@pytest.mark.parametrize("linked", [STORAGE, f"{STORAGE}/blobs", f"{STORAGE}/snapshots",
+                                    f"{STORAGE}/snapshots/{COMMIT}", ".locks", f".locks/{STORAGE}"])
+def test_linked_folders_of_the_hf_cache_are_refused(hf, tmp_path: Path, linked: str) -> None:
+    """A cache repo's folder (or huggingface_hub's lock folder) linked elsewhere once had blobs,
+    snapshot links or lock files written there. (A commit is asked for, so no ref is written:
+    that check came first and hid this.)"""
+    home, victim = tmp_path / "home", tmp_path / "victim"
+    victim.mkdir()
+    place = home / "hub" / linked
+    place.parent.mkdir(parents=True, exist_ok=True)
+    place.symlink_to(victim, target_is_directory=True)
+    with fake_hub(FakeHub(REPO, COMMIT, hf)) as hub:
+        result = bounded_fetch(f"hf://{REPO}@{COMMIT}", "--endpoint", hub.endpoint, "--to-hf-cache",
+                               env={"HF_HOME": str(home)})
+    line = error_line(result, 1)
+    assert "link" in line, line
+    assert list(victim.iterdir()) == []
+    assert hub.downloads() == []
+
+
+def test_a_refs_folder_linked_inside_the_cache_is_refused(hf, tmp_path: Path) -> None:
+    """refs/ linked to another folder of the cache passes the containment check of the ref file;
+    the link itself is refused."""
+    home = tmp_path / "home"
+    elsewhere = home / "hub" / "models--other--repo" / "refs"
+    elsewhere.mkdir(parents=True)
+    storage = home / "hub" / STORAGE
+    storage.mkdir(parents=True)
+    (storage / "refs").symlink_to(elsewhere, target_is_directory=True)
+    with fake_hub(FakeHub(REPO, COMMIT, hf)) as hub:
+        result = bounded_fetch(f"hf://{REPO}", "--endpoint", hub.endpoint, "--to-hf-cache",
+                               env={"HF_HOME": str(home)})
+    line = error_line(result, 1)
+    assert "refs" in line and "link" in line, line
+    assert list(elsewhere.iterdir()) == []
+    assert hub.downloads() == []
+
+
+def test_leftovers_behind_a_linked_cache_folder_are_never_taken(hf, tmp_path: Path) -> None:
+    """huggingface_hub's leftovers are looked for in OUT/.cache/huggingface/download/: with OUT/.cache
+    linked elsewhere, a file there matching a leftover's name was moved out of that folder."""
+    victim = tmp_path / "victim"
+    data = hf["config.json"]
+    download = victim / "huggingface" / "download"
+    download.mkdir(parents=True)
+    (download / f"config.json.{listing_entry('config.json', data)['oid']}.incomplete").write_bytes(data[:10])
+    before = snapshot_of(victim)
+    out = tmp_path / "got"
+    out.mkdir()
+    (out / ".cache").symlink_to(victim, target_is_directory=True)
+    with fake_hub(FakeHub(REPO, COMMIT, hf)) as hub:
+        result = bounded_fetch(f"hf://{REPO}", "--endpoint", hub.endpoint, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert snapshot_of(victim) == before
+    assert (out / "config.json").read_bytes() == data
+
+
+def test_an_unasked_link_in_the_hf_cache_never_takes_its_target_along(hf, tmp_path: Path, monkeypatch) -> None:
+    """A link the download left in the snapshot that is not in the listing is removed; what it
+    leads to is removed only when it is a blob of this repo, never a file elsewhere."""
+    from mdist.sources import hub as hub_module
+    from mdist.sources.hub import HubOptions, fetch_hub
+    from mdist.sources.torrent_fetch import SilentReporter
+
+    victim = victim_file(tmp_path)
+    home = tmp_path / "home"
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(home / "hub"))
+    snapshot = home / "hub" / STORAGE / "snapshots" / COMMIT
+    real = hub_module._transfer_all
+
+    def adding(plan, transfer):
+        digests = real(plan, transfer)
+        (snapshot / "sneaked.bin").symlink_to(victim)
+        return digests
+
+    monkeypatch.setattr(hub_module, "_transfer_all", adding)
+    with fake_hub(FakeHub(REPO, COMMIT, hf)) as hub:
+        result = fetch_hub(REPO, None, HubOptions(endpoint=hub.endpoint, to_hf_cache=True, quiet=True),
+                           SilentReporter())
+    assert result["removed"] == ["sneaked.bin"]
+    assert not os.path.lexists(snapshot / "sneaked.bin")
+    assert victim.read_bytes() == VICTIM_BYTES
+
+
+def test_a_path_nested_too_deep_is_refused_in_one_line(hf, tmp_path: Path) -> None:
+    """A listed path of 1,100 folders once ended in a RecursionError traceback of ~990 lines."""
+    deep = "a/" * 1100 + "x.txt"
+    listing = [listing_entry(p, d) for p, d in hf.items()] + [listing_entry(deep, b"deep\n")]
+    out = tmp_path / "got"
+    with fake_hub(FakeHub(REPO, COMMIT, dict(hf, **{deep: b"deep\n"}), listings=[listing])) as hub:
+        result = bounded_fetch(f"hf://{REPO}", "--endpoint", hub.endpoint, "--out", str(out))
+    line = one_line_error(result, 1)
+    assert "deeper" in line, line
+    assert hub.downloads() == []
+    assert not (out / "a").exists()
+
+
+def test_the_fetch_itself_never_recurses_per_folder_level(tmp_path: Path) -> None:
+    """Whatever mdist.paths lets through, hub.py makes folders one level at a time (Path.mkdir
+    recursed once per missing level) and walks OUT without recursion (os.walk did)."""
+    from mdist.errors import InputError
+    from mdist.sources.hub import _files_under, _real_folders
+
+    deep = tmp_path.joinpath(*["a"] * 1100)
+    try:
+        _real_folders(tmp_path, deep)
+        assert deep.is_dir()
+        with pytest.raises(InputError, match="deeper"):
+            _files_under(tmp_path)
+    finally:  # pytest's own clean-up (shutil.rmtree) recurses per level too: remove the tree here
+        level = deep
+        while level != tmp_path:
+            with contextlib.suppress(FileNotFoundError):
+                level.rmdir()
+            level = level.parent

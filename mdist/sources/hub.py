@@ -8,12 +8,20 @@ Everything the server says is checked before it is used: the commit is 40 lowerc
 one asked for, when a commit was asked for), every listed name passes mdist.paths, every file has
 its hashes, and a known release fetches only its own files. What the download machinery writes
 beyond the selected files is removed and reported.
+
+Nothing on disk is trusted either: whatever the fetch reads, writes, truncates, renames or deletes
+in OUT (or in the cache repo's folders) is reached without a symbolic link on the way, and is a
+regular file, opened with O_NOFOLLOW and O_NONBLOCK (a FIFO or a device is never read or written).
+A link where a file or folder of the fetch goes is refused, never followed; a link, a special file
+or a hard-linked file where mdist keeps a partial download is removed (the name, never what it
+leads to: a partial is appended to and truncated, so it must be mdist's own file, one name only).
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -25,12 +33,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
-from mdist.atomic import real_dir, refuse_unreal_dir, require_free_space, write_bytes_atomic
+from mdist.atomic import real_dir, refuse_links_on_the_way, refuse_unreal_dir, require_free_space, write_bytes_atomic
 from mdist.errors import InputError, MdistError, UnsafeContentError, VerificationError
-from mdist.paths import check_path_set
+from mdist.paths import check_path_set, walk
 from mdist.sources.resolve import COMMIT, check_repo_id, check_revision, quoted
 from mdist.verify.folder import STATE_DIR
-from mdist.verify.hashing import GIT_SHA1, Cancelled, hash_file, hash_files
+from mdist.verify.hashing import CHUNK, GIT_SHA1, Cancelled, _hasher
 from mdist.verify.manifest import Manifest, load_registry
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -183,6 +191,8 @@ def fetch_hub(repo: str, revision: str | None, options: HubOptions, reporter,
     if skipped:
         reporter.message(f"{endpoint} also lists files that are not part of {known.name}, not downloaded: "
                          f"{', '.join(skipped)}")
+    if known:  # what the release check will read: refused now, before any download
+        _release_files(folder, known, options.to_hf_cache)
     before = _files_under(folder)
     with _folder_lock(folder, options.to_hf_cache):
         digests = _download_all(repo, commit, endpoint, selected, folder, options.to_hf_cache, reporter)
@@ -191,9 +201,11 @@ def fetch_hub(repo: str, revision: str | None, options: HubOptions, reporter,
         reporter.message(f"removed {len(removed)} files that were not in the selected listing: "
                          f"{', '.join(quoted(p) for p in removed)}")
     sha256 = {f.path: d["sha256"] for f, d in zip(selected, digests)}
-    manifest_checked = _check_manifest(folder, known, sha256) if known else 0
+    manifest_checked = _check_manifest(folder, known, sha256, options.to_hf_cache) if known else 0
     if ref is not None:  # checked again just before writing
-        write_bytes_atomic(_ref_path(folder, revision or "main", commit) or ref, commit.encode())
+        ref = _ref_path(folder, revision or "main", commit) or ref
+        _refuse_cache_links(folder, revision or "main")
+        write_bytes_atomic(ref, commit.encode())
     lfs = sum(1 for f in selected if f.sha256)
     result = {
         "out": str(folder), "name": repo, "repo": repo, "revision": revision or "main", "commit": commit,
@@ -223,12 +235,25 @@ def _prepare_target(repo: str, revision: str | None, commit: str, options: HubOp
     complete marker before anything in it changes."""
     if options.to_hf_cache:
         snapshot = _cache_snapshot(repo, commit)
-        return snapshot, _ref_path(snapshot, revision or "main", commit)
+        ref = _ref_path(snapshot, revision or "main", commit)
+        _refuse_cache_links(snapshot, (revision or "main") if ref else None)
+        return snapshot, ref
     out = Path(options.out) if options.out else Path.cwd() / repo.split("/")[1]
     out.mkdir(parents=True, exist_ok=True)
     real_dir(out / STATE_DIR)
+    refuse_links_on_the_way(out, [f"{STATE_DIR}/hub.lock"], "the fetch")
     (out / STATE_DIR / "complete.json").unlink(missing_ok=True)
     return out, None
+
+
+def _refuse_cache_links(snapshot: Path, revision: str | None) -> None:
+    """The cache repo's folder and its blobs/, snapshots/<commit>/ and refs/<revision> (when a ref
+    is written) are real folders, not links to elsewhere (the cache's own root may be a link: that
+    is the user's choice of disk)."""
+    cache, storage = snapshot.parents[2], snapshot.parents[1].name
+    folders = [f"{storage}/blobs", f"{storage}/snapshots/{snapshot.name}"]
+    refuse_links_on_the_way(cache, folders + ([f"{storage}/refs/{revision}"] if revision else []),
+                            "the fetch into the HF cache")
 
 
 def _download_all(repo: str, commit: str, endpoint: str, selected: list[RemoteFile], target: Path, in_cache: bool,
@@ -236,6 +261,8 @@ def _download_all(repo: str, commit: str, endpoint: str, selected: list[RemoteFi
     """Digests of the selected files, each in place and verified; what is already on disk (whole
     files, partial files of an interrupted run) is used, and needs no free space."""
     plan = _plan(selected, target, in_cache)
+    for note in _clear_partials(plan):
+        reporter.message(note)
     total, have = sum(f.size for f in selected), sum(_bytes_on_disk(p) for p in plan)
     require_free_space(target.parents[2] if in_cache else target, total - have, what="the download")
     if have:
@@ -274,9 +301,11 @@ class Placement:
     """Where one listed file's bytes go: `partial` grows across runs and becomes `final` only once
     verified. In the HF cache `final` is the blob, `link` the snapshot's name for it, and `lock`
     huggingface_hub's lock for that blob (so the two never write it at once). `stale` names the
-    folders and name patterns of earlier partial files of the same path (or blob)."""
+    folders and name patterns of earlier partial files of the same path (or blob). Every one of
+    these paths is below `root`, reached through real folders only."""
 
     remote: RemoteFile
+    root: Path  # the folder nothing below may be a link: OUT, or the HF cache
     final: Path
     partial: Path
     link: Path | None = None
@@ -289,10 +318,78 @@ class Placement:
 
 
 def _plan(selected: list[RemoteFile], target: Path, in_cache: bool) -> list[Placement]:
+    """Where each file goes, refused before anything is written when a symbolic link (or a FIFO, a
+    device) is on the way to a final file, a partial's folder, a snapshot's folder or a lock: the
+    fetch would write, truncate or delete through it, outside its folder."""
     if in_cache:
-        return [_cache_placement(f, target) for f in selected]
-    refuse_unreal_dir(target / STATE_DIR / PARTIAL_DIR)
-    return [_folder_placement(f, target) for f in selected]
+        plan = [_cache_placement(f, target) for f in selected]
+    else:
+        refuse_unreal_dir(target / STATE_DIR / PARTIAL_DIR)
+        plan = [_folder_placement(f, target) for f in selected]
+    if plan:
+        root = plan[0].root
+        refuse_links_on_the_way(root, [_rel(root, place) for p in plan for place in (
+            p.final, p.partial.parent, *([p.link.parent] if p.link else []), *([p.lock] if p.lock else []))],
+            "the fetch")
+    return plan
+
+
+def _rel(root: Path, path: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def _real_folders(root: Path, folder: Path) -> None:
+    """`folder` and every folder between `root` and it, created where absent, one component at a
+    time (no recursion per level), each a real folder: never created or entered through a link."""
+    current = Path(root)
+    current.mkdir(parents=True, exist_ok=True)  # OUT or the HF cache itself: the user's
+    for part in folder.relative_to(root).parts:
+        current = current / part
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(current)
+        if not stat.S_ISDIR(os.lstat(current).st_mode):
+            raise UnsafeContentError(f"{current} is a symbolic link or a file where the fetch needs a folder; "
+                                     f"refusing to write through it (remove it first)")
+
+
+def _real_folder_under(root: Path, folder: Path) -> bool:
+    """True when `folder` exists below `root` with no link (or file) on the way."""
+    current = Path(root)
+    for part in folder.relative_to(root).parts:
+        current = current / part
+        try:
+            if not stat.S_ISDIR(os.lstat(current).st_mode):
+                return False
+        except OSError:
+            return False
+    return True
+
+
+def _own_file(info: os.stat_result) -> bool:
+    """A regular file with one name: what mdist may append to or truncate (a hard link's other name
+    may be a file anywhere on the same disk)."""
+    return stat.S_ISREG(info.st_mode) and info.st_nlink == 1
+
+
+def _clear_partials(plan: list[Placement]) -> list[str]:
+    """Notes on partial files removed because they are not mdist's own: a link (to a file outside
+    that a resume would truncate), a hard link (to one a resume would append to), a FIFO (that
+    would block the write forever), a device. The name goes, never what it leads to."""
+    notes = []
+    for p in plan:
+        try:
+            info = os.lstat(p.partial)
+        except FileNotFoundError:
+            continue
+        if _own_file(info):
+            continue
+        if stat.S_ISDIR(info.st_mode):
+            raise InputError(f"{p.partial} is a folder where the partial download of {quoted(p.remote.path)} goes; "
+                             f"refused (remove it)")
+        os.unlink(p.partial)
+        notes.append(f"removed {p.partial}: a link or special file where the partial download of "
+                     f"{quoted(p.remote.path)} goes (what it leads to is untouched)")
+    return notes
 
 
 def _folder_placement(remote: RemoteFile, out: Path) -> Placement:
@@ -304,20 +401,18 @@ def _folder_placement(remote: RemoteFile, out: Path) -> Placement:
     short = base64.urlsafe_b64encode(hashlib.sha1(f"{name}.metadata".encode()).digest()).decode()
     hf_names = rf"(?:{re.escape(name)}|{re.escape(short)})\.(?:[0-9a-f]{{40}}|[0-9a-f]{{64}})(?:\.[0-9a-f]{{8}})?"
     partials = out / STATE_DIR / PARTIAL_DIR
-    return Placement(remote, final=out / remote.path, partial=partials / f"{key}.{etag}.incomplete",
+    return Placement(remote, root=out, final=out / remote.path, partial=partials / f"{key}.{etag}.incomplete",
                      stale=((partials, rf"{key}\.[0-9a-f]+\.incomplete"),
                             (out.joinpath(*HF_STATE, "download", *parents), hf_names + r"\.incomplete")))
 
 
 def _cache_placement(remote: RemoteFile, snapshot: Path) -> Placement:
     """A file in the HF cache layout: blobs/<etag>, and snapshots/<commit>/<path> linking to it."""
-    from huggingface_hub import constants
-
     storage = snapshot.parents[1]
     etag = remote.sha256 or remote.blob_sha1
     blobs = storage / "blobs"
-    return Placement(remote, final=blobs / etag, partial=blobs / f"{etag}.incomplete", link=snapshot / remote.path,
-                     lock=Path(constants.HF_HUB_CACHE) / ".locks" / storage.name / f"{etag}.lock",
+    return Placement(remote, root=storage.parent, final=blobs / etag, partial=blobs / f"{etag}.incomplete",
+                     link=snapshot / remote.path, lock=storage.parent / ".locks" / storage.name / f"{etag}.lock",
                      stale=((blobs, rf"{etag}\.[0-9a-f]{{8}}\.incomplete"),))
 
 
@@ -326,7 +421,7 @@ def _leftovers(p: Placement) -> list[Path]:
     old commit's): resumable when they hold the same content, removed once the file is verified."""
     found = []
     for folder, pattern in p.stale:
-        if folder.is_dir() and not folder.is_symlink():
+        if _real_folder_under(p.root, folder):
             found += [folder / n for n in os.listdir(folder) if re.fullmatch(pattern, n) and folder / n != p.partial]
     return sorted(found)
 
@@ -352,15 +447,15 @@ def _folder_lock(target: Path, in_cache: bool) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _blob_lock(path: Path | None, cancel: threading.Event) -> Iterator[None]:
+def _blob_lock(p: Placement, cancel: threading.Event) -> Iterator[None]:
     """huggingface_hub's lock for one blob of the cache, waited for only as long as not stopped."""
-    if path is None:
+    if p.lock is None:
         yield
         return
     from filelock import FileLock, Timeout
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(path))
+    _real_folders(p.root, p.lock.parent)
+    lock = FileLock(str(p.lock))
     while True:
         try:
             lock.acquire(timeout=0.5)
@@ -480,15 +575,15 @@ def _download_error(exc: BaseException, endpoint: str, path: str) -> BaseExcepti
 def _fetch_one(p: Placement, index: int, transfer: _Transfer) -> dict[str, str]:
     """Digests of p's file once it is in place and verified: the one already there when it
     matches, otherwise a download. Earlier partial files go once the file is verified."""
-    with _blob_lock(p.lock, transfer.cancel):
+    with _blob_lock(p, transfer.cancel):
         digests = _present(p, transfer.cancel)
         if digests is None:
             digests = _download_verified(p, index, transfer)
             _sync(p.partial)
-            p.final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(p.partial, p.final)
+            _real_folders(p.root, p.final.parent)
+            os.replace(p.partial, p.final)  # replaces the name itself, never writes through it
         if p.link is not None:
-            _link(p.final, p.link)
+            _link(p.root, p.final, p.link)
         for leftover in _leftovers(p):
             leftover.unlink(missing_ok=True)
     transfer.on_disk[index] = p.remote.size
@@ -504,7 +599,10 @@ def _present(p: Placement, cancel: threading.Event) -> dict[str, str] | None:
         return None
     if stat.S_ISDIR(info.st_mode):
         raise InputError(f"{p.final} is a folder where {quoted(p.remote.path)} goes; refused")
-    if stat.S_ISREG(info.st_mode) and info.st_size == p.remote.size:
+    if not stat.S_ISREG(info.st_mode):  # refused before the download began: one appeared since
+        raise UnsafeContentError(f"{p.final} is a symbolic link or special file where {quoted(p.remote.path)} goes; "
+                                 f"refusing to use it (remove it first)")
+    if info.st_size == p.remote.size:
         digests = _digests(p.final, p.remote, cancel)
         if _mismatch(p.remote, digests) is None:
             return digests
@@ -540,25 +638,40 @@ def _adopt(p: Placement) -> int:
     """Bytes p.partial starts with: an earlier run's, or else the largest leftover of the same
     content (huggingface_hub's, from before mdist resumed), renamed to p.partial."""
     if not os.path.lexists(p.partial):
-        same = [c for c in _leftovers(p) if p.etag in c.name.split(".") and c.is_file() and not c.is_symlink()]
-        for candidate in sorted(same, key=lambda c: c.stat().st_size, reverse=True):
+        sizes = {c: _regular_size(c, own=True) for c in _leftovers(p) if p.etag in c.name.split(".")}
+        for candidate in sorted((c for c in sizes if sizes[c] is not None), key=lambda c: -(sizes[c] or 0)):
+            _real_folders(p.root, p.partial.parent)
             with contextlib.suppress(OSError):
-                p.partial.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(candidate, p.partial)
                 break
     return _partial_size(p)
 
 
-def _partial_size(p: Placement) -> int:
-    """Bytes in p.partial; one longer than the file is started over."""
+def _regular_size(path: Path, own: bool = False) -> int | None:
+    """The size of the regular file at `path` itself (None for a link, a FIFO, a device, nothing;
+    with `own`, also for a file with another name, a hard link)."""
     try:
-        size = os.lstat(p.partial).st_size
+        info = os.lstat(path)
+    except OSError:
+        return None
+    return info.st_size if (_own_file(info) if own else stat.S_ISREG(info.st_mode)) else None
+
+
+def _partial_size(p: Placement) -> int:
+    """Bytes in p.partial; one longer than the file is started over (removed: a name of mdist's,
+    never truncated through a link). Anything but a regular file was removed before the download:
+    one that appears since is refused."""
+    try:
+        info = os.lstat(p.partial)
     except FileNotFoundError:
         return 0
-    if size > p.remote.size:
-        os.truncate(p.partial, 0)
+    if not _own_file(info):
+        raise UnsafeContentError(f"{p.partial} became a link or special file during the download of "
+                                 f"{quoted(p.remote.path)}; refused")
+    if info.st_size > p.remote.size:
+        p.partial.unlink()
         return 0
-    return size
+    return info.st_size
 
 
 def _download(p: Placement, index: int, transfer: _Transfer) -> None:
@@ -595,9 +708,9 @@ def _get_rest(p: Placement, start: int, index: int, transfer: _Transfer) -> None
     with _stream(transfer.session, transfer.url(p.remote.path), headers, transfer.timeout) as response:
         offset = _body_offset(response, start, p, transfer.endpoint)
         if offset is None:  # 416: the server has fewer bytes than the partial; start over
-            os.truncate(p.partial, 0)
+            p.partial.unlink(missing_ok=True)
             return
-        with _open_partial(p.partial) as handle:
+        with _open_partial(p) as handle:
             handle.truncate(offset)
             transfer.on_disk[index] = offset
             for chunk in response.chunks:
@@ -652,16 +765,56 @@ def _body_offset(response: _Response, start: int, p: Placement, endpoint: str) -
     raise InputError(f"{endpoint} answered HTTP {response.status} for {quoted(p.remote.path)}")
 
 
-def _open_partial(path: Path) -> BinaryIO:
-    """p.partial for appending, never through a link."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0)
-    return os.fdopen(os.open(path, flags, 0o666), "ab")
+def _open_partial(p: Placement) -> BinaryIO:
+    """p.partial for appending: a regular file, never through a link, never blocking on a FIFO."""
+    _real_folders(p.root, p.partial.parent)
+    fd = _open_regular(p.partial, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    if os.fstat(fd).st_nlink != 1:
+        os.close(fd)
+        raise UnsafeContentError(f"{p.partial} has another name (a hard link); refusing to write to it")
+    return os.fdopen(fd, "ab")
+
+
+def _open_regular(path: Path, flags: int = os.O_RDONLY) -> int:
+    """A descriptor of the regular file at `path` itself: O_NOFOLLOW (a link is refused, not
+    followed) and O_NONBLOCK (opening a FIFO cannot hang), then checked to be a regular file (a
+    FIFO would block a read, a device never ends). Like mdist.jsonio.open_regular, plus O_NOFOLLOW."""
+    extra = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags | extra, 0o666)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EMLINK, errno.ENXIO):  # a link; a FIFO nobody reads
+            raise UnsafeContentError(f"{path} is a symbolic link or special file; refusing to use it "
+                                     f"(remove it first)") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UnsafeContentError(f"{path} is not a regular file (a FIFO, a device); refusing to use it "
+                                 f"(remove it first)")
+    return fd
+
+
+def _hash_regular(path: Path, algorithms: tuple[str, ...], cancel: threading.Event | None = None) -> dict[str, str]:
+    """{algorithm: hex digest} of the regular file at `path` itself, read once through _open_regular
+    (stopped by `cancel`)."""
+    with os.fdopen(_open_regular(path), "rb", buffering=0) as handle:
+        hashers = {name: _hasher(name, os.fstat(handle.fileno()).st_size) for name in algorithms}
+        buffer = bytearray(CHUNK)
+        view = memoryview(buffer)
+        while True:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled(str(path))
+            n = handle.readinto(buffer)
+            if not n:
+                break
+            for hasher in hashers.values():
+                hasher.update(view[:n])
+    return {name: hasher.hexdigest() for name, hasher in hashers.items()}
 
 
 def _digests(path: Path, remote: RemoteFile, cancel: threading.Event) -> dict[str, str]:
     """sha256, and for a small file its git blob sha1 too, in one read (stopped by `cancel`)."""
-    return hash_file(path, ("sha256",) if remote.sha256 else ("sha256", GIT_SHA1), cancel=cancel)
+    return _hash_regular(path, ("sha256",) if remote.sha256 else ("sha256", GIT_SHA1), cancel)
 
 
 def _mismatch(remote: RemoteFile, digests: dict[str, str]) -> tuple[str, str, str] | None:
@@ -681,17 +834,15 @@ def _bytes_on_disk(p: Placement) -> int:
         info = os.lstat(p.final)
         if stat.S_ISREG(info.st_mode) and info.st_size == p.remote.size:
             return p.remote.size
-    with contextlib.suppress(OSError):
-        return min(os.lstat(p.partial).st_size, p.remote.size)
-    return 0
+    return min(_regular_size(p.partial, own=True) or 0, p.remote.size)
 
 
-def _link(blob: Path, link: Path) -> None:
+def _link(root: Path, blob: Path, link: Path) -> None:
     """The snapshot's name for a blob: a relative link, as huggingface_hub makes, replaced atomically."""
     relative = os.path.relpath(blob, link.parent)
     if link.is_symlink() and os.readlink(link) == relative:
         return
-    link.parent.mkdir(parents=True, exist_ok=True)
+    _real_folders(root, link.parent)
     temporary = link.with_name(f".{link.name}.{os.getpid()}.{threading.get_ident()}.link")
     temporary.unlink(missing_ok=True)
     os.symlink(relative, temporary)
@@ -700,7 +851,7 @@ def _link(blob: Path, link: Path) -> None:
 
 def _sync(path: Path) -> None:
     """On disk before it takes its real name: after a crash, a file that looks complete is complete."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    fd = _open_regular(path)
     try:
         os.fsync(fd)
     finally:
@@ -716,12 +867,17 @@ def _files_under(folder: Path) -> dict[str, tuple[int, int, int]]:
     """Every file or link below folder (outside mdist's and huggingface_hub's own state), with
     what tells a new or rewritten one from the one that was there: (inode, size, mtime)."""
     found: dict[str, tuple[int, int, int]] = {}
-    for root, dirs, names in os.walk(folder):
-        here = Path(root).relative_to(folder).parts
-        dirs[:] = [d for d in dirs if not (here == () and d == STATE_DIR) and (*here, d) != HF_STATE]
-        for name in names:
-            info = os.lstat(os.path.join(root, name))
-            found["/".join((*here, name))] = (info.st_ino, info.st_size, info.st_mtime_ns)
+    try:
+        if not stat.S_ISDIR(os.lstat(folder).st_mode):
+            return found
+    except FileNotFoundError:
+        return found
+    state = {STATE_DIR, "/".join(HF_STATE)}
+    for here, entries in walk(folder, skip=lambda rel: rel in state):  # iterative, never into a link
+        for entry in entries:
+            if not entry.is_dir(follow_symlinks=False):
+                info = entry.stat(follow_symlinks=False)
+                found[f"{here}/{entry.name}" if here else entry.name] = (info.st_ino, info.st_size, info.st_mtime_ns)
     return found
 
 
@@ -737,36 +893,88 @@ def _remove_unasked(folder: Path, selected: list[RemoteFile], before: dict[str, 
             continue
         local = folder / path
         target = local.resolve()
-        local.unlink(missing_ok=True)
-        if in_cache and target != local and target not in kept_blobs:
+        local.unlink(missing_ok=True)  # the name itself: a link goes, not what it leads to
+        if in_cache and target != local and target not in kept_blobs and _own_blob(folder, target):
             target.unlink(missing_ok=True)
         removed.append(path)
     return removed
 
 
-def _check_manifest(folder: Path, manifest: Manifest, known: dict[str, str]) -> int:
+def _own_blob(snapshot: Path, target: Path) -> bool:
+    """True for a regular file directly in the blobs/ folder of the cache repo holding `snapshot`
+    (resolved): the only thing outside a snapshot that the fetch may delete along with a link."""
+    blobs = (snapshot.parents[1] / "blobs").resolve()
+    return target.parent == blobs and _regular_size(target) is not None
+
+
+def _release_files(folder: Path, manifest: Manifest, in_cache: bool) -> dict[str, Path]:
+    """{path: the regular file to read} for the files of `manifest` (with a sha256) present in
+    folder: in OUT the file itself; in the HF cache the snapshot's file, or the blob its link names
+    in this repo's own blobs/. A link (in OUT, or out of blobs/), a FIFO, a device, a folder, or a
+    link on the way is refused: never followed, read, or deleted."""
+    paths = sorted(e.path for e in manifest.files.values() if e.sha256)
+    what = f"the check against {manifest.name}"
+    refuse_links_on_the_way(folder, [p.rsplit("/", 1)[0] for p in paths if "/" in p], what)
+    found: dict[str, Path] = {}
+    for path in paths:
+        local = folder / path
+        try:
+            mode = os.lstat(local).st_mode
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(mode):
+            found[path] = local
+        elif in_cache and stat.S_ISLNK(mode) and _own_blob(folder, local.resolve()):
+            found[path] = local.resolve()
+        else:
+            kind = "a folder" if stat.S_ISDIR(mode) else "a symbolic link" if stat.S_ISLNK(mode) else "a special file"
+            where = " not into this repo's blobs/" if in_cache and stat.S_ISLNK(mode) else ""
+            raise UnsafeContentError(f"{local} is {kind}{where} where {manifest.name} has {quoted(path)}; refusing "
+                                     f"{what} through it (remove it)")
+    return found
+
+
+def _check_manifest(folder: Path, manifest: Manifest, known: dict[str, str], in_cache: bool) -> int:
     """Files present that the release lists, against its sha256; `known` holds those just hashed
     while fetching, so that no file is read twice."""
-    checked = 0
-    present = {e.path: e for e in manifest.files.values() if (folder / e.path).exists()}
-    digests = hash_files({(folder / p).resolve(): ("sha256",) for p, e in present.items()
-                          if e.sha256 and p not in known})
-    for path, entry in present.items():
-        if entry.sha256:
-            actual = known.get(path) or digests[(folder / path).resolve()]["sha256"]
-            if actual != entry.sha256:
-                _discard(folder / path, in_cache=(folder / path).is_symlink())
-                raise VerificationError(f"{path}: sha256 does not match {manifest.name} "
-                                        f"(expected {entry.sha256}, got {actual}); the file was removed")
-            checked += 1
-    return checked
+    present = _release_files(folder, manifest, in_cache)
+    digests = _hash_all({path: real for path, real in present.items() if path not in known})
+    expected = {e.path: e.sha256 for e in manifest.files.values()}
+    for path, real in present.items():
+        actual = known.get(path) or digests[path]
+        if actual != expected[path]:
+            _discard(folder, folder / path, real)
+            raise VerificationError(f"{path}: sha256 does not match {manifest.name} "
+                                    f"(expected {expected[path]}, got {actual}); the file was removed")
+    return len(present)
 
 
-def _discard(path: Path, in_cache: bool) -> None:
-    target = path.resolve()
-    path.unlink(missing_ok=True)
-    if in_cache and target != path:
-        target.unlink(missing_ok=True)
+def _hash_all(jobs: dict[str, Path]) -> dict[str, str]:
+    """{name: sha256} of regular files, several at once, largest first; the first failure (or
+    Ctrl-C) stops the others within one chunk read."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not jobs:
+        return {}
+    cancel = threading.Event()
+    pool = ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1))
+    try:
+        order = sorted(jobs, key=lambda name: -(_regular_size(jobs[name]) or 0))
+        futures = {name: pool.submit(_hash_regular, jobs[name], ("sha256",), cancel) for name in order}
+        return {name: future.result()["sha256"] for name, future in futures.items()}
+    except BaseException:
+        cancel.set()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _discard(folder: Path, local: Path, real: Path) -> None:
+    """Remove a file that failed the release check: its name in the folder, and in the HF cache
+    the blob it links to, only when that is a blob of this very repo (checked again now)."""
+    local.unlink(missing_ok=True)
+    if real != local and _own_blob(folder, real):
+        real.unlink(missing_ok=True)
 
 
 def _ref_path(snapshot: Path, revision: str, commit: str) -> Path | None:
