@@ -8,6 +8,10 @@ mode 0600): a folder from a torrent, a mirror or a USB disk cannot produce a val
 binds the derived file and the files it was made from by (size, mtime_ns, inode), so replacing
 either makes the record stale: mdist may overwrite a stale file but never loads it as derived.
 
+The same key signs other state mdist keeps in a folder (sign_bytes / signed_by_us): the torrent
+client's resume data, which would otherwise let a folder claim pieces nobody checked, and the
+torrent `mdist seed` serves again.
+
 What this does not defend against: someone who can write to your home folder (the key) or who
 edits a derived file in place while keeping its size, mtime and inode.
 """
@@ -61,6 +65,34 @@ def _load_key(create: bool) -> bytes | None:
         handle.flush()
         os.fsync(handle.fileno())
     return key
+
+
+_SIGNED_BYTES = b"mdist signed bytes\0"  # derived records' messages are JSON arrays: never this prefix
+
+
+def _bytes_mac(key: bytes, data: bytes, purpose: str) -> str:
+    return hmac.new(key, _SIGNED_BYTES + purpose.encode("utf-8", "surrogateescape") + b"\0" + data,
+                    hashlib.sha256).hexdigest()
+
+
+def sign_bytes(data: bytes, purpose: str) -> str:
+    """An HMAC of `data` under this machine's key, for state mdist keeps beside a download (resume
+    data, the saved torrent). `purpose` says what the bytes are (and where), so a record made for one
+    file or folder does not vouch for another. Raises InputError when the key cannot be created."""
+    key = _load_key(create=True)
+    assert key is not None
+    return _bytes_mac(key, data, purpose)
+
+
+def signed_by_us(data: bytes, mac: object, purpose: str) -> bool:
+    """True only if `mac` is what sign_bytes(data, purpose) gave on this machine."""
+    try:
+        key = _load_key(create=False)
+    except OSError:
+        return False
+    if key is None or not isinstance(mac, str) or not mac.isascii():  # compare_digest refuses non-ASCII
+        return False
+    return hmac.compare_digest(_bytes_mac(key, data, purpose), mac)
 
 
 def _identity(path: Path) -> list[int] | None:

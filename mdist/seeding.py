@@ -6,6 +6,11 @@ one, and files derived later (a conversion by `run`) are not part of it. A known
 from elsewhere lacks the torrent's info dict: `--fetch-metadata` learns it from peers by the
 release's info-hash, checks the files against it and never downloads them. A new torrent is
 made only for a folder that never had one, or with `--new-torrent`.
+
+The saved torrent says which files are the release, so it is used only when mdist wrote it on
+this machine (its HMAC, `.mdist/release.torrent.mac`, see mdist.sources.torrent_fetch): one in a
+copied or hostile folder is ignored, with a note, as if the folder had none. Options are checked
+before the folder is verified (minutes for a 7B release).
 """
 
 from __future__ import annotations
@@ -14,13 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from mdist.atomic import real_dir, refuse_unreal_dir, write_bytes_atomic
+from mdist.atomic import refuse_unreal_dir
 from mdist.errors import InputError, VerificationError
 from mdist.model_folder import STATE_DIR, inspect_folder
 from mdist.sources.bt_session import make_session, parse_endpoint
 from mdist.sources.resolve import compose_magnet
-from mdist.sources.torrent_fetch import (RELEASE_TORRENT, Patience, SilentReporter, fetch_metadata, load_source,
-                                         read_checked_torrent)
+from mdist.sources.torrent_fetch import (RELEASE_TORRENT, Patience, SilentReporter, check_torrent_bytes,
+                                         fetch_metadata, load_source, read_release_torrent, write_release_torrent)
 from mdist.sources.torrent_meta import InfoHashes, magnet_peers, release_torrent_bytes
 from mdist.sources.torrent_seed import Seeder, write_torrent
 from mdist.verify.folder import verify_folder
@@ -69,14 +74,22 @@ def check_before_seeding(directory: Path, manifest_name: str | None, force: bool
     note(f"warning: seeding although {reason}")
 
 
-def saved_torrent(directory: Path) -> bytes | None:
-    """The torrent fetch kept in the folder, its info dict checked again (check_info_dict); None if none."""
+def saved_torrent(directory: Path, note: Callable[[str], None] = lambda line: None) -> bytes | None:
+    """The torrent mdist kept in the folder, its info dict checked again (check_info_dict); None if
+    none, or if mdist did not write it on this machine (a link, a copied or forged file: noted)."""
     state = Path(directory) / STATE_DIR
     refuse_unreal_dir(state)
-    path = state / RELEASE_TORRENT
-    if not (path.exists() or path.is_symlink()):
+    saved = read_release_torrent(state)
+    if saved.data is None and saved.problem is None:
         return None
-    return read_checked_torrent(path)[0]
+    if not saved.trusted:
+        why = saved.problem or "not written by mdist on this machine"
+        note(f"ignoring {STATE_DIR}/{RELEASE_TORRENT} ({why}): it is not trusted to say which files are the "
+             f"release, so the folder is shared as one without it (fetching its torrent into the folder again "
+             f"keeps a trusted copy, downloading only what is missing)")
+        return None
+    check_torrent_bytes(saved.data, f"{STATE_DIR}/{RELEASE_TORRENT}")
+    return saved.data
 
 
 def release_magnet(release: Manifest | None) -> str | None:
@@ -102,14 +115,30 @@ def learn_metadata(magnet: str, options: SeedOptions) -> bytes:
     return release_torrent_bytes(params)  # with the release's trackers, which the seeder announces to
 
 
-def choose_torrent(directory: Path, release: Manifest | None, options: SeedOptions,
-                   note: Callable[[str], None]) -> Plan:
-    """Which torrent to serve: the one fetched, the release's learnt from peers, or a new one."""
+def check_options(options: SeedOptions) -> None:
+    """Everything about the options alone, before any slow work (InputError)."""
+    if options.listen:
+        parse_endpoint(options.listen)
+    for peer in options.peers:
+        parse_endpoint(peer)
     if options.new_torrent and options.fetch_metadata:
         raise InputError("--new-torrent and --fetch-metadata exclude each other")
-    saved = None if options.new_torrent else saved_torrent(directory)
-    if options.version and not options.new_torrent and (saved or options.fetch_metadata):
+    if options.version and options.fetch_metadata:
         raise InputError("--torrent-version applies to a new torrent only (--new-torrent)")
+
+
+def saved_for(directory: Path, options: SeedOptions, note: Callable[[str], None]) -> bytes | None:
+    """The saved torrent to serve unless --new-torrent (checked against the options)."""
+    saved = None if options.new_torrent else saved_torrent(directory, note)
+    if options.version and not options.new_torrent and saved:
+        raise InputError("--torrent-version applies to a new torrent only (--new-torrent)")
+    return saved
+
+
+def choose_torrent(directory: Path, release: Manifest | None, options: SeedOptions,
+                   note: Callable[[str], None], saved: bytes | None = None) -> Plan:
+    """Which torrent to serve: `saved` (saved_for), the release's learnt from peers, or a new one."""
+    check_options(options)
     derived = inspect_folder(directory, recognise_release=False).derived
     new = Plan(None, "a new torrent of the folder (files mdist derived and .mdist/ left out)",
                leave_out=derived.valid | derived.stale)
@@ -141,17 +170,19 @@ def _hashes_of(release: Manifest) -> str:
 def run_seed(directory: Path, options: SeedOptions, *, echo: Callable[[str], None],
              note: Callable[[str], None]) -> None:
     directory = Path(directory)
+    check_options(options)  # a bad --listen is said now, not after minutes of checking the folder
+    endpoint = parse_endpoint(options.listen) if options.listen else None
+    saved = saved_for(directory, options, note)
     check_before_seeding(directory, options.manifest_name, options.force, note)
     release = (find_manifest(options.manifest_name) if options.manifest_name else inspect_folder(directory).release)
-    plan = choose_torrent(directory, release, options, note)
-    endpoint = parse_endpoint(options.listen) if options.listen else None
+    plan = choose_torrent(directory, release, options, note, saved)
     with Seeder(directory, listen=endpoint, trackers=options.trackers, web_seeds=options.web_seeds,
                 no_dht=options.no_dht, version=options.version or "hybrid", torrent=plan.torrent,
                 upload_limit=options.upload_limit, leave_out=plan.leave_out) as seeder:
         info = seeder.start()
         served = seeder.release_torrent() if plan.keep else info.torrent  # with the v2 layers the check made
         if plan.keep:  # the data passed libtorrent's check against it: keep it for next time
-            write_bytes_atomic(real_dir(directory / STATE_DIR) / RELEASE_TORRENT, served)
+            write_release_torrent(directory / STATE_DIR, served)
         if options.torrent_out:
             write_torrent(options.torrent_out, served)
         note(f"seeding {directory} on port {info.port}: {plan.what} (btih {info.hashes.v1 or '-'}, "

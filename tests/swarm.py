@@ -19,6 +19,17 @@ from typing import Iterator
 from urllib.parse import unquote_to_bytes
 
 import libtorrent as lt
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def machine_key(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """mdist's machine key (mdist.derived), this test's own, for mdist in-process and in subprocesses:
+    what one test signed no other test (or the user's real key) vouches for. Imported by the torrent
+    test modules, where it applies to every test."""
+    state = tmp_path_factory.mktemp("state")
+    monkeypatch.setenv("XDG_STATE_HOME", str(state))
+    return state
 
 
 def free_port() -> int:

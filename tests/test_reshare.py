@@ -12,8 +12,10 @@ import libtorrent as lt
 import pytest
 
 from conftest import FIXTURE, run_mdist
-from swarm import (aria2, copy_release, http_tracker, info_hashes, mdist_seeder, peer_of, start_seeder, stop,
-                   strip_peers)
+from mdist.sources.torrent_fetch import write_release_torrent
+from mdist.sources.torrent_meta import create_torrent
+from swarm import (aria2, copy_release, http_tracker, info_hashes, machine_key, mdist_seeder, peer_of,  # noqa: F401
+                   start_seeder, stop, strip_peers)
 
 RELEASE_FILES = ["consolidated.00.pth", "params.json", "tokenizer.model"]
 MANIFEST = json.loads((Path(__file__).resolve().parents[1] / "checksums" / "tiny-mistral.json").read_text())
@@ -108,27 +110,71 @@ def test_new_torrent_leaves_derived_files_and_state_out(release: Path, tmp_path:
 ])
 def test_seed_options_that_contradict_the_saved_torrent(tmp_path: Path, args: tuple[str, ...], cause: str) -> None:
     folder = copy_release(FIXTURE, tmp_path / "fetched")
-    (folder / ".mdist").mkdir()
-    (folder / ".mdist" / "release.torrent").write_bytes(_torrent_of_the_fixture())
+    write_release_torrent(folder / ".mdist", _torrent_of_the_fixture())  # as fetch keeps it
     result = run_mdist("seed", str(folder), "--no-dht", "--listen", "127.0.0.1:0", *args, timeout=60)
     assert result.returncode == 2 and cause in result.stderr, result.stderr
 
 
 def _torrent_of_the_fixture() -> bytes:
-    from mdist.sources.torrent_meta import create_torrent
-
     return create_torrent(FIXTURE)
 
 
 def test_a_hostile_saved_torrent_is_checked_again(tmp_path: Path) -> None:
-    """.mdist/release.torrent of a copied folder is input like any other: check_info_dict first."""
+    """Even a .mdist/release.torrent that mdist signed (an older mdist's) is input: check_info_dict first."""
     folder = copy_release(FIXTURE, tmp_path / "copied")
-    (folder / ".mdist").mkdir()
     info = {b"name": b"x", b"piece length": 16384, b"pieces": b"\0" * 20,
             b"files": [{b"length": 1, b"path": [b"..", b"escape"]}]}
-    (folder / ".mdist" / "release.torrent").write_bytes(lt.bencode({b"info": info}))
+    write_release_torrent(folder / ".mdist", lt.bencode({b"info": info}))
     result = run_mdist("seed", str(folder), "--no-dht", "--listen", "127.0.0.1:0", timeout=60)
     assert result.returncode == 1 and "refused" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("case", ["not signed", "a link to a signed one"])
+def test_a_saved_torrent_mdist_did_not_write_here_is_ignored(release: Path, tmp_path: Path, case: str) -> None:
+    """A fetched folder that went through someone else's hands: its release.torrent lists the derived
+    consolidated.safetensors too. Seed says so and serves a new torrent of the release's files alone,
+    as for a folder with no saved torrent; a link is not followed, even to a torrent mdist wrote."""
+    fetched = tmp_path / "fetched"
+    with mdist_seeder(release) as original:
+        fetch(original, fetched)
+    run_once(fetched)
+    forged = create_torrent(fetched)  # every file, the derived one included
+    assert DERIVED in shared_files(forged)
+    saved = fetched / ".mdist" / "release.torrent"
+    saved.unlink()
+    (fetched / ".mdist" / "release.torrent.mac").unlink()
+    if case == "not signed":
+        saved.write_bytes(forged)
+    else:
+        write_release_torrent(tmp_path / "elsewhere" / ".mdist", forged)
+        saved.symlink_to(tmp_path / "elsewhere" / ".mdist" / "release.torrent")
+        (fetched / ".mdist" / "release.torrent.mac").symlink_to(tmp_path / "elsewhere" / ".mdist" /
+                                                                "release.torrent.mac")
+    served = tmp_path / "served.torrent"
+    proc, magnet = start_seeder(fetched, "--torrent-out", str(served))
+    stop(proc)
+    said = proc.stderr.read()
+    assert "ignoring .mdist/release.torrent" in said and "the torrent it was fetched with" not in said, said
+    assert ("a symbolic link" if case != "not signed" else "not written by mdist on this machine") in said
+    assert shared_files(served.read_bytes()) == RELEASE_FILES
+    assert info_hashes(magnet) != info_hashes(lt.make_magnet_uri(lt.torrent_info(forged)))
+
+
+@pytest.mark.parametrize("args, cause", [
+    (("--listen", "nonsense"), "expected HOST:PORT, got 'nonsense'"),
+    (("--listen", "127.0.0.1:99999"), "expected HOST:PORT"),
+    (("--peer", "nowhere", "--fetch-metadata"), "expected HOST:PORT, got 'nowhere'"),
+    (("--new-torrent", "--fetch-metadata"), "exclude each other"),
+    (("--torrent-version", "v1", "--fetch-metadata"), "--torrent-version applies to a new torrent only"),
+])
+def test_bad_options_are_said_before_the_folder_is_checked(tmp_path: Path, args: tuple[str, ...],
+                                                           cause: str) -> None:
+    """Checking a 7B folder takes minutes: a wrong option is a usage error (exit 2) before that. This
+    folder would fail the check (no known release), so only an early check names the option."""
+    folder = _unknown_model(tmp_path)
+    result = run_mdist("seed", str(folder), "--no-dht", *args, timeout=60)
+    assert result.returncode == 2 and cause in result.stderr, result.stderr
+    assert "refusing to seed" not in result.stderr
 
 
 # -- 2. a release copied from a disk: no torrent, learnt from peers ----------------------------------
@@ -176,10 +222,16 @@ def test_fetch_metadata_never_downloads_the_files(release: Path, tmp_path: Path)
     assert not (copied / ".mdist" / "release.torrent").exists()
 
 
-def test_fetch_metadata_needs_a_known_release(tmp_path: Path) -> None:
+def _unknown_model(tmp_path: Path) -> Path:
+    """A model folder no manifest knows: verify refuses it (exit 1) unless --force."""
     folder = tmp_path / "mine"
     folder.mkdir()
-    (folder / "notes.txt").write_text("not a release\n")
+    (folder / "consolidated.00.pth").write_bytes(b"not a known release\n")
+    return folder
+
+
+def test_fetch_metadata_needs_a_known_release(tmp_path: Path) -> None:
+    folder = _unknown_model(tmp_path)
     result = run_mdist("seed", str(folder), "--no-dht", "--force", "--fetch-metadata", timeout=60)
     assert result.returncode == 2 and "needs a known release" in result.stderr, result.stderr
 

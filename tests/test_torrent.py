@@ -14,8 +14,8 @@ import pytest
 
 from conftest import FIXTURE, run_mdist
 from mdist.sources.torrent_meta import create_torrent
-from swarm import (aria2, copy_release, corrupt_every_piece, free_port, http_tracker, mdist_seeder,
-                   range_http_server, stop, strip_peers, wait_for_port)
+from swarm import (aria2, copy_release, corrupt_every_piece, free_port, http_tracker, machine_key,  # noqa: F401
+                   mdist_seeder, range_http_server, stop, strip_peers, wait_for_port)
 
 RELEASE_FILES = ("consolidated.00.pth", "params.json", "tokenizer.model")
 MANIFEST = json.loads((Path(__file__).resolve().parents[1] / "checksums" / "tiny-mistral.json").read_text())

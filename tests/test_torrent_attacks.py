@@ -1,5 +1,5 @@
 """Attacks through torrent metadata: malformed bencode, forged tool state, hostile magnets from a
-real seeder, resume data of another torrent, huge file lists. Every wait is bounded."""
+real seeder, resume data of another torrent or forged, huge file lists. Every wait is bounded."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import pytest
 
 from conftest import FIXTURE, run_mdist
 from mdist.errors import InputError, UnsafeContentError
-from mdist.sources.torrent_fetch import SilentReporter, _maybe_resume
+from mdist.sources.torrent_fetch import SilentReporter, _maybe_resume, resume_purpose, write_state_file
 from mdist.sources.torrent_meta import InfoHashes, check_info_dict, create_torrent
-from swarm import copy_release, hand_made_torrent, mdist_seeder, raw_seeder, seed_folder
+from swarm import copy_release, hand_made_torrent, machine_key, mdist_seeder, raw_seeder, seed_folder  # noqa: F401
 
 LEAF = {b"": {b"length": 10, b"pieces root": b"\x01" * 32}}
 V1 = {b"piece length": 16384, b"pieces": b"\x00" * 20}
@@ -275,7 +275,7 @@ def test_resume_data_must_agree_on_every_info_hash(tmp_path: Path) -> None:
     saved.ti = lt.torrent_info(create_torrent(FIXTURE))
     saved.info_hashes = saved.ti.info_hashes()
     saved.save_path = str(tmp_path)
-    (state / "resume.fastresume").write_bytes(lt.write_resume_data_buf(saved))
+    write_state_file(state / "resume.fastresume", lt.write_resume_data_buf(saved), resume_purpose(tmp_path))
     a = InfoHashes.of(saved.ti.info_hashes())
     fresh = lt.add_torrent_params()
     other_v2 = str(lt.sha256_hash(b"\x03" * 32))
@@ -364,3 +364,221 @@ def test_a_nameless_magnet_is_named_only_after_its_checked_info_dict(tmp_path: P
     assert result.returncode == 1, result.stderr
     assert "refused" in error_line(result.stderr)
     assert list((tmp_path / "work").rglob("*")) == [work]
+
+
+# -- 6. mdist's own state in OUT/.mdist: trusted only when mdist wrote it on this machine ------------------
+class Messages(SilentReporter):
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def message(self, text: str) -> None:
+        self.lines.append(text)
+
+
+def _unknown_release(tmp_path: Path) -> tuple[Path, Path]:
+    """A release no manifest knows (random files): libtorrent's piece hashes are its only check, as for
+    Mistral 7B's consolidated.00.pth. Its .torrent file and folder."""
+    folder = tmp_path / "seed" / "release"
+    folder.mkdir(parents=True)
+    (folder / "model.bin").write_bytes(os.urandom(700_000))
+    (folder / "notes.txt").write_bytes(os.urandom(5_000))
+    torrent = tmp_path / "t.torrent"
+    torrent.write_bytes(create_torrent(folder))
+    return torrent, folder
+
+
+def _claimed(torrent: Path, out: Path, claim) -> bytes:
+    """Resume data as libtorrent writes it (lt.write_resume_data_buf), making `claim` about OUT."""
+    params = lt.add_torrent_params()
+    params.ti = lt.torrent_info(torrent.read_bytes())
+    params.info_hashes, params.save_path = params.ti.info_hashes(), str(out)
+    claim(params)
+    return lt.write_resume_data_buf(params)
+
+
+def _forged_out(out: Path, folder: Path, torrent: Path, claim) -> None:
+    """OUT with random data of the right names and sizes, and resume data (not mdist's) that claims it."""
+    (out / ".mdist").mkdir(parents=True)
+    for path in folder.iterdir():
+        (out / path.name).write_bytes(os.urandom(path.stat().st_size))
+    (out / ".mdist" / "resume.fastresume").write_bytes(_claimed(torrent, out, claim))
+
+
+def _all(count: int) -> list[bool]:
+    return [True] * count
+
+
+FORGED_CLAIMS = {
+    "have every piece": lambda p: setattr(p, "have_pieces", _all(p.ti.num_pieces())),
+    "have and verified": lambda p: (setattr(p, "have_pieces", _all(p.ti.num_pieces())),
+                                    setattr(p, "verified_pieces", _all(p.ti.num_pieces()))),
+    "seed mode": lambda p: setattr(p, "flags", p.flags | lt.torrent_flags.seed_mode),
+    "no file wanted": lambda p: setattr(p, "file_priorities", [0] * p.ti.num_files()),
+    "no piece wanted": lambda p: setattr(p, "piece_priorities", [0] * p.ti.num_pieces()),
+}
+
+
+@pytest.mark.parametrize("claim", FORGED_CLAIMS)
+def test_forged_resume_data_does_not_skip_the_piece_check(tmp_path: Path, claim: str) -> None:
+    """Random data and resume data claiming it (written by libtorrent, not by mdist here): fetch must
+    not say 'verified'; libtorrent checks the data, finds nothing good, and no peer has the rest."""
+    torrent, folder = _unknown_release(tmp_path)
+    out = tmp_path / "out"
+    _forged_out(out, folder, torrent, FORGED_CLAIMS[claim])
+    result = run_mdist("fetch", str(torrent), "--out", str(out), "--no-dht", "--timeout", "3", timeout=60)
+    assert result.returncode != 0 and "verified" not in result.stdout, result.stdout + result.stderr
+    assert not (out / ".mdist" / "complete.json").exists()
+    assert "resume data not written by mdist here: checking existing data" in result.stderr
+
+
+def test_forged_resume_data_over_random_data_ends_with_the_release(tmp_path: Path) -> None:
+    """With a peer: every forged piece is checked, found bad and fetched; the result is the release."""
+    torrent, folder = _unknown_release(tmp_path)
+    out = tmp_path / "out"
+    _forged_out(out, folder, torrent, FORGED_CLAIMS["have and verified"])
+    with raw_seeder(torrent, folder.parent) as magnet:
+        result = run_mdist("fetch", str(torrent), "--out", str(out), "--peer", magnet.rsplit("x.pe=", 1)[1],
+                           "--no-dht", "--json", "--timeout", "30", timeout=120)
+    payload = _payload(result)
+    assert payload["downloaded_bytes"] >= 700_000
+    for path in folder.iterdir():
+        assert (out / path.name).read_bytes() == path.read_bytes(), path.name
+
+
+def test_resume_data_mdist_wrote_still_wants_every_file(tmp_path: Path) -> None:
+    """Even resume data that mdist signed cannot leave files out: priorities are mdist's (all), and a
+    download that libtorrent calls finished must cover every file with checked pieces."""
+    torrent, folder = _unknown_release(tmp_path)
+    out = tmp_path / "out"
+    (out / ".mdist").mkdir(parents=True)
+    data = _claimed(torrent, out, FORGED_CLAIMS["no file wanted"])
+    write_state_file(out / ".mdist" / "resume.fastresume", data, resume_purpose(out))
+    result = run_mdist("fetch", str(torrent), "--out", str(out), "--no-dht", "--timeout", "3", timeout=60)
+    assert result.returncode != 0 and "verified" not in result.stdout, result.stdout + result.stderr
+    assert "resuming from saved state" in result.stderr
+    assert not (out / ".mdist" / "complete.json").exists()
+
+
+def _resume_state(tmp_path: Path) -> tuple[Path, bytes, object]:
+    state = tmp_path / "out" / ".mdist"
+    state.mkdir(parents=True)
+    saved = lt.add_torrent_params()
+    saved.ti = lt.torrent_info(create_torrent(FIXTURE))
+    saved.info_hashes, saved.save_path = saved.ti.info_hashes(), str(state.parent)
+    saved.have_pieces = _all(saved.ti.num_pieces())
+    return state, lt.write_resume_data_buf(saved), saved.ti
+
+
+def test_resume_data_vouches_for_its_own_folder_only(tmp_path: Path) -> None:
+    """Signed for OUT: the same bytes (and .mac) copied to another folder are checked again."""
+    state, data, ti = _resume_state(tmp_path)
+    write_state_file(state / "resume.fastresume", data, resume_purpose(state.parent))
+    requested = InfoHashes.of(ti.info_hashes())
+    heard = Messages()
+    assert _maybe_resume(lt.add_torrent_params(), state, requested, heard) is not None
+    assert heard.lines == ["resuming from saved state"]
+    elsewhere = tmp_path / "elsewhere" / ".mdist"
+    elsewhere.mkdir(parents=True)
+    for name in ("resume.fastresume", "resume.fastresume.mac"):
+        (elsewhere / name).write_bytes((state / name).read_bytes())
+    fresh, heard = lt.add_torrent_params(), Messages()
+    resumed = _maybe_resume(fresh, elsewhere, requested, heard)
+    assert resumed is fresh and not any(resumed.have_pieces)
+    assert InfoHashes.of(resumed.ti.info_hashes()) == requested  # the file list alone: it is the one asked for
+    assert heard.lines == ["resume data not written by mdist here: checking existing data"]
+
+
+def test_a_kill_between_the_two_writes_leaves_resume_data_trusted(tmp_path: Path) -> None:
+    """The .mac file is written first and keeps the previous HMAC: the old data still verifies."""
+    from mdist.sources.torrent_fetch import read_state_file
+
+    path = tmp_path / "state.bin"
+    write_state_file(path, b"first", "test")
+    first_macs = (tmp_path / "state.bin.mac").read_bytes()
+    write_state_file(path, b"second", "test")
+    assert read_state_file(path, 100, "test").trusted
+    assert not read_state_file(path, 100, "another purpose").trusted
+    path.write_bytes(b"first")  # as if killed after the .mac file was written, before the data
+    assert read_state_file(path, 100, "test").trusted
+    write_state_file(path, b"third", "test")
+    path.write_bytes(b"first")  # two writes ago: no longer vouched for
+    assert not read_state_file(path, 100, "test").trusted
+    assert first_macs.split()[0] not in (tmp_path / "state.bin.mac").read_bytes().split()
+
+
+def test_signed_bytes_need_this_machines_key(tmp_path: Path, monkeypatch) -> None:
+    from mdist.derived import RECORD_FILE, sign_bytes, signed_by_us
+
+    mac = sign_bytes(b"data", "purpose")
+    assert signed_by_us(b"data", mac, "purpose")
+    assert not signed_by_us(b"data!", mac, "purpose") and not signed_by_us(b"data", mac, "other")
+    assert not signed_by_us(b"data", mac.upper(), "purpose") and not signed_by_us(b"data", "é" * 64, "purpose")
+    assert not signed_by_us(b"data", None, "purpose")
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "another-machine"))
+    assert not signed_by_us(b"data", mac, "purpose")
+    assert RECORD_FILE == "derived.json"
+
+
+@pytest.mark.parametrize("case", ["symbolic link", "FIFO", "huge sparse file"])
+def test_resume_data_is_read_within_bounds(tmp_path: Path, case: str) -> None:
+    """No link followed, no special file, nothing larger than the cap read into memory."""
+    state, data, ti = _resume_state(tmp_path)
+    resume = state / "resume.fastresume"
+    if case == "symbolic link":  # even to resume data signed for this folder
+        target = tmp_path / "elsewhere.fastresume"
+        write_state_file(target, data, resume_purpose(state.parent))
+        resume.symlink_to(target)
+        (state / "resume.fastresume.mac").write_bytes((tmp_path / "elsewhere.fastresume.mac").read_bytes())
+    elif case == "FIFO":
+        os.mkfifo(resume)
+    else:
+        with open(resume, "wb") as handle:
+            handle.write(data)
+            handle.truncate(200 << 20)  # sparse: 200 MB that libtorrent would parse
+    fresh, heard = lt.add_torrent_params(), Messages()
+    started = time.monotonic()
+    assert _maybe_resume(fresh, state, InfoHashes.of(ti.info_hashes()), heard) is fresh
+    assert time.monotonic() - started < 1.0
+    assert fresh.ti is None and len(heard.lines) == 1, heard.lines
+    assert {"symbolic link": "a symbolic link", "FIFO": "not a regular file",
+            "huge sparse file": "larger than 64 MiB"}[case] in heard.lines[0]
+    assert "checking existing data" in heard.lines[0]
+
+
+def test_sharing_a_folder_never_recurses(tmp_path: Path) -> None:
+    """create_torrent walks the folder without recursion: 1,200 levels are refused in one line
+    (os.walk raised RecursionError), as a FIFO is (libtorrent would list it as a file)."""
+    folder = tmp_path / "deep"
+    folder.mkdir()
+    (folder / "model.bin").write_bytes(b"x" * 100)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        for _ in range(1200):
+            os.mkdir("d", dir_fd=fd)
+            fd, old = os.open("d", os.O_RDONLY, dir_fd=fd), fd
+            os.close(old)
+    finally:
+        os.close(fd)
+    try:
+        with pytest.raises(InputError, match="nested deeper than 64 folders"):
+            create_torrent(folder)
+    finally:
+        _remove_deep(folder / "d")
+    os.mkfifo(folder / "pipe")
+    with pytest.raises(InputError, match="not a regular file"):
+        create_torrent(folder)
+
+
+def _remove_deep(top: Path) -> None:
+    """rmdir a chain of single folders, deepest first, without recursion (or over-long paths)."""
+    fds = [os.open(top, os.O_RDONLY)]
+    while True:
+        try:
+            fds.append(os.open("d", os.O_RDONLY, dir_fd=fds[-1]))
+        except FileNotFoundError:
+            break
+    while len(fds) > 1:
+        os.close(fds.pop())
+        os.rmdir("d", dir_fd=fds[-1])
+    os.close(fds[0])
+    top.rmdir()

@@ -6,10 +6,17 @@ release, every file's sha256 matched. Only then is `DIR/.mdist/complete.json` wr
 
 Nothing is created in DIR before the torrent's info dict passed check_info_dict, whether it came
 from a .torrent file, from resume data or (for a magnet) from a peer.
+
+The state kept in `DIR/.mdist/` (libtorrent's resume data, the torrent fetched) is trusted only
+when mdist wrote it on this machine: each file has an HMAC beside it (`NAME.mac`, under the key
+of mdist.derived). Resume data tells libtorrent which pieces it already has, so forged resume
+data would skip the piece check; a copied folder's (or a hostile folder's) is used at most for its
+file list, and libtorrent checks whatever data is there.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -22,6 +29,7 @@ from typing import Callable, Protocol
 
 from mdist.atomic import (real_dir, refuse_links_on_the_way, refuse_unreal_dir, require_free_space,
                           write_bytes_atomic)
+from mdist.derived import sign_bytes, signed_by_us
 from mdist.errors import InputError, UnsafeContentError, VerificationError
 from mdist.sources.bt_session import Endpoint, lt, make_session, parse_endpoint
 from mdist.paths import UnsafePathError, check_component, check_path_set
@@ -33,6 +41,15 @@ RESUME_FILE = "resume.fastresume"
 COMPLETE_FILE = "complete.json"
 RELEASE_TORRENT = "release.torrent"  # the torrent fetched, so that `mdist seed` rejoins its swarm
 SAVE_RESUME_EVERY = 3.0
+MAC_SUFFIX = ".mac"  # beside each state file: the HMACs that say mdist wrote it here
+MAX_MAC_BYTES = 1024
+# Resume data grows with the torrent: for v2 (and hybrid) torrents libtorrent keeps a SHA-256 per
+# 16 KiB block, 2 MiB per GiB of data (measured: a 1 GiB hybrid torrent with 16 MiB pieces saves
+# 2.0 MiB once complete; Mistral 7B's 14.5 GB release about 28 MiB). 64 MiB covers torrents up to
+# about 30 GiB; for a .torrent file of a larger one the cap grows with it (twice the measured rate).
+# Larger resume data is not read: libtorrent checks the data already there instead.
+MAX_RESUME_BYTES = 64 << 20
+RELEASE_PURPOSE = "the torrent mdist fetched or seeded (.mdist/release.torrent)"
 STATE_LABELS = {"checking_files": "checking", "checking_resume_data": "checking", "downloading_metadata": "metadata",
                 "finished": "verifying", "seeding": "verifying"}  # libtorrent's "seeding" is not ours yet
 
@@ -133,15 +150,20 @@ def read_checked_torrent(path: Path) -> tuple[bytes, dict]:
     """A .torrent file's bytes and raw info dict, checked (check_info_dict) before libtorrent
     parses, and so sanitises, any name."""
     raw = _read_torrent_file(path)
+    return raw, check_torrent_bytes(raw, str(path))
+
+
+def check_torrent_bytes(raw: bytes, what: str) -> dict:
+    """The raw info dict of a .torrent file's bytes, checked by check_info_dict."""
     try:
         decoded = lt().bdecode(raw)
     except RuntimeError:
         decoded = None
     if not isinstance(decoded, dict) or b"info" not in decoded:
-        raise InputError(f"{path} is not a .torrent file")
+        raise InputError(f"{what} is not a .torrent file")
     info = decoded[b"info"]
     check_info_dict(info)
-    return raw, info
+    return info
 
 
 def _read_torrent_file(path: Path) -> bytes:
@@ -156,6 +178,105 @@ def _read_torrent_file(path: Path) -> bytes:
         return path.read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+# -- state mdist keeps in OUT/.mdist: trusted only when signed on this machine ---------------------
+@dataclass(frozen=True)
+class StateFile:
+    data: bytes | None = None  # None: absent, or not read (see problem)
+    trusted: bool = False  # written by mdist on this machine, for this purpose
+    problem: str | None = None  # why it was not read
+
+
+def _read_no_link(path: Path, max_bytes: int) -> bytes | None:
+    """A regular file's bytes (None if absent), never through a symbolic link, at most max_bytes;
+    InputError saying why not otherwise. O_NONBLOCK: a FIFO cannot hang the open."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise InputError("a symbolic link" if exc.errno == errno.ELOOP else f"unreadable: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise InputError("not a regular file")
+        if info.st_size > max_bytes:
+            raise InputError(f"larger than {max_bytes >> 20} MiB")
+        chunks, remaining = [], max_bytes + 1
+        while remaining > 0:
+            chunk = os.read(fd, min(remaining, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        if remaining <= 0:
+            raise InputError(f"larger than {max_bytes >> 20} MiB")
+        return b"".join(chunks)
+    except OSError as exc:
+        raise InputError(f"unreadable: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def _mac_path(path: Path) -> Path:
+    return path.with_name(path.name + MAC_SUFFIX)
+
+
+def _macs(path: Path) -> list[str]:
+    """The HMACs recorded beside `path` (the newest first), or none."""
+    try:
+        data = _read_no_link(_mac_path(path), MAX_MAC_BYTES) or b""
+    except InputError:
+        return []
+    return data.decode("ascii", "replace").split()[:2]
+
+
+def read_state_file(path: Path, max_bytes: int, purpose: str) -> StateFile:
+    """A state file and whether mdist wrote it on this machine for `purpose` (see write_state_file)."""
+    try:
+        data = _read_no_link(path, max_bytes)
+    except InputError as exc:
+        return StateFile(problem=str(exc))
+    if data is None:
+        return StateFile()
+    return StateFile(data, any(signed_by_us(data, mac, purpose) for mac in _macs(path)))
+
+
+def write_state_file(path: Path, data: bytes, purpose: str) -> None:
+    """Write `data` (atomically) with its HMAC beside it. The HMAC file is written first and keeps
+    the previous HMAC too, so that a kill between the two writes leaves the data there trusted.
+    Without a key (an unwritable home) the data is written unsigned: next time it is checked."""
+    try:
+        mac = sign_bytes(data, purpose)
+    except (InputError, OSError):
+        mac = None
+    if mac is None:
+        _mac_path(path).unlink(missing_ok=True)
+    else:
+        write_bytes_atomic(_mac_path(path), ("\n".join([mac, *_macs(path)[:1]]) + "\n").encode())
+    write_bytes_atomic(path, data)
+
+
+def resume_purpose(out: Path) -> str:
+    """Resume data vouches for the data in one folder: a copy elsewhere (or a folder moved) is checked."""
+    return f"libtorrent resume data for {os.path.realpath(out)}"
+
+
+def resume_cap(params) -> int:
+    """How much resume data is read (see MAX_RESUME_BYTES)."""
+    if params.ti is None:
+        return MAX_RESUME_BYTES
+    return max(MAX_RESUME_BYTES, params.ti.total_size() // 256 + (1 << 20))
+
+
+def read_release_torrent(state_dir: Path) -> StateFile:
+    """OUT/.mdist/release.torrent as read_state_file reads it (a .torrent file's size bound)."""
+    return read_state_file(state_dir / RELEASE_TORRENT, MAX_TORRENT_BYTES, RELEASE_PURPOSE)
+
+
+def write_release_torrent(state_dir: Path, torrent: bytes) -> None:
+    write_state_file(real_dir(state_dir) / RELEASE_TORRENT, torrent, RELEASE_PURPOSE)
 
 
 class Patience:
@@ -223,7 +344,7 @@ def fetch_torrent(source: str, options: FetchOptions, reporter: Reporter | None 
         if params.ti is None:
             params.ti = fetch_metadata(session, params, peers, patience, reporter)
         _prepare(params, out)  # checks the info dict; only then is anything created in out
-        write_bytes_atomic(real_dir(state_dir) / RELEASE_TORRENT, release_torrent_bytes(params))
+        write_release_torrent(state_dir, release_torrent_bytes(params))
         present = _bytes_present(out, params)
         if present and params is fresh:  # no resume data: libtorrent checks every piece that is there
             reporter.message(f"{out} already holds {present / 1e6:.1f} MB of this torrent's files: checking them; "
@@ -246,6 +367,7 @@ def _download(engine: "_Engine", state_dir: Path, seed: bool,
     handle, out = engine.handle, engine.out
     started = time.monotonic()
     engine.run_until_finished()
+    engine.require_every_piece()
     hashes = InfoHashes.of(handle.info_hashes())
     manifest, verified, unchecked = (None, 0, [])
     if on_complete is not None:
@@ -258,7 +380,7 @@ def _download(engine: "_Engine", state_dir: Path, seed: bool,
     )
     write_bytes_atomic(state_dir / COMPLETE_FILE, json.dumps(result.to_json(), indent=2).encode())
     engine.save_resume(wait=True)
-    engine.keep_release_torrent(state_dir / RELEASE_TORRENT)
+    engine.keep_release_torrent(state_dir)
     engine.show("complete")
     if seed:
         engine.reporter.message("complete and verified; seeding until Ctrl-C")
@@ -278,7 +400,9 @@ def _prepare(params, out: Path) -> None:
     refuse_links_on_the_way(out, [renamed.get(i, layout.file_path(i)) for i in range(layout.num_files())])
     params.save_path = str(out)
     flags = lib.torrent_flags
-    params.flags &= ~(flags.paused | flags.auto_managed | flags.upload_mode | flags.default_dont_download)
+    params.flags &= ~(flags.paused | flags.auto_managed | flags.upload_mode | flags.default_dont_download
+                      | flags.seed_mode | flags.no_verify_files | flags.share_mode | flags.stop_when_ready)
+    params.file_priorities, params.piece_priorities = [], []  # mdist wants every file: none left out
 
 
 def _bytes_present(out: Path, params) -> int:
@@ -391,21 +515,32 @@ def same_torrent(requested: InfoHashes, saved: InfoHashes) -> bool:
 
 
 def _maybe_resume(params, state_dir: Path, requested: InfoHashes, reporter: Reporter):
-    """Saved state of this very torrent (by info-hash), or the fresh params."""
+    """Saved state of this very torrent (by info-hash) that mdist wrote here, or the fresh params.
+
+    Resume data mdist did not write here (a copied or hostile folder: see the module's docstring)
+    gives at most its file list, when its own info-hashes are the ones asked for; every piece
+    it claims is left to libtorrent's check of the data on disk."""
     lib = lt()
-    resume_path = state_dir / RESUME_FILE
-    if not resume_path.is_file():
+    saved = read_state_file(state_dir / RESUME_FILE, resume_cap(params), resume_purpose(state_dir.parent))
+    if saved.data is None:
+        if saved.problem:
+            reporter.message(f"ignoring the resume data ({saved.problem}): checking existing data")
         return params
     try:
-        resumed = lib.read_resume_data(resume_path.read_bytes())
-    except (RuntimeError, OSError):
+        resumed = lib.read_resume_data(saved.data)
+    except RuntimeError:
         reporter.message("ignoring unreadable resume data")
-        return params
-    if not same_torrent(requested, InfoHashes.of(resumed.info_hashes)):
-        reporter.message("resume data is for another torrent; starting fresh")
         return params
     if resumed.ti is None:
         reporter.message("resume data holds no file list; starting fresh")
+        return params
+    if not same_torrent(requested, InfoHashes.of(resumed.ti.info_hashes())):  # the file list's own hashes
+        reporter.message("resume data is for another torrent; starting fresh")
+        return params
+    if not saved.trusted:
+        reporter.message("resume data not written by mdist here: checking existing data")
+        if params.ti is None:  # a magnet: the file list is the one asked for (checked like a peer's)
+            params.ti = resumed.ti
         return params
     resumed.trackers = list(set(resumed.trackers) | set(params.trackers))
     resumed.url_seeds = list(set(resumed.url_seeds) | set(params.url_seeds))
@@ -426,6 +561,7 @@ class _Engine:
         self.last_resume = 0.0
         self.resume_pending = False
         self.resume_params = None  # the latest saved state: info dict, trackers, v2 piece layers
+        self.resume_purpose = resume_purpose(out)
 
     def file_paths(self) -> list[str]:
         ti = self.handle.torrent_file()
@@ -494,17 +630,28 @@ class _Engine:
         p.peers, p.seeds = status.num_peers, status.num_seeds
 
     def _remove_pad_files(self) -> None:
-        """Older libtorrents write pad files to .pad/; keep the folder if the release has real files there."""
+        """Older libtorrents write pad files to .pad/SIZE; keep the folder if the release has real files
+        there. Only such files are removed (no recursion into whatever else a folder holds there)."""
         pad_dir = self.out / ".pad"
         if any(path.startswith(".pad/") for path in self.file_paths()):
             return
-        if pad_dir.is_dir() and not pad_dir.is_symlink():
-            shutil.rmtree(pad_dir)
+        if not pad_dir.is_dir() or pad_dir.is_symlink():
+            return
+        with os.scandir(pad_dir) as entries:
+            pads = [entry.path for entry in entries if entry.name.isascii() and entry.name.isdigit()
+                    and entry.is_file(follow_symlinks=False)]
+        for path in pads:
+            os.unlink(path)
+        try:
+            pad_dir.rmdir()
+        except OSError:  # something else is there: not ours to delete
+            pass
 
     def _saved(self, alert) -> None:
         lib = lt()
         if isinstance(alert, lib.save_resume_data_alert):
-            write_bytes_atomic(self.out / STATE_DIR / RESUME_FILE, lib.write_resume_data_buf(alert.params))
+            write_state_file(self.out / STATE_DIR / RESUME_FILE, lib.write_resume_data_buf(alert.params),
+                             self.resume_purpose)
             self.resume_params = alert.params
         self.resume_pending = False
 
@@ -524,7 +671,19 @@ class _Engine:
                         self._saved(alert)
                 self.session.wait_for_alert(100)
 
-    def keep_release_torrent(self, path: Path) -> None:
+    def require_every_piece(self) -> None:
+        """libtorrent says 'finished' once every piece it was asked for is there: mdist asks for all,
+        and checks that every file is covered by pieces that passed their hash check."""
+        ti = self.handle.torrent_file()
+        layout = ti.layout()
+        done = self.handle.file_progress(lt().file_progress_flags_t.piece_granularity)
+        missing = [layout.file_path(i) for i in range(layout.num_files())
+                   if not layout.file_flags(i) & layout.flag_pad_file and done[i] != layout.file_size(i)]
+        if missing:
+            raise VerificationError(f"libtorrent finished without every piece of {len(missing)} "
+                                    f"{plural(len(missing), 'file')} ({missing[0]}...); not complete")
+
+    def keep_release_torrent(self, state_dir: Path) -> None:
         """Rewrite the saved .torrent from the final state: the same info dict, now with the v2 piece
         layers libtorrent verified, so that a seeder (or any client) can use the file alone."""
         saved = self.resume_params
@@ -532,7 +691,7 @@ class _Engine:
             return
         if InfoHashes.of(saved.ti.info_hashes()) != InfoHashes.of(self.handle.info_hashes()):
             return
-        write_bytes_atomic(path, release_torrent_bytes(saved))
+        write_release_torrent(state_dir, release_torrent_bytes(saved))
 
     def seed_forever(self) -> None:
         self.phase = "seeding"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Collection
@@ -10,7 +11,7 @@ from urllib.parse import quote
 
 from mdist.errors import InputError, UnsafeContentError
 from mdist.paths import (MAX_FILES, MAX_PATH_CHARS, UnsafePathError, check_component, check_not_state,
-                         check_path_set, check_relative_path)
+                         check_path_set, check_relative_path, walk)
 from mdist.sources.bt_session import Endpoint, lt
 
 MIN_PIECE = 256 << 10
@@ -37,10 +38,7 @@ def create_torrent(directory: Path, *, trackers: list[str] = (), web_seeds: list
     directory = Path(directory).resolve()
     if not directory.is_dir():
         raise InputError(f"{directory} is not a folder")
-    for root, dirs, names in os.walk(directory):
-        for name in dirs + names:
-            if (Path(root) / name).is_symlink():
-                raise InputError(f"{Path(root) / name} is a symbolic link; refusing to share it")
+    _refuse_unshareable(directory)
     skipped = set(leave_out)
     files = lib.list_files(str(directory), lambda path: not (_is_tool_state(directory, path)
                                                               or _relative(directory, path) in skipped))
@@ -59,6 +57,37 @@ def create_torrent(directory: Path, *, trackers: list[str] = (), web_seeds: list
     return lib.bencode(creator.generate())
 
 
+def _refuse_unshareable(directory: Path) -> None:
+    """Before libtorrent lists the folder (following links, recursing in C++): no symbolic link or
+    special file where it looks, at most MAX_DEPTH folders deep and MAX_FILES files, walked without
+    recursion (mdist.paths.walk). Tool state is left out here as libtorrent's listing leaves it."""
+    count = 0
+    for rel, entries in walk(directory, skip=lambda child: _is_state(child.split("/"))):
+        for entry in entries:
+            child = f"{rel}/{entry.name}" if rel else entry.name
+            if _is_state(child.split("/")):
+                continue
+            try:
+                mode = entry.stat(follow_symlinks=False).st_mode
+            except OSError as exc:
+                raise InputError(f"cannot inspect {entry.path}: {exc.strerror}") from None
+            if stat.S_ISLNK(mode):
+                raise InputError(f"{entry.path} is a symbolic link; refusing to share it")
+            if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+                raise InputError(f"{entry.path} is not a regular file or folder; refusing to share it")
+            count += stat.S_ISREG(mode)
+            if count > MAX_FILES:
+                raise InputError(f"cannot share {directory}: more than {MAX_FILES} files")
+
+
+def _is_state(parts: list[str]) -> bool:
+    try:
+        check_not_state(parts)
+    except UnsafePathError:
+        return True
+    return False
+
+
 def _relative(directory: Path, path: str) -> str:
     return os.path.relpath(path, directory).replace(os.sep, "/")
 
@@ -66,13 +95,7 @@ def _relative(directory: Path, path: str) -> str:
 def _is_tool_state(directory: Path, path: str) -> bool:
     """Leave out .mdist, .git, .cache/huggingface...: no fetcher may write them, so never share them."""
     parts = os.path.relpath(path, directory).split(os.sep)
-    if parts == ["."]:
-        return False
-    try:
-        check_not_state(parts)
-    except UnsafePathError:
-        return True
-    return False
+    return parts != ["."] and _is_state(parts)
 
 
 def _check_shareable(directory: Path, paths: list[str]) -> None:
