@@ -83,6 +83,18 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "mdist.paths.x_check_path_set__mutmut_24": (
         "i = 0 adds the folder '' to the set, and '' is never a checked path, so it never clashes",
         "for i in range(len(parts))"),
+    "mdist.paths.x_walk__mutmut_7": ("Path(root) / '' is Path(root)", "if (rel) or True else"),
+    "mdist.paths.x_walk__mutmut_24": ("DirEntry.is_dir takes follow_symlinks=None as false",
+                                      "follow_symlinks=None"),
+    # mdist/derived.py
+    "mdist.derived.x__source_identities__mutmut_6": (
+        "directory / name is Path(name) when name is absolute (pathlib drops the left side)",
+        "if (os.path.isabs(name)) and False else"),
+    "mdist.derived.x__load_key__mutmut_16": ("secrets.token_bytes(None) draws 32 bytes, as _KEY_BYTES",
+                                             "secrets.token_bytes(None)"),
+    "mdist.derived.x__mac__mutmut_8": (
+        "the MAC's message is a JSON array of strings, integers and arrays: no key separator appears",
+        'separators=(",", "XX:XX")'),
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
@@ -171,18 +183,25 @@ def toml_list(values: list[str]) -> str:
     return "[" + ", ".join(json.dumps(v) for v in values) + "]"
 
 
-def prepare(work: Path, files: list[str], tests: list[str], settings: dict) -> None:
-    """A scratch copy of the work tree with mutmut's config for this module."""
+def prepare(work: Path, files: list[str], tests: list[str], settings: dict, ref: str | None) -> None:
+    """A scratch copy of the work tree (or of commit `ref`) with mutmut's config for this module."""
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis", ".pytest_cache")
-    shutil.copytree(REPO / "mdist", work / "mdist", ignore=ignore, symlinks=True)
-    shutil.copytree(REPO / "checksums", work / "mdist" / "checksums", ignore=ignore, dirs_exist_ok=True)
-    shutil.copytree(REPO / "tests", work / "tests", ignore=ignore, symlinks=True)
-    shutil.copytree(REPO / "docs", work / "docs", ignore=ignore)
-    shutil.copytree(REPO / "checksums", work / "checksums", ignore=ignore)
-    shutil.copy2(REPO / "README.md", work / "README.md")
+    if ref:  # a commit: what others are editing meanwhile in the work tree stays out of the run...
+        archive = subprocess.run(["git", "archive", ref, "mdist", "checksums", "tests", "docs", "README.md"],
+                                 cwd=REPO, capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(work)], input=archive, check=True)
+        for test in (REPO / "tests").glob("test_mutants_*.py"):  # ...but not these tests, being written
+            shutil.copy2(test, work / "tests" / test.name)
+    else:
+        shutil.copytree(REPO / "mdist", work / "mdist", ignore=ignore, symlinks=True)
+        shutil.copytree(REPO / "tests", work / "tests", ignore=ignore, symlinks=True)
+        shutil.copytree(REPO / "docs", work / "docs", ignore=ignore)
+        shutil.copytree(REPO / "checksums", work / "checksums", ignore=ignore)
+        shutil.copy2(REPO / "README.md", work / "README.md")
+    shutil.copytree(work / "checksums", work / "mdist" / "checksums", ignore=ignore, dirs_exist_ok=True)
     selection = [t for t in tests if not t.startswith("tests/") or (REPO / t).exists()]
     config = (REPO / "pyproject.toml").read_text() + f"""
 [tool.mutmut]
@@ -206,19 +225,24 @@ timeout_constant = 2.0
     (support / "sitecustomize.py").write_text(SITECUSTOMIZE)
     (support / "mutmut_hits.py").write_text(HITS_PLUGIN)
     (work / "hits").mkdir()
+    (work / "tmp").mkdir()
     # On PYTHONPATH before mutmut fills it: a folder missing at start-up is cached by the import
     # system as "nothing here", and mdist would be imported from the repository instead.
     (work / "mutants").mkdir()
 
 
-def resume(work: Path, files: list[str]) -> None:
+def resume(work: Path, files: list[str], ref: str | None) -> None:
     """Take the repository's current tests, and have the survivors tested again with them.
 
     mutmut keeps every other verdict (their functions are unchanged) and runs the tests that are
     new since the stopped run once to learn what they reach.
     """
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    shutil.copytree(REPO / "tests", work / "tests", ignore=ignore, dirs_exist_ok=True)
+    if ref:
+        for test in (REPO / "tests").glob("test_mutants_*.py"):
+            shutil.copy2(test, work / "tests" / test.name)
+    else:
+        shutil.copytree(REPO / "tests", work / "tests", ignore=ignore, dirs_exist_ok=True)
     for file in files:
         meta = work / "mutants" / (file + ".meta")
         if meta.exists():
@@ -234,6 +258,9 @@ def environment(work: Path) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join([str(work / "mutants"), str(work / "support")])
     env["MDIST_MUTMUT_HITS"] = str(work / "hits")
     env["PYTHONDONTWRITEBYTECODE"] = "1"
+    # pytest's own temporary folders, away from the shared /tmp/pytest-of-USER: other runs there clean
+    # up (and could delete a folder a mutant's test is using, or crash on a tree a test left behind)
+    env["PYTEST_DEBUG_TEMPROOT"] = str(work / "tmp")
     env.pop("MUTANT_UNDER_TEST", None)
     return env
 
@@ -273,7 +300,7 @@ def report(key: str, work: Path, files: list[str], seconds: float, exit_code: in
         counts[status] = counts.get(status, 0) + 1
     equivalent, survivors, stale = {}, {}, []
     for name, status in sorted(statuses.items()):
-        if status == "killed" or status == "timeout":
+        if status in ("killed", "timeout", "not checked"):  # not checked: the budget ran out first
             continue
         diff = mutant_diff(work, name)
         if name in EQUIVALENT:
@@ -300,6 +327,8 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
     parser.add_argument("--list", action="store_true", help="list the modules and their tests")
     parser.add_argument("--keep", action="store_true", help="keep the scratch copies")
+    parser.add_argument("--ref", help="mutate this commit's mdist/ and run its tests (plus the work tree's "
+                                      "tests/test_mutants_*.py) instead of the work tree's, e.g. HEAD")
     parser.add_argument("--resume", action="store_true",
                         help="go on in the scratch copies a stopped run kept (--keep), with the repository's "
                              "current tests: the mutants not yet tested, and the survivors again")
@@ -312,19 +341,23 @@ def main() -> int:
     unknown = set(args.modules) - {m[0] for m in MODULES}
     if unknown:
         parser.error(f"unknown module(s): {', '.join(sorted(unknown))}")
+    head = subprocess.run(["git", "rev-parse", "--short", args.ref or "HEAD"], cwd=REPO, capture_output=True,
+                          text=True).stdout.strip()
+    source = f"commit {head}" if args.ref else f"work tree (HEAD {head} and uncommitted changes)"
     results = []
     for key, files, tests, settings in chosen:
         work = args.workdir / key
         print(f"== {key}: {' '.join(files)}", flush=True)
         if not (args.resume and (work / "mutants").is_dir()):
-            prepare(work, files, tests, settings)
+            prepare(work, files, tests, settings, args.ref)
         else:
-            resume(work, files)
+            resume(work, files, args.ref)
         start = time.monotonic()
         with open(args.workdir / f"{key}.log", "a" if args.resume else "w") as log:
             code = run_mutmut(work, args.budget, log)
         seconds = time.monotonic() - start
         result = report(key, work, files, seconds, code)
+        result["source"] = source
         results.append(result)
         note = " (budget reached: unfinished)" if code == 124 or result["counts"].get("not checked") else ""
         print(f"   {result['killed']} killed / {result['total']} mutants / {result['equivalent']} equivalent: "

@@ -770,3 +770,60 @@ def test_closest_release_weighs_a_matching_size_as_two_names(monkeypatch: pytest
     monkeypatch.setattr(mf, "load_registry", lambda: (size, names))
     assert mf.closest_release(None, present)[0] is size
     assert mf.closest_release(None, {"x": 1, "y": 1, "q": 1})[0] is size  # 1 + 2 against 2
+
+
+def test_choose_containing_a_named_weight_file() -> None:
+    files = {**TINY_FILES, "consolidated.safetensors": 1, "config.json": 1, "model.safetensors": 1}
+    c = contents(files, release=None, layouts_=[PTH_LAYOUT, MISTRAL_LAYOUT, HF_LAYOUT])
+    assert c.choose_containing("model.safetensors", "run") == HF_LAYOUT
+    assert c.choose_containing("consolidated.00.pth", "run") == PTH_LAYOUT
+    assert c.choose_containing("consolidated.safetensors", "digest") == MISTRAL_LAYOUT
+    assert c.choose_containing("consolidated.00.pth", "convert") == PTH_LAYOUT
+    with pytest.raises(InputError) as info:
+        c.choose_containing("consolidated.safetensors", "convert")
+    assert str(info.value) == ("/m/consolidated.safetensors is not the weights of a layout mdist can convert "
+                               "(give the folder to let mdist choose)")
+    with pytest.raises(InputError, match="^/m/params.json is not the weights of a layout mdist can run "):
+        c.choose_containing("params.json", "run")
+
+
+def test_choose_containing_refuses_what_choose_refuses() -> None:
+    foreign = contents({**TINY_FILES, "evil.safetensors": 1}, layouts_=[PTH_LAYOUT])
+    with pytest.raises(UnsafeContentError, match="also holds evil.safetensors"):
+        foreign.choose_containing("consolidated.00.pth", "run")
+    linked = contents(TINY_FILES, others=["params.json"], layouts_=[PTH_LAYOUT])
+    with pytest.raises(InputError, match="is a symbolic link or special file"):
+        linked.choose_containing("consolidated.00.pth", "run")
+
+
+def test_choose_containing_an_unusable_layout_says_why() -> None:
+    # the release's pth is usable, the named safetensors is not part of the release
+    files = {**TINY_FILES, "consolidated.safetensors": 1}
+    c = contents(files, stale={"consolidated.safetensors"}, layouts_=[MISTRAL_LAYOUT, PTH_LAYOUT])
+    assert c.choose("run") == PTH_LAYOUT
+    with pytest.raises(InputError) as info:
+        c.choose_containing("consolidated.safetensors", "run")
+    assert str(info.value) == "/m: consolidated.safetensors was derived by mdist from files that have changed since"
+
+
+def test_an_executable_file_is_still_a_regular_file(tmp_path: Path) -> None:
+    file = sized(tmp_path / "f", 2, b"ab")
+    for mode in (0o755, 0o701, 0o600, 0o444):
+        file.chmod(mode)
+        assert derived._identity(file) == [2, os.lstat(file).st_mtime_ns, os.lstat(file).st_ino], oct(mode)
+
+
+def test_a_missing_output_does_not_stop_the_others_being_recorded(tmp_path: Path) -> None:
+    folder = tmp_path / "m"
+    source = sized(folder / "a.pth", 1, b"a")
+    made = sized(folder / "b.safetensors", 1, b"b")
+    derived.record_derived(folder, [folder / "gone.json", made], [source])
+    assert derived.derived_state(folder).valid == {"b.safetensors"}
+
+
+def test_hf_index_problems_name_the_index(tmp_path: Path) -> None:
+    _, problems = layouts(tmp_path / "a", {"config.json": b"{}", "model.safetensors.index.json": b"{"})
+    assert problems[0].startswith("model.safetensors.index.json is not valid JSON"), problems
+    _, problems = layouts(tmp_path / "b", {"config.json": b"{}",
+                                           "model.safetensors.index.json": b'{"weight_map": {"a": ".."}}'})
+    assert problems == ["model.safetensors.index.json: '..' leads outside the folder"]
