@@ -8,6 +8,7 @@ Callers then check types and ranges of what they use (a schema), never trusting 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -64,29 +65,42 @@ def read_json_file(path: Path, what: str | None = None, *, max_bytes: int = MAX_
     return parse_json(data, what, max_bytes=max_bytes)
 
 
-def open_regular(path: Path, what: str | None = None) -> int:
-    """A read-only descriptor of a regular file: a FIFO would block and a device never ends
-    (O_NONBLOCK, so opening a FIFO cannot hang either)."""
+def open_regular(path: Path, what: str | None = None, *, follow_links: bool = True, flags: int = os.O_RDONLY,
+                 error: type[InputError] = InputError) -> int:
+    """A descriptor of a regular file: a FIFO would block and a device never ends (O_NONBLOCK, so
+    opening a FIFO cannot hang either). With follow_links=False the path itself must be the file
+    (O_NOFOLLOW): a link planted where mdist reads or writes its own files is refused, never followed.
+    `flags` may add O_WRONLY, O_CREAT, O_APPEND; `error` is the class raised (exit code)."""
     what = what or str(path)
+    flags |= os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow_links else os.O_NOFOLLOW)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, flags, 0o666)
     except FileNotFoundError:
         raise InputError(f"{what} is missing") from None
     except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EMLINK) and not follow_links:
+            raise error(f"{what} is a symbolic link; refusing to follow it (remove it first)") from None
+        if exc.errno == errno.ENXIO:  # opening a FIFO for writing with no reader
+            raise error(f"{what} is not a regular file (a FIFO); refusing to use it (remove it first)") from None
         raise InputError(f"cannot read {what}: {exc.strerror}") from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise InputError(f"{what} is not a regular file")
+        raise error(f"{what} is not a regular file (a FIFO or a device); refusing to use it")
     return fd
 
 
-def read_small_file(path: Path, max_bytes: int, what: str | None = None) -> bytes:
-    """A regular file's bytes, refusing devices, FIFOs and anything larger than max_bytes."""
+def _size(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 and not n % (1 << 20) else f"{n} bytes"
+
+
+def read_small_file(path: Path, max_bytes: int, what: str | None = None, *, follow_links: bool = True) -> bytes:
+    """A regular file's bytes, refusing devices, FIFOs (and links, when asked) and anything larger
+    than max_bytes."""
     what = what or str(path)
-    fd = open_regular(path, what)
+    fd = open_regular(path, what, follow_links=follow_links)
     try:
         if os.fstat(fd).st_size > max_bytes:
-            raise InputError(f"{what} is larger than {max_bytes} bytes")
+            raise InputError(f"{what} is larger than {_size(max_bytes)}")
         chunks, remaining = [], max_bytes + 1
         while remaining > 0:
             chunk = os.read(fd, min(remaining, 1 << 20))
@@ -96,7 +110,7 @@ def read_small_file(path: Path, max_bytes: int, what: str | None = None) -> byte
             remaining -= len(chunk)
         data = b"".join(chunks)
         if len(data) > max_bytes:
-            raise InputError(f"{what} is larger than {max_bytes} bytes")
+            raise InputError(f"{what} is larger than {_size(max_bytes)}")
         return data
     except OSError as exc:
         raise InputError(f"cannot read {what}: {exc.strerror}") from None

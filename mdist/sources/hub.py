@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import errno
 import hashlib
 import json
 import os
@@ -35,10 +34,11 @@ from typing import Any, BinaryIO, Iterator
 
 from mdist.atomic import real_dir, refuse_links_on_the_way, refuse_unreal_dir, require_free_space, write_bytes_atomic
 from mdist.errors import InputError, MdistError, UnsafeContentError, VerificationError
+from mdist.jsonio import open_regular
 from mdist.paths import check_path_set, walk
 from mdist.sources.resolve import COMMIT, check_repo_id, check_revision, quoted
 from mdist.verify.folder import STATE_DIR
-from mdist.verify.hashing import CHUNK, GIT_SHA1, Cancelled, _hasher
+from mdist.verify.hashing import GIT_SHA1, Cancelled, hash_fd
 from mdist.verify.manifest import Manifest, load_registry
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -776,40 +776,14 @@ def _open_partial(p: Placement) -> BinaryIO:
 
 
 def _open_regular(path: Path, flags: int = os.O_RDONLY) -> int:
-    """A descriptor of the regular file at `path` itself: O_NOFOLLOW (a link is refused, not
-    followed) and O_NONBLOCK (opening a FIFO cannot hang), then checked to be a regular file (a
-    FIFO would block a read, a device never ends). Like mdist.jsonio.open_regular, plus O_NOFOLLOW."""
-    extra = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(path, flags | extra, 0o666)
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.EMLINK, errno.ENXIO):  # a link; a FIFO nobody reads
-            raise UnsafeContentError(f"{path} is a symbolic link or special file; refusing to use it "
-                                     f"(remove it first)") from None
-        raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise UnsafeContentError(f"{path} is not a regular file (a FIFO, a device); refusing to use it "
-                                 f"(remove it first)")
-    return fd
+    """A descriptor of the regular file at `path` itself (never through a link; a FIFO or device
+    refused without blocking): mdist.jsonio.open_regular, refusals exit 1."""
+    return open_regular(path, str(path), follow_links=False, flags=flags, error=UnsafeContentError)
 
 
 def _hash_regular(path: Path, algorithms: tuple[str, ...], cancel: threading.Event | None = None) -> dict[str, str]:
-    """{algorithm: hex digest} of the regular file at `path` itself, read once through _open_regular
-    (stopped by `cancel`)."""
-    with os.fdopen(_open_regular(path), "rb", buffering=0) as handle:
-        hashers = {name: _hasher(name, os.fstat(handle.fileno()).st_size) for name in algorithms}
-        buffer = bytearray(CHUNK)
-        view = memoryview(buffer)
-        while True:
-            if cancel is not None and cancel.is_set():
-                raise Cancelled(str(path))
-            n = handle.readinto(buffer)
-            if not n:
-                break
-            for hasher in hashers.values():
-                hasher.update(view[:n])
-    return {name: hasher.hexdigest() for name, hasher in hashers.items()}
+    """{algorithm: hex digest} of the regular file at `path` itself (never through a link)."""
+    return hash_fd(_open_regular(path), algorithms, cancel=cancel, label=str(path))
 
 
 def _digests(path: Path, remote: RemoteFile, cancel: threading.Event) -> dict[str, str]:

@@ -16,7 +16,6 @@ file list, and libtorrent checks whatever data is there.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import stat
@@ -31,6 +30,7 @@ from mdist.atomic import (real_dir, refuse_links_on_the_way, refuse_unreal_dir, 
                           write_bytes_atomic)
 from mdist.derived import sign_bytes, signed_by_us
 from mdist.errors import InputError, UnsafeContentError, VerificationError
+from mdist.jsonio import read_small_file
 from mdist.sources.bt_session import Endpoint, lt, make_session, parse_endpoint
 from mdist.paths import UnsafePathError, check_component, check_path_set
 from mdist.sources.torrent_meta import (InfoHashes, check_info_dict, folder_mapping, magnet_peers,
@@ -189,34 +189,10 @@ class StateFile:
 
 
 def _read_no_link(path: Path, max_bytes: int) -> bytes | None:
-    """A regular file's bytes (None if absent), never through a symbolic link, at most max_bytes;
-    InputError saying why not otherwise. O_NONBLOCK: a FIFO cannot hang the open."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
+    """A state file's bytes (None if absent), never through a link, regular files only, bounded."""
+    if not os.path.lexists(path):
         return None
-    except OSError as exc:
-        raise InputError("a symbolic link" if exc.errno == errno.ELOOP else f"unreadable: {exc.strerror}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise InputError("not a regular file")
-        if info.st_size > max_bytes:
-            raise InputError(f"larger than {max_bytes >> 20} MiB")
-        chunks, remaining = [], max_bytes + 1
-        while remaining > 0:
-            chunk = os.read(fd, min(remaining, 1 << 20))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            remaining -= len(chunk)
-        if remaining <= 0:
-            raise InputError(f"larger than {max_bytes >> 20} MiB")
-        return b"".join(chunks)
-    except OSError as exc:
-        raise InputError(f"unreadable: {exc.strerror}") from None
-    finally:
-        os.close(fd)
+    return read_small_file(path, max_bytes, path.name, follow_links=False)
 
 
 def _mac_path(path: Path) -> Path:

@@ -9,6 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable
 
+from mdist.jsonio import open_regular
+
 CHUNK = 4 << 20
 
 
@@ -25,17 +27,17 @@ class Cancelled(Exception):
     """Hashing stopped because the caller was interrupted."""
 
 
-def hash_file(path: Path, algorithms: Iterable[str] = ("sha256",),
-              on_bytes: Callable[[int], None] | None = None,
-              cancel: threading.Event | None = None) -> dict[str, str]:
-    """Return {algorithm: hex digest} of one file, reading it once; stops early when `cancel` is set."""
+def hash_fd(fd: int, algorithms: Iterable[str] = ("sha256",), on_bytes: Callable[[int], None] | None = None,
+            cancel: threading.Event | None = None, label: str = "") -> dict[str, str]:
+    """Return {algorithm: hex digest} of an open file, reading it once; closes `fd`; stops early
+    (Cancelled) when `cancel` is set."""
     buffer = bytearray(CHUNK)
     view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as handle:
+    with os.fdopen(fd, "rb", buffering=0) as handle:
         hashers = {name: _hasher(name, os.fstat(handle.fileno()).st_size) for name in algorithms}
         while True:
             if cancel is not None and cancel.is_set():
-                raise Cancelled(str(path))
+                raise Cancelled(label)
             n = handle.readinto(buffer)
             if not n:
                 break
@@ -44,6 +46,13 @@ def hash_file(path: Path, algorithms: Iterable[str] = ("sha256",),
             if on_bytes:
                 on_bytes(n)
     return {name: hasher.hexdigest() for name, hasher in hashers.items()}
+
+
+def hash_file(path: Path, algorithms: Iterable[str] = ("sha256",),
+              on_bytes: Callable[[int], None] | None = None,
+              cancel: threading.Event | None = None) -> dict[str, str]:
+    """hash_fd of a regular file (a FIFO or device is refused, never read forever)."""
+    return hash_fd(open_regular(Path(path)), algorithms, on_bytes, cancel, str(path))
 
 
 def hash_files(jobs: dict[Path, tuple[str, ...]], *, workers: int | None = None,
