@@ -79,8 +79,11 @@ def test_peers_found_only_through_a_tracker(release: Path, tmp_path: Path) -> No
 
 def test_corrupt_seeder_is_survived_with_an_honest_one(release: Path, tmp_path: Path) -> None:
     bad = copy_release(release, tmp_path / "bad" / "tiny-mistral")
-    # the honest seeder is slow, so the corrupt one certainly serves pieces and gets caught
-    with mdist_seeder(release, "--upload-limit", "1MB") as honest, mdist_seeder(bad, "--force") as corrupt:
+    # the honest seeder is slow, so the corrupt one certainly serves pieces and gets caught. v1: with a
+    # hybrid torrent libtorrent sometimes stops the torrent on a corrupt piece ("v1 and v2 hashes do
+    # not describe the same data", arvidn/libtorrent#6394), about once in 16 runs here
+    with (mdist_seeder(release, "--upload-limit", "1MB", "--torrent-version", "v1") as honest,
+          mdist_seeder(bad, "--force", "--torrent-version", "v1") as corrupt):
         corrupt_every_piece(bad / "consolidated.00.pth")  # after the seeder checked its data
         peers = [m.rsplit("x.pe=", 1)[1] for m in (honest, corrupt)]
         result, payload = fetch_json(strip_peers(honest), "--peer", peers[1], "--peer", peers[0],
