@@ -95,6 +95,22 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "mdist.derived.x__mac__mutmut_8": (
         "the MAC's message is a JSON array of strings, integers and arrays: no key separator appears",
         'separators=(",", "XX:XX")'),
+    "mdist.derived.x__load_key__mutmut_28": ("create=None is false, as create=False", "_load_key(create=None)"),
+    "mdist.derived.x_derived_state__mutmut_7": (
+        "with no records the loop adds nothing: an empty DerivedState equal to NONE (the key is only read)",
+        "if (records) or True else None"),
+    "mdist.derived.x_derived_state__mutmut_8": ("create=None is false, as create=False",
+                                                "_load_key(create=None) if records"),
+    # mdist/model_folder.py
+    "mdist.model_folder.x_recognise__mutmut_15": (
+        "counts a listed size that differs as evidence, but identify() then drops that release for the "
+        "contradicted size: recognise() returns the same", "entry.size is not None or entry.size =="),
+    "mdist.model_folder.x__published_json_differs__mutmut_7": (
+        "the name only words the InputError, which is caught: either way the path is returned",
+        "read_json_file(directory / path, None)"),
+    "mdist.model_folder.x__published_json_differs__mutmut_9": (
+        "the name only words the InputError, which is caught: either way the path is returned",
+        "read_json_file(directory / path, )"),
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",

@@ -827,3 +827,32 @@ def test_hf_index_problems_name_the_index(tmp_path: Path) -> None:
     _, problems = layouts(tmp_path / "b", {"config.json": b"{}",
                                            "model.safetensors.index.json": b'{"weight_map": {"a": ".."}}'})
     assert problems == ["model.safetensors.index.json: '..' leads outside the folder"]
+
+
+def test_a_key_that_cannot_be_created_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(path, flags, mode=0o777):  # what a read-only or full disk does (root writes everywhere here)
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(derived.os, "open", refuse)
+    with pytest.raises(InputError) as info:
+        derived._load_key(create=True)
+    assert str(info.value) == f"cannot create mdist's key {tmp_path / 'state' / 'mdist' / 'derived.key'}: " \
+                              "Permission denied"
+
+
+def test_the_note_lists_every_weight_file_of_the_choice() -> None:
+    shards = mf.Layout("hf", "config.json", ("s1.safetensors", "s2.safetensors"), ("model.safetensors.index.json",))
+    files = {**TINY_FILES, "config.json": 1, "s1.safetensors": 1, "s2.safetensors": 1,
+             "model.safetensors.index.json": 1}
+    notes: list[str] = []
+    contents(files, release=None, layouts_=[PTH_LAYOUT, shards]).choose("run", notes.append)
+    assert notes == ["/m holds several layouts (hf, pth); run uses hf (s1.safetensors, s2.safetensors)"]
+
+
+def test_a_shared_name_is_no_evidence_even_with_the_folder_at_hand(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    loose = Manifest("loose", "t", {"a.bin": FileEntry("a.bin"), "b": FileEntry("b")}, False)
+    monkeypatch.setattr(mf, "identify", lambda files, eligible: (loose if eligible(loose) else None, []))
+    sized(tmp_path / "a.bin", 5)
+    assert mf.recognise({"a.bin": 5, "b": 1}, tmp_path) is None
+    assert mf.recognise({"a.bin": 5, "b": 1}) is None
