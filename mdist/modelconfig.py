@@ -176,13 +176,3 @@ class MistralConfig:
 def read_json(path: Path) -> Any:
     """A small JSON file from outside: bounded, regular files only, errors as one line."""
     return read_json_file(Path(path))
-
-
-def load_config(directory: Path) -> tuple[MistralConfig, str]:
-    """Read a model folder's config; return it with the layout it implies ('mistral' or 'hf')."""
-    directory = Path(directory)
-    if (directory / "params.json").is_file():
-        return MistralConfig.from_params(read_json(directory / "params.json")), "mistral"
-    if (directory / "config.json").is_file():
-        return MistralConfig.from_hf_config(read_json(directory / "config.json")), "hf"
-    raise InputError(f"{directory} has neither params.json nor config.json")

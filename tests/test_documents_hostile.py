@@ -21,7 +21,8 @@ import pytest
 
 from mdist.convert.safetensors_reader import MAX_HEADER_BYTES, open_safetensors
 from mdist.errors import InputError, MdistError
-from mdist.modelconfig import MistralConfig, load_config, read_json
+from mdist.model_folder import HF, MISTRAL, Layout, read_config
+from mdist.modelconfig import MistralConfig, read_json
 from mdist.runner.model import KVCache
 
 
@@ -285,6 +286,12 @@ BAD_HF = {
     "rms_norm_eps NaN": {"rms_norm_eps": math.nan},
     "head_dim a string": {"head_dim": "128"},
 }
+
+
+def load_config(directory: Path) -> tuple[MistralConfig, str]:
+    """The config a layout of this folder is read with (mdist.model_folder.read_config), and its layout."""
+    kind, name = (MISTRAL, "params.json") if (directory / "params.json").exists() else (HF, "config.json")
+    return read_config(directory, Layout(kind, name, ())), kind
 
 
 def _model_dir(tmp_path: Path, name: str, content: dict | str) -> Path:
