@@ -101,6 +101,10 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
         "if (records) or True else None"),
     "mdist.derived.x_derived_state__mutmut_8": ("create=None is false, as create=False",
                                                 "_load_key(create=None) if records"),
+    "mdist.derived.x__records__mutmut_6": ("the name only words the InputError, which is caught: {} either way",
+                                           "_MAX_RECORD_BYTES), None)"),
+    "mdist.derived.x__records__mutmut_13": ("the name only words the InputError, which is caught: {} either way",
+                                            "_MAX_RECORD_BYTES), str(None))"),
     # mdist/model_folder.py
     "mdist.model_folder.x_recognise__mutmut_15": (
         "counts a listed size that differs as evidence, but identify() then drops that release for the "

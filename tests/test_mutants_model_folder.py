@@ -856,3 +856,28 @@ def test_a_shared_name_is_no_evidence_even_with_the_folder_at_hand(tmp_path: Pat
     sized(tmp_path / "a.bin", 5)
     assert mf.recognise({"a.bin": 5, "b": 1}, tmp_path) is None
     assert mf.recognise({"a.bin": 5, "b": 1}) is None
+
+
+def test_inspect_folder_reads_published_json_content(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mdist.verify import manifest as manifest_module
+
+    release = Manifest("j", "j", {"w.bin": FileEntry("w.bin", 3), "params.json": FileEntry("params.json",
+                                                                                          json={"dim": 2})}, True)
+    monkeypatch.setattr(manifest_module, "load_registry", lambda: (release,))
+    folder = tmp_path / "m"
+    sized(folder / "w.bin", 3)
+    (folder / "params.json").write_text('{"dim": 2}')
+    assert mf.inspect_folder(folder).release is release
+    (folder / "params.json").write_text('{"dim": 1}')  # the published content differs: another model
+    assert mf.inspect_folder(folder).release is None
+
+
+def test_inspect_folder_keeps_the_problems(tmp_path: Path) -> None:
+    folder = tmp_path / "m"
+    sized(folder / "config.json", 2, b"{}")
+    sized(folder / "model.safetensors.index.json", 2, b"{}")
+    found = mf.inspect_folder(folder)
+    assert found.problems == ["model.safetensors.index.json has no weight_map"]
+    with pytest.raises(InputError) as info:
+        found.choose("run")
+    assert str(info.value) == f"{folder}: model.safetensors.index.json has no weight_map"
