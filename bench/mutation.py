@@ -106,6 +106,14 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "mdist.derived.x__records__mutmut_13": ("the name only words the InputError, which is caught: {} either way",
                                             "_MAX_RECORD_BYTES), str(None))"),
     # mdist/model_folder.py
+    "mdist.model_folder.x_scan__mutmut_42": ("DirEntry.stat takes follow_symlinks=None as false",
+                                             "entry.stat(follow_symlinks=None)"),
+    "mdist.model_folder.x_scan__mutmut_49": (
+        "asks _blob_target of every entry: outside a snapshot (no blobs folder) and for a plain file in one it "
+        "answers None, so the entry is judged as before", "stat.S_ISLNK(info.st_mode)) or True else None"),
+    "mdist.model_folder.x_scan__mutmut_55": (
+        "asks _blob_target of plain files in a snapshot too (their real path is never in blobs/: None) and of "
+        "links outside one (no blobs folder: None)", "if blobs_dir or stat.S_ISLNK(info.st_mode)"),
     "mdist.model_folder.x_recognise__mutmut_15": (
         "counts a listed size that differs as evidence, but identify() then drops that release for the "
         "contradicted size: recognise() returns the same", "entry.size is not None or entry.size =="),
