@@ -105,6 +105,12 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
                                            "_MAX_RECORD_BYTES), None)"),
     "mdist.derived.x__records__mutmut_13": ("the name only words the InputError, which is caught: {} either way",
                                             "_MAX_RECORD_BYTES), str(None))"),
+    # mdist/verify/hashing.py, mdist/verify/folder.py
+    "mdist.verify.hashing.x_hash_files__mutmut_34": ("wait=True is shutdown's default", "pool.shutdown(cancel_futures=True)"),
+    "mdist.verify.folder.x__judge__mutmut_28": ("the name only words the InputError, which is caught: mismatch either way",
+                                                "read_json_file(path, None)"),
+    "mdist.verify.folder.x__judge__mutmut_30": ("the name only words the InputError, which is caught: mismatch either way",
+                                                "read_json_file(path, )"),
     # mdist/model_folder.py
     "mdist.model_folder.x_scan__mutmut_42": ("DirEntry.stat takes follow_symlinks=None as false",
                                              "entry.stat(follow_symlinks=None)"),

@@ -92,9 +92,9 @@ def test_hash_file_stops_when_cancelled(tmp_path: Path) -> None:
 
 
 def test_hash_files_largest_first_and_all_results(tmp_path: Path) -> None:
-    small = write(tmp_path / "small", b"s" * 10)
-    big = write(tmp_path / "big", b"b" * 1000)
-    mid = write(tmp_path / "mid", b"m" * 100)
+    small = write(tmp_path / "a", b"s" * 10)  # names in another order than sizes
+    big = write(tmp_path / "b", b"b" * 1000)
+    mid = write(tmp_path / "c", b"m" * 100)
     seen: list[int] = []
     result = hashing.hash_files({small: ("sha256",), big: ("md5",), mid: ("sha256", "md5")}, workers=1,
                                 on_bytes=seen.append)
@@ -120,6 +120,9 @@ def test_hash_files_uses_at_most_one_worker_per_file_and_core(tmp_path: Path, mo
     hashing.hash_files(files, workers=3)
     hashing.hash_files({})
     assert made == [1, min(5, os.cpu_count() or 1), 3, 1]
+    monkeypatch.setattr(hashing.os, "cpu_count", lambda: None)  # unknown: one worker
+    hashing.hash_files(files)
+    assert made[-1] == 1
 
 
 def test_an_error_in_one_file_cancels_the_others(tmp_path: Path, monkeypatch) -> None:
@@ -138,6 +141,49 @@ def test_an_error_in_one_file_cancels_the_others(tmp_path: Path, monkeypatch) ->
     with pytest.raises(OSError, match="boom"):
         hashing.hash_files({bad: ("sha256",), big: ("sha256",)}, workers=1)
     assert events and all(e.is_set() for e in events)
+
+
+def test_an_error_stops_the_other_workers_before_it_is_raised(tmp_path: Path, monkeypatch) -> None:
+    import time
+
+    events: list[str] = []
+
+    def hash_file(path, algorithms, on_bytes, cancel):
+        if path.name == "bad":
+            time.sleep(0.1)
+            raise OSError("boom")
+        for _ in range(100):
+            if cancel.is_set():
+                time.sleep(0.02)
+                events.append("slow stopped")
+                raise hashing.Cancelled(str(path))
+            time.sleep(0.05)
+        events.append("slow finished")
+        return {}
+
+    monkeypatch.setattr(hashing, "hash_file", hash_file)
+    bad = write(tmp_path / "bad", b"x" * 100)
+    slow = write(tmp_path / "slow", b"x" * 10)
+    with pytest.raises(OSError, match="boom"):
+        hashing.hash_files({bad: ("sha256",), slow: ("sha256",)}, workers=2)
+    assert events == ["slow stopped"]  # waited for: no thread still reading after the error
+
+
+def test_files_queued_behind_an_error_are_never_started(tmp_path: Path, monkeypatch) -> None:
+    started: list[str] = []
+
+    def hash_file(path, algorithms, on_bytes, cancel):
+        started.append(path.name)
+        if path.name == "bad":
+            raise OSError("boom")
+        return {}
+
+    monkeypatch.setattr(hashing, "hash_file", hash_file)
+    jobs = {write(tmp_path / "bad", b"x" * 100): ("sha256",), write(tmp_path / "q1", b"x"): ("sha256",),
+            write(tmp_path / "q2", b"x"): ("sha256",)}
+    with pytest.raises(OSError):
+        hashing.hash_files(jobs, workers=1)
+    assert started == ["bad"]
 
 
 def test_hash_files_passes_the_shared_cancel_event(tmp_path: Path, monkeypatch) -> None:
