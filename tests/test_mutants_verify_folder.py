@@ -524,3 +524,24 @@ def test_a_file_that_is_not_readable_json(tmp_path: Path) -> None:
     with pytest.raises(InputError):
         from mdist.jsonio import read_json_file
         read_json_file(tmp_path / "a.json", "a.json")
+
+
+def test_hash_fd_reads_an_open_file_and_closes_it(tmp_path: Path) -> None:
+    path = write(tmp_path / "f", b"abc")
+    fd = os.open(path, os.O_RDONLY)
+    assert hashing.hash_fd(fd, ("md5",)) == {"md5": md5(b"abc")}
+    with pytest.raises(OSError):
+        os.fstat(fd)  # closed
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(hashing.Cancelled) as info:
+        hashing.hash_fd(os.open(path, os.O_RDONLY), cancel=cancel)
+    assert str(info.value) == ""  # no label given
+    with pytest.raises(hashing.Cancelled, match="^the label$"):
+        hashing.hash_fd(os.open(path, os.O_RDONLY), cancel=cancel, label="the label")
+
+
+def test_hash_file_refuses_what_is_not_a_regular_file(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(InputError):
+        hashing.hash_file(tmp_path / "fifo")
