@@ -111,6 +111,11 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
                                                 "read_json_file(path, None)"),
     "mdist.verify.folder.x__judge__mutmut_30": ("the name only words the InputError, which is caught: mismatch either way",
                                                 "read_json_file(path, )"),
+    "mdist.verify.hashing.x_hash_fd__mutmut_11": (
+        "a buffered reader's readinto fills the same bytes (one more copy)", 'os.fdopen(fd, "rb", )'),
+    "mdist.verify.hashing.x_hash_fd__mutmut_14": (
+        "binary files ignore line buffering (Python warns and buffers as by default): same bytes",
+        'os.fdopen(fd, "rb", buffering=1)'),
     # mdist/model_folder.py
     "mdist.model_folder.x_scan__mutmut_42": ("DirEntry.stat takes follow_symlinks=None as false",
                                              "entry.stat(follow_symlinks=None)"),

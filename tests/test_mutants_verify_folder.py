@@ -545,3 +545,14 @@ def test_hash_file_refuses_what_is_not_a_regular_file(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "fifo")
     with pytest.raises(InputError):
         hashing.hash_file(tmp_path / "fifo")
+
+
+def test_a_given_manifest_decides_what_counts_as_the_release(fixture_copy: Path) -> None:
+    made = write(fixture_copy / "consolidated.safetensors", b"weights")
+    derived.record_derived(fixture_copy, [made], [fixture_copy / "consolidated.00.pth"])
+    assert by_path(vf.verify_folder(fixture_copy))["consolidated.safetensors"].status == "derived"
+    params = TINY.files["params.json"]
+    only_params = manifest({"params.json": params})  # the checkpoint is not part of this one
+    got = by_path(vf.verify_folder(fixture_copy, only_params))["consolidated.safetensors"]
+    assert (got.status, got.detail) == ("refused", "written by mdist, but from files that are not part of this "
+                                                   "release")
