@@ -116,6 +116,12 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "mdist.verify.hashing.x_hash_fd__mutmut_14": (
         "binary files ignore line buffering (Python warns and buffers as by default): same bytes",
         'os.fdopen(fd, "rb", buffering=1)'),
+    "mdist.verify.folder.x_verify_folder__mutmut_138": (
+        "an unhashed file is judged without its digests: listed ones have no hash (or were judged on size), "
+        "extras never read them, and cache files are always hashed", "digests.get(directory / path, None)"),
+    "mdist.verify.folder.x_verify_folder__mutmut_140": (
+        "an unhashed file is judged without its digests: listed ones have no hash (or were judged on size), "
+        "extras never read them, and cache files are always hashed", "digests.get(directory / path, )"),
     # mdist/model_folder.py
     "mdist.model_folder.x_scan__mutmut_42": ("DirEntry.stat takes follow_symlinks=None as false",
                                              "entry.stat(follow_symlinks=None)"),

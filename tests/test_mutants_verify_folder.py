@@ -556,3 +556,13 @@ def test_a_given_manifest_decides_what_counts_as_the_release(fixture_copy: Path)
     got = by_path(vf.verify_folder(fixture_copy, only_params))["consolidated.safetensors"]
     assert (got.status, got.detail) == ("refused", "written by mdist, but from files that are not part of this "
                                                    "release")
+
+
+def test_a_missing_or_wrong_sized_file_does_not_stop_the_others_being_hashed(tmp_path: Path) -> None:
+    folder = tmp_path / "f"
+    write(folder / "short", b"12")
+    write(folder / "good", b"good")
+    m = manifest({"gone": FileEntry("gone", 1, sha256(b"x")), "short": FileEntry("short", 3, sha256(b"123")),
+                  "good": FileEntry("good", 4, sha256(b"good"))})
+    got = {r.path: r.status for r in vf.verify_folder(folder, m).files}
+    assert got == {"gone": "missing", "short": "mismatch", "good": "ok"}
