@@ -132,6 +132,9 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "mdist.verify.manifest.x_find_manifest__mutmut_16": ("read_small_file names the path itself when not told",
                                                          "MAX_JSON_BYTES, )"),
     "mdist.verify.manifest.x_find_by_infohash__mutmut_6": ('"XXXX"[4:] is "", as ""[4:]', '(manifest.btmh or "XXXX")[4:]'),
+    "mdist.verify.manifest.x_parse_manifest_bytes__mutmut_8": ("codec names are case-insensitive", 'data.decode("UTF-8")'),
+    "mdist.verify.manifest.x__registry_files__mutmut_17": ("codec names are case-insensitive",
+                                                           'read_text(encoding="UTF-8")'),
     "mdist.verify.manifest.x_identify__mutmut_9": ("None is false, as False", "contradicted = None"),
     # mdist/model_folder.py
     "mdist.model_folder.x_scan__mutmut_42": ("DirEntry.stat takes follow_symlinks=None as false",

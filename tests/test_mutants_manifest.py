@@ -454,3 +454,11 @@ def test_an_oversized_manifest_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(InputError) as info:
         mm.find_manifest(str(path))
     assert str(info.value).startswith(str(path)) and "None" not in str(info.value)
+
+
+def test_a_manifest_must_be_utf_8(tmp_path: Path) -> None:
+    text = manifest_bytes().decode()
+    for encoded in (text.encode("utf-16"), text.encode("utf-16-le"), text.encode("utf-32")):
+        with pytest.raises(InputError, match="^w is not valid JSON: "):
+            mm.parse_manifest_bytes(encoded, "w")
+    assert mm.parse_manifest_bytes(text, "w").name == "m"
