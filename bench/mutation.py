@@ -136,6 +136,45 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "mdist.verify.manifest.x__registry_files__mutmut_17": ("codec names are case-insensitive",
                                                            'read_text(encoding="UTF-8")'),
     "mdist.verify.manifest.x_identify__mutmut_9": ("None is false, as False", "contradicted = None"),
+    # mdist/convert/safetensors_reader.py
+    "mdist.convert.safetensors_reader.x_parse_header_json__mutmut_5": ("codec names are case-insensitive",
+                                                                       'raw.decode("UTF-8")'),
+    "mdist.convert.safetensors_reader.x__check_text__mutmut_8": ("codec names are case-insensitive",
+                                                                 'text.encode("UTF-8")'),
+    "mdist.convert.safetensors_reader.x__check_coverage__mutmut_14": (
+        "inside `if entry.begin != position`, begin == position never holds: < and <= agree",
+        "if entry.begin <= position else"),
+    "mdist.convert.safetensors_reader.x__read_exact__mutmut_3": (
+        "one more loop reads 0 bytes (pread of 0), gets b'' and stops: the same bytes", "while done <= count:"),
+    "mdist.convert.safetensors_reader.x__read_exact__mutmut_17": (
+        "reads at most 2 MiB at a time instead of 1 MiB: the same bytes (the header itself is bounded)",
+        "min(count - done, 2 << 20)"),
+    "mdist.convert.safetensors_reader.x__read_exact__mutmut_18": (
+        "reads at most 2 MiB at a time instead of 1 MiB: the same bytes (the header itself is bounded)",
+        "min(count - done, 1 << 21)"),
+    "mdist.convert.safetensors_reader.x_read_header__mutmut_5": ("open_regular names the path itself when not told",
+                                                                 "open_regular(path, None)"),
+    "mdist.convert.safetensors_reader.x_read_header__mutmut_6": ("open_regular names the path itself when not told",
+                                                                 "open_regular(str(path))"),
+    "mdist.convert.safetensors_reader.x_read_header__mutmut_7": ("open_regular names the path itself when not told",
+                                                                 "open_regular(path, )"),
+    "mdist.convert.safetensors_reader.x_open_safetensors__mutmut_5": (
+        "open_regular names the path itself when not told", "open_regular(path, None)"),
+    "mdist.convert.safetensors_reader.x_open_safetensors__mutmut_6": (
+        "open_regular names the path itself when not told", "open_regular(str(path))"),
+    "mdist.convert.safetensors_reader.x_open_safetensors__mutmut_7": (
+        "open_regular names the path itself when not told", "open_regular(path, )"),
+    "mdist.convert.safetensors_reader.x_open_safetensors__mutmut_12": (
+        "the file object only lends numpy its descriptor and size (seek/tell), which text mode does not change "
+        "when nothing is decoded", "os.fdopen(fd, )"),
+    "mdist.convert.safetensors_reader.x_open_safetensors__mutmut_27": ("uint8 is np.memmap's default dtype",
+                                                                       'np.memmap(handle, mode="r")'),
+    # mdist/atomic.py
+    "mdist.atomic.x__umask__mutmut_3": (
+        "the umask set for an instant to read the current one is restored at once; 19 is 0o023", "os.umask(19)"),
+    "mdist.atomic.x_refuse_links_on_the_way__mutmut_12": (
+        "the set only saves checking a folder twice: without it each component is checked again, same verdict",
+        "checked.add(None)"),
     # mdist/model_folder.py
     "mdist.model_folder.x_scan__mutmut_42": ("DirEntry.stat takes follow_symlinks=None as false",
                                              "entry.stat(follow_symlinks=None)"),

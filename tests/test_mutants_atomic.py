@@ -198,3 +198,57 @@ def test_require_free_space(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     with pytest.raises(InputError, match="need 3.50 GB, have 2.00 GB"):
         atomic.require_free_space(tmp_path, 3_500_000_000, what="w")
     assert probed[-1] == tmp_path
+
+
+def test_free_space_is_said_in_gigabytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: Usage(0, 0, 10**16))
+    with pytest.raises(InputError) as info:
+        atomic.require_free_space(tmp_path, 10**16 + 10**7, what="w")
+    assert str(info.value).endswith("need 10000000.01 GB, have 10000000.00 GB")
+
+
+def test_refuse_links_on_the_way(tmp_path: Path) -> None:
+    from mdist.errors import UnsafeContentError
+
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "f").write_bytes(b"")
+    atomic.refuse_links_on_the_way(tmp_path, ["a/b/f", "a/b/new", "x/y/z", "a/b"])  # files, folders, nothing yet
+    (tmp_path / "a" / "link").symlink_to(tmp_path / "a" / "b")
+    with pytest.raises(UnsafeContentError) as info:
+        atomic.refuse_links_on_the_way(tmp_path, ["a/b/f", "a/link/f"])
+    assert str(info.value) == (f"{tmp_path / 'a' / 'link'} is a symbolic link or special file where the download "
+                               "writes a/link/f; refusing to write through it (remove it first)")
+    with pytest.raises(UnsafeContentError, match="where the seed writes a/link$|where the seed writes a/link;"):
+        atomic.refuse_links_on_the_way(tmp_path, ["a/link"], "the seed")
+    (tmp_path / "a" / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(UnsafeContentError, match="dangling is a symbolic link"):
+        atomic.refuse_links_on_the_way(tmp_path, ["a/dangling"])
+    os.mkfifo(tmp_path / "a" / "b" / "fifo")
+    with pytest.raises(UnsafeContentError, match="fifo is a symbolic link or special file"):
+        atomic.refuse_links_on_the_way(tmp_path, ["a/b/fifo"])
+    atomic.refuse_links_on_the_way(tmp_path, ["missing/link/f"])  # the walk stops at what is not there yet
+
+
+def test_refuse_links_checks_each_path_in_full(tmp_path: Path) -> None:
+    from mdist.errors import UnsafeContentError
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "link").symlink_to(tmp_path)
+    with pytest.raises(UnsafeContentError, match="link is a symbolic link"):
+        atomic.refuse_links_on_the_way(tmp_path, ["a/ok", "a/link/x"])  # "a" seen before: still goes on
+    with pytest.raises(UnsafeContentError, match="link is a symbolic link"):
+        atomic.refuse_links_on_the_way(tmp_path, ["gone/x", "a/link/x"])  # a missing path does not stop the rest
+
+
+def test_refuse_links_cannot_inspect(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = os.lstat
+
+    def lstat(path, *args, **kwargs):
+        if Path(path).name == "secret":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(atomic.os, "lstat", lstat)
+    with pytest.raises(InputError) as info:
+        atomic.refuse_links_on_the_way(tmp_path, ["secret/x"])
+    assert str(info.value) == f"cannot inspect {tmp_path / 'secret'}: Permission denied"

@@ -249,3 +249,30 @@ def test_not_a_regular_file(tmp_path: Path) -> None:
         sr.read_header(tmp_path / "fifo")
     with pytest.raises(InputError):
         sr.open_safetensors(tmp_path / "fifo")
+
+
+def test_read_exact_never_returns_more_than_asked(tmp_path: Path) -> None:
+    data = bytes(range(256)) * (5 * 4096)  # 5 MiB
+    (tmp_path / "f").write_bytes(data)
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    try:
+        for count in ((1 << 20) + 5, (2 << 20) + 1, 3 << 20):
+            assert sr._read_exact(fd, 3, count) == data[3:3 + count]
+    finally:
+        os.close(fd)
+
+
+def test_a_header_length_past_int64_is_refused_as_too_large(tmp_path: Path) -> None:
+    path = raw_file(tmp_path / "f", b"{}", length=1 << 63)
+    assert refused("", sr.read_header, path) == (
+        f"{path}: invalid safetensors header: header of {1 << 63} bytes exceeds mdist's limit of {16 << 20}")
+    path = raw_file(tmp_path / "g", b"{}", length=(1 << 64) - 1)
+    refused(f"header of {(1 << 64) - 1} bytes exceeds", sr.open_safetensors, path)
+
+
+def test_what_is_not_a_regular_file_is_named(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "fifo")
+    for func in (sr.read_header, sr.open_safetensors):
+        with pytest.raises(InputError) as info:
+            func(tmp_path / "fifo")
+        assert str(info.value).startswith(f"{tmp_path / 'fifo'} is not a regular file"), str(info.value)
