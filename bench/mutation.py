@@ -48,7 +48,10 @@ MODULES: list[tuple[str, list[str], list[str], dict]] = [
         "tests/test_mutants_paths.py", "tests/test_documents_hostile.py", "tests/test_hub_attacks.py",
         "tests/test_torrent_attacks.py", "-k", "not test_torrent_attacks or path or forged or linear_time"
         " or more_files or hostile_magnet"], {}),
-    ("model_folder", ["mdist/derived.py", "mdist/model_folder.py"], [
+    ("derived", ["mdist/derived.py"], [
+        "tests/test_mutants_model_folder.py", "tests/test_model_folder.py", "tests/test_hf_cache.py",
+        "tests/test_verify.py"], {}),
+    ("model_folder", ["mdist/model_folder.py"], [
         "tests/test_mutants_model_folder.py", "tests/test_model_folder.py", "tests/test_hf_cache.py",
         "tests/test_verify.py"], {}),
     ("verify_folder", ["mdist/verify/hashing.py", "mdist/verify/folder.py"], [
@@ -300,6 +303,9 @@ def prepare(work: Path, files: list[str], tests: list[str], settings: dict, ref:
         shutil.copytree(REPO / "checksums", work / "checksums", ignore=ignore)
         shutil.copy2(REPO / "README.md", work / "README.md")
     shutil.copytree(work / "checksums", work / "mdist" / "checksums", ignore=ignore, dirs_exist_ok=True)
+    head = subprocess.run(["git", "rev-parse", "--short", ref or "HEAD"], cwd=REPO, capture_output=True,
+                          text=True).stdout.strip()
+    (work / "SOURCE").write_text(f"commit {head}\n" if ref else f"work tree (HEAD {head} and uncommitted changes)\n")
     selection = [t for t in tests if not t.startswith("tests/") or (REPO / t).exists()]
     config = (REPO / "pyproject.toml").read_text() + f"""
 [tool.mutmut]
@@ -336,6 +342,7 @@ def resume(work: Path, files: list[str], ref: str | None) -> None:
     new since the stopped run once to learn what they reach.
     """
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    (work / "tmp").mkdir(exist_ok=True)
     if ref:
         for test in (REPO / "tests").glob("test_mutants_*.py"):
             shutil.copy2(test, work / "tests" / test.name)
@@ -439,9 +446,6 @@ def main() -> int:
     unknown = set(args.modules) - {m[0] for m in MODULES}
     if unknown:
         parser.error(f"unknown module(s): {', '.join(sorted(unknown))}")
-    head = subprocess.run(["git", "rev-parse", "--short", args.ref or "HEAD"], cwd=REPO, capture_output=True,
-                          text=True).stdout.strip()
-    source = f"commit {head}" if args.ref else f"work tree (HEAD {head} and uncommitted changes)"
     results = []
     for key, files, tests, settings in chosen:
         work = args.workdir / key
@@ -455,7 +459,7 @@ def main() -> int:
             code = run_mutmut(work, args.budget, log)
         seconds = time.monotonic() - start
         result = report(key, work, files, seconds, code)
-        result["source"] = source
+        result["source"] = (work / "SOURCE").read_text().strip() if (work / "SOURCE").exists() else "?"
         results.append(result)
         note = " (budget reached: unfinished)" if code == 124 or result["counts"].get("not checked") else ""
         print(f"   {result['killed']} killed / {result['total']} mutants / {result['equivalent']} equivalent: "

@@ -892,3 +892,41 @@ def test_an_entry_that_vanishes_while_scanned_is_one_line(tmp_path: Path, monkey
     with pytest.raises(InputError) as info:
         mf.scan(tmp_path)
     assert str(info.value) == "cannot read sub/gone.bin: No such file or directory"
+
+
+# --- signed state (resume data, the saved torrent) ------------------------------------------------------------
+
+def test_signed_bytes_verify_only_here_for_the_same_bytes_and_purpose(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    assert not (tmp_path / "state" / "mdist" / "derived.key").exists()
+    assert derived.signed_by_us(b"data", "0" * 64, "p") is False  # no key yet: nothing is ours
+    mac = derived.sign_bytes(b"data", "resume x")
+    key = (tmp_path / "state" / "mdist" / "derived.key").read_bytes()
+    assert mac == hmac.new(key, b"mdist signed bytes\0resume x\0data", hashlib.sha256).hexdigest()
+    assert derived.signed_by_us(b"data", mac, "resume x") is True
+    assert derived.signed_by_us(b"datb", mac, "resume x") is False
+    assert derived.signed_by_us(b"data", mac, "resume y") is False
+    assert derived.signed_by_us(b"data", mac.upper(), "resume x") is False
+    assert derived.signed_by_us(b"data", None, "resume x") is False
+    assert derived.signed_by_us(b"data", "é" * 64, "resume x") is False  # not ASCII: no exception either
+    assert derived.sign_bytes(b"data", "resume x") == mac
+    assert derived.sign_bytes(b"", "a\udcff") != derived.sign_bytes(b"", "a")  # any purpose text is signable
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "elsewhere"))
+    assert derived.signed_by_us(b"data", mac, "resume x") is False  # another machine's key
+
+
+def test_signed_bytes_cannot_pass_for_a_derived_record() -> None:
+    assert derived._SIGNED_BYTES == b"mdist signed bytes\0"
+    key = b"k" * 32
+    assert derived._bytes_mac(key, b"x", "p") == hmac.new(key, b"mdist signed bytes\0p\0x",
+                                                          hashlib.sha256).hexdigest()
+
+
+def test_an_unreadable_key_means_nothing_is_signed_by_us(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mac = derived.sign_bytes(b"data", "p")
+
+    def unreadable(create: bool):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(derived, "_load_key", unreadable)
+    assert derived.signed_by_us(b"data", mac, "p") is False
