@@ -178,6 +178,8 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "mdist.atomic.x_refuse_links_on_the_way__mutmut_12": (
         "the set only saves checking a folder twice: without it each component is checked again, same verdict",
         "checked.add(None)"),
+    "mdist.derived.x__bytes_mac__mutmut_15": ("codec names are case-insensitive", 'purpose.encode("UTF-8"'),
+    "mdist.derived.x_signed_by_us__mutmut_2": ("create=None is false, as create=False", "_load_key(create=None)"),
     # mdist/model_folder.py
     "mdist.model_folder.x_scan__mutmut_42": ("DirEntry.stat takes follow_symlinks=None as false",
                                              "entry.stat(follow_symlinks=None)"),

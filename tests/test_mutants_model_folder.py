@@ -900,6 +900,7 @@ def test_signed_bytes_verify_only_here_for_the_same_bytes_and_purpose(tmp_path: 
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     assert not (tmp_path / "state" / "mdist" / "derived.key").exists()
     assert derived.signed_by_us(b"data", "0" * 64, "p") is False  # no key yet: nothing is ours
+    assert not (tmp_path / "state" / "mdist" / "derived.key").exists()  # checking never makes a key
     mac = derived.sign_bytes(b"data", "resume x")
     key = (tmp_path / "state" / "mdist" / "derived.key").read_bytes()
     assert mac == hmac.new(key, b"mdist signed bytes\0resume x\0data", hashlib.sha256).hexdigest()
