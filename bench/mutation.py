@@ -41,13 +41,18 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
+# test_fuzzed_manifests fails whenever Hypothesis finds a manifest with "tensor_digest": null (mdist accepts
+# it, the published schema does not; reported). Once found, the example is replayed from Hypothesis's
+# database by every later run, which would then "kill" every mutant it reaches: it is left out here.
+NOT_FLAKY = "not test_fuzzed_manifests"
+
 # Modules in priority order: (key, files to mutate, pytest arguments choosing the fast tests, more
 # [tool.mutmut] settings). Each module's own tests/test_mutants_*.py comes first: fast, in process.
 MODULES: list[tuple[str, list[str], list[str], dict]] = [
     ("paths", ["mdist/paths.py"], [
         "tests/test_mutants_paths.py", "tests/test_documents_hostile.py", "tests/test_hub_attacks.py",
-        "tests/test_torrent_attacks.py", "-k", "not test_torrent_attacks or path or forged or linear_time"
-        " or more_files or hostile_magnet"], {}),
+        "tests/test_torrent_attacks.py", "-k", f"(not test_torrent_attacks or path or forged or linear_time"
+        f" or more_files or hostile_magnet) and {NOT_FLAKY}"], {}),
     ("derived", ["mdist/derived.py"], [
         "tests/test_mutants_model_folder.py", "tests/test_model_folder.py", "tests/test_hf_cache.py",
         "tests/test_verify.py"], {}),
@@ -57,12 +62,13 @@ MODULES: list[tuple[str, list[str], list[str], dict]] = [
     ("verify_folder", ["mdist/verify/hashing.py", "mdist/verify/folder.py"], [
         "tests/test_mutants_verify_folder.py", "tests/test_verify.py", "tests/test_interrupts.py"], {}),
     ("manifest", ["mdist/verify/manifest.py"], [
-        "tests/test_mutants_manifest.py", "tests/test_documents_hostile.py", "tests/test_verify.py"], {}),
+        "tests/test_mutants_manifest.py", "tests/test_documents_hostile.py", "tests/test_verify.py", "-k", NOT_FLAKY],
+     {}),
     ("checkpoint", ["mdist/convert/pickle_reader.py", "mdist/convert/checkpoint.py"], [
         "tests/test_mutants_checkpoint.py", "tests/test_hostile.py", "tests/test_checkpoint_attacks.py",
         "tests/test_convert.py"], {}),
     ("safetensors", ["mdist/convert/safetensors_reader.py"], [
-        "tests/test_mutants_safetensors.py", "tests/test_documents_hostile.py"], {}),
+        "tests/test_mutants_safetensors.py", "tests/test_documents_hostile.py", "-k", NOT_FLAKY], {}),
     # The checks of torrents from outside and of what mdist shares; the libtorrent glue that only
     # formats (magnet links, folder mapping, re-sharing the fetched .torrent) is left out: its tests
     # are end to end with real swarms (tests/test_torrent.py, tests/test_reshare.py), too slow here.
