@@ -5,6 +5,9 @@
     .venv/bin/python bench/mutation.py                    # every module, in priority order
     .venv/bin/python bench/mutation.py paths manifest     # some modules
     .venv/bin/python bench/mutation.py --list             # the modules and their tests
+    .venv/bin/python bench/mutation.py --ref HEAD --keep  # the last commit, keeping the scratch copies
+    .venv/bin/python bench/mutation.py --ref HEAD --resume  # after --budget ran out: the rest, and the
+                                                            # survivors again with the current tests
 
 For each module this lays a scratch copy of the work tree (mdist/, checksums/ as mdist/checksums,
 tests/, docs/, pyproject.toml with a [tool.mutmut] section naming the module and the fast tests
@@ -21,6 +24,9 @@ Making every test see the mutated code:
   that only the CLI tests reach as "no tests". A sitecustomize.py (written to <scratch>/support,
   also on PYTHONPATH) records a subprocess's hits to a file at exit, and a pytest plugin
   (mutmut_hits, same folder) credits them to the test that ran the subprocess.
+
+mutmut's fork server runs the mutants (a mutant forked from the threaded stats process could hang and
+count as a false timeout), and pytest's temporary folders are private to the run.
 
 The result: per module, killed / total, the equivalent mutants (EQUIVALENT below, each with the
 reason and a fragment of the mutated source that must still match), and the diff of every other
@@ -351,6 +357,7 @@ def resume(work: Path, files: list[str], ref: str | None) -> None:
     """
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     (work / "tmp").mkdir(exist_ok=True)
+    shutil.rmtree(work / "mutants" / ".hypothesis", ignore_errors=True)  # no example replayed from before
     if ref:
         for test in (REPO / "tests").glob("test_mutants_*.py"):
             shutil.copy2(test, work / "tests" / test.name)
