@@ -150,6 +150,9 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "mdist.verify.manifest.x_parse_manifest_bytes__mutmut_8": ("codec names are case-insensitive", 'data.decode("UTF-8")'),
     "mdist.verify.manifest.x__registry_files__mutmut_17": ("codec names are case-insensitive",
                                                            'read_text(encoding="UTF-8")'),
+    "mdist.verify.manifest.x__show__mutmut_9": ("codec names are case-insensitive", '.encode("ASCII", "backslashreplace")'),
+    "mdist.verify.manifest.x__show__mutmut_13": ("codec names are case-insensitive", '.decode("ASCII")'),
+    "mdist.verify.manifest.x__text__mutmut_13": ("codec names are case-insensitive", 'value.encode("UTF-8")'),
     "mdist.verify.manifest.x_identify__mutmut_9": ("None is false, as False", "contradicted = None"),
     # mdist/convert/safetensors_reader.py
     "mdist.convert.safetensors_reader.x_parse_header_json__mutmut_5": ("codec names are case-insensitive",
