@@ -52,6 +52,8 @@ def _sha(chunks: Iterator[bytes]) -> str:
 
 
 def _array_chunks(array: np.ndarray) -> Iterator[bytes]:
+    if array.size == 0:  # no bytes (and reshape(0, -1) of a (0, n) array would raise)
+        return
     rows = array.reshape(array.shape[0], -1) if array.ndim > 1 else array.reshape(-1, 1)
     step = max(1, _CHUNK // max(1, rows[0].nbytes)) if len(rows) else 1
     for start in range(0, len(rows), step):
