@@ -52,6 +52,12 @@ REPO = Path(__file__).resolve().parents[1]
 # database by every later run, which would then "kill" every mutant it reaches: it is left out here.
 NOT_FLAKY = "not test_fuzzed_manifests"
 
+# The functions of mdist/sources/hub.py that verify what the hub sends (module hub_verify), and those of
+# mdist/verify/hub_cache.py (all of it).
+HUB_VERIFICATION = ["git_blob_sha1", "_check_commit", "_remote_file", "_present", "_download_verified",
+                    "_hash_regular", "_digests", "_mismatch", "_own_blob", "_release_files", "_check_manifest",
+                    "_hash_all", "_discard", "cached_snapshot", "verify_cached", "_hub_check", "_reachable"]
+
 # Modules in priority order: (key, files to mutate, pytest arguments choosing the fast tests, more
 # [tool.mutmut] settings). Each module's own tests/test_mutants_*.py comes first: fast, in process.
 MODULES: list[tuple[str, list[str], list[str], dict]] = [
@@ -85,6 +91,21 @@ MODULES: list[tuple[str, list[str], list[str], dict]] = [
      {"do_not_mutate_patterns": [r"^    def of\(", r"^def (magnet_link|folder_mapping|_bencode_key|"
                                  r"release_torrent_bytes|magnet_peers)\("]}),
     ("atomic", ["mdist/atomic.py"], ["tests/test_mutants_atomic.py", "tests/test_interrupts.py"], {}),
+    ("safetensors_writer", ["mdist/convert/safetensors_writer.py"], [
+        "tests/test_mutants_safetensors_writer.py", "tests/test_documents_hostile.py", "tests/test_convert.py",
+        "-k", "not test_documents_hostile or writer or round_trip"], {}),
+    ("digest", ["mdist/verify/digest.py"], [
+        "tests/test_mutants_digest.py", "tests/test_verify.py", "tests/test_convert.py", "tests/test_hf_cache.py",
+        "-k", "digest or over_one_chunk"], {}),
+    # Hub verification: mdist's own check of the HF cache (verify/hub_cache.py, whole), and in
+    # sources/hub.py only the functions that check what the hub sends (the commit, the listing's
+    # hashes, each file's sha256 / git blob sha1 before it is kept, the release check): the rest of
+    # hub.py (downloads, resuming, locks, placing files) is left out, its tests are end to end.
+    ("hub_verify", ["mdist/verify/hub_cache.py", "mdist/sources/hub.py"], [
+        "tests/test_mutants_hub_verify.py", "tests/test_hf_cache.py", "tests/test_hub_attacks.py",
+        "tests/test_hub.py", "tests/test_hub_interrupt.py", "-k",
+        "not test_hub.py or tampered or clear_errors or pinning"],
+     {"do_not_mutate_patterns": [r"^@", r"^class ", r"^def (?!(" + "|".join(HUB_VERIFICATION) + r")\()"]}),
 ]
 
 # Surviving mutants that no test can kill: mutant name -> (why, a fragment of the mutated source that
