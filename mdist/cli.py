@@ -80,17 +80,22 @@ def emit_json(payload: Any) -> None:
 @click.argument("src", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path),
               help="Output folder (default: SRC's own folder; the files are recorded as derived in .mdist/).")
-@click.option("--layout", type=click.Choice(["mistral", "hf"]), default="mistral", show_default=True,
-              help="mistral: consolidated.safetensors; hf: transformers shards + config.json.")
+@click.option("--layout", type=click.Choice(["mistral", "hf", "gguf"]), default="mistral", show_default=True,
+              help="mistral: consolidated.safetensors; hf: transformers shards + config.json; gguf: one .gguf "
+                   "file for llama.cpp.")
+@click.option("--type", "gguf_type", type=click.Choice(["bf16", "f16", "f32", "q8_0"]), default="bf16",
+              show_default=True, help="--layout gguf: the stored type of the weights (norms stay f32).")
 @click.option("--shard-size", default="5GB", show_default=True, help="Maximum shard size for --layout hf.")
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
-def convert(src: Path, out: Path | None, layout: str, shard_size: str, force: bool, as_json: bool) -> None:
-    """Convert a raw consolidated.00.pth to safetensors, without torch and without running pickle code.
+def convert(src: Path, out: Path | None, layout: str, gguf_type: str, shard_size: str, force: bool,
+            as_json: bool) -> None:
+    """Convert a raw consolidated.00.pth to safetensors or GGUF, without torch and without running pickle code.
 
     \b
-    Example:
+    Examples:
       mdist convert ./mistral-7B-v0.1 --layout hf --out ./mistral-7b-hf
+      mdist convert ./mistral-7B-v0.1 --layout gguf --type q8_0 --out ./m7b-gguf
     """
     import time
 
@@ -100,7 +105,7 @@ def convert(src: Path, out: Path | None, layout: str, shard_size: str, force: bo
     with ui.byte_progress("converting", quiet=as_json) as progress:
         task = progress.add_task("converting", total=None)
         result = run_convert(
-            src, out, layout=layout, force=force, shard_bytes=parse_size(shard_size),
+            src, out, layout=layout, force=force, shard_bytes=parse_size(shard_size), gguf_type=gguf_type,
             on_start=lambda total: progress.update(task, total=total),
             on_bytes=lambda n: progress.advance(task, n),
         )

@@ -138,3 +138,104 @@ def test_fuzzed_header_fields_give_only_mdists_error(tmp_path: Path, count, leng
     path = _write(tmp_path, make_gguf(kvs, infos, b"\0" * 256), "fields.gguf")
     with pytest.raises(InputError):
         read_gguf(path)
+
+
+# -- convert --layout gguf ------------------------------------------------------------------------
+import shutil  # noqa: E402
+
+import torch  # noqa: E402
+
+from conftest import FIXTURE, random_mistral, run_mdist  # noqa: E402
+from mdist.convert import convert  # noqa: E402
+from mdist.convert.gguf_layout import decode  # noqa: E402
+
+TOKENS = [1, *np.random.default_rng(0).integers(3, 2048, 40).tolist()]
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory) -> dict[str, Path]:
+    """The fixture as every GGUF type (into one folder), and its HF conversion (the reference)."""
+    base = tmp_path_factory.mktemp("gguf")
+    out = base / "gguf"
+    files = {t: convert(FIXTURE, out, layout="gguf", gguf_type=t).files[0] for t in ("bf16", "f32", "f16", "q8_0")}
+    convert(FIXTURE, base / "hf", layout="hf")
+    return {**files, "hf": base / "hf"}
+
+
+def _logits(model, tokens) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.tensor([tokens])).logits[0].float().numpy()
+
+
+def _relative(actual: np.ndarray, expected: np.ndarray) -> float:
+    return float(np.abs(actual - expected).max() / np.abs(expected).max())
+
+
+def test_transformers_loads_mdists_gguf_with_the_reference_logits(converted) -> None:
+    from transformers import AutoModelForCausalLM
+
+    def load(path: Path, **kwargs):
+        return AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", **kwargs).eval()
+
+    expected32 = _logits(load(converted["hf"], dtype=torch.float32), TOKENS)
+    expected16 = _logits(load(converted["hf"], dtype=torch.bfloat16), TOKENS)
+    errors = {}
+    for kind, dtype, expected in (("f32", torch.float32, expected32), ("bf16", torch.bfloat16, expected16),
+                                  ("f16", torch.float32, expected32), ("q8_0", torch.float32, expected32)):
+        model = load(converted[kind].parent, gguf_file=converted[kind].name, dtype=dtype)
+        assert type(model).__name__ == "LlamaForCausalLM"
+        errors[kind] = _relative(_logits(model, TOKENS), expected)
+    assert errors["f32"] <= 1e-4 and errors["bf16"] <= 1e-4, errors  # like-for-like dtypes
+    assert errors["f16"] <= 1e-3, errors  # bf16 -> f16 rounds a few values
+    # Q8_0: each weight within half a step of its block's max/127 (<= 0.4 %); measured 0.8 % on the logits
+    assert 1e-4 < errors["q8_0"] <= 0.03, errors
+
+
+def test_gguf_metadata_and_types_follow_llama_cpps_converter(converted) -> None:
+    q8 = read_gguf(converted["q8_0"])
+    meta = q8.metadata
+    assert meta["general.architecture"] == "llama" and meta["general.name"] == "tiny-mistral"
+    assert (meta["llama.block_count"], meta["llama.embedding_length"], meta["llama.feed_forward_length"]) == (6, 256, 768)
+    assert (meta["llama.attention.head_count"], meta["llama.attention.head_count_kv"]) == (8, 2)
+    assert meta["llama.rope.dimension_count"] == 32 and meta["llama.rope.freq_base"] == 10000.0
+    assert meta["llama.attention.sliding_window"] == 64 and meta["llama.context_length"] == 32768
+    assert abs(meta["llama.attention.layer_norm_rms_epsilon"] - 1e-5) < 1e-12
+    assert meta["general.file_type"] == 7 and meta["tokenizer.ggml.model"] == "llama"
+    assert len(meta["tokenizer.ggml.tokens"]) == 2048 == len(meta["tokenizer.ggml.scores"])
+    assert (meta["tokenizer.ggml.bos_token_id"], meta["tokenizer.ggml.eos_token_id"]) == (1, 2)
+    types = {t.name: t.type_name for t in q8.tensors.values()}
+    assert types["blk.0.attn_norm.weight"] == types["output_norm.weight"] == "F32"
+    assert types["blk.0.attn_q.weight"] == types["token_embd.weight"] == types["output.weight"] == "Q8_0"
+    assert q8.tensors["blk.0.attn_k.weight"].dims == (256, 64)  # ggml order: innermost first
+
+
+def test_gguf_from_an_hf_folder_equals_the_gguf_from_the_pth(converted, tmp_path: Path) -> None:
+    made = convert(converted["hf"], tmp_path, layout="gguf", gguf_type="bf16").files[0]
+    a, b = read_gguf(made), read_gguf(converted["bf16"])
+    assert list(a.tensors) == list(b.tensors) or set(a.tensors) == set(b.tensors)
+    for name, tensor in b.tensors.items():
+        assert np.array_equal(a.raw(a.tensors[name]), b.raw(tensor)), name  # q/k un-permuted exactly
+
+
+def test_gguf_in_a_release_folder_is_derived_and_verifies(fixture_copy: Path) -> None:
+    result = run_mdist("convert", str(fixture_copy), "--layout", "gguf", "--type", "q8_0")
+    assert result.returncode == 0, result.stderr
+    verify = run_mdist("verify", str(fixture_copy), "--json")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert "derived" in verify.stdout and "tiny-mistral-Q8_0.gguf" in verify.stdout
+
+
+def test_foreign_gguf_in_a_release_folder_is_refused(fixture_copy: Path, converted) -> None:
+    shutil.copy(converted["q8_0"], fixture_copy / "downloaded.gguf")
+    verify = run_mdist("verify", str(fixture_copy))
+    assert verify.returncode == 1 and "refused" in verify.stdout
+
+
+def test_q8_0_falls_back_to_f16_where_rows_are_not_whole_blocks(tmp_path: Path) -> None:
+    src = random_mistral(tmp_path / "src", dim=48, head_dim=16, n_heads=3, n_kv_heads=1, hidden_dim=64,
+                         vocab_size=2048)
+    gguf = read_gguf(convert(src, tmp_path / "out", layout="gguf", gguf_type="q8_0").files[0])
+    assert gguf.tensors["blk.0.attn_q.weight"].type_name == "F16"  # 48 values per row: not whole blocks
+    assert gguf.tensors["blk.0.ffn_down.weight"].type_name == "Q8_0"  # 64 per row
+    down = decode(gguf.raw(gguf.tensors["blk.0.ffn_down.weight"]), "Q8_0")
+    assert down.shape == (48, 64)
