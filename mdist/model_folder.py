@@ -33,9 +33,10 @@ STATE_DIR = ".mdist"  # mdist's own resume, status and derived-file records; nev
 HF_STATE_DIR = ".cache"  # huggingface_hub's download bookkeeping in a --local-dir (.cache/huggingface)
 
 PTH, MISTRAL, HF = "pth", "mistral", "hf"
+GGUF = "gguf"  # one top-level .gguf file (llama.cpp's format; mdist.convert.gguf_reader): run and digest last
 PREFERENCE = {
-    "run": (MISTRAL, HF, PTH),
-    "digest": (PTH, MISTRAL, HF),
+    "run": (MISTRAL, HF, PTH, GGUF),
+    "digest": (PTH, MISTRAL, HF, GGUF),
     "convert": (PTH,),
 }
 MISTRAL_WEIGHTS = "consolidated.safetensors"
@@ -48,6 +49,7 @@ _PTH_NAME = re.compile(r"consolidated\.[0-9]{2}\.pth")  # used with fullmatch: `
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".gguf", ".ggml", ".npz", ".h5",
                    ".msgpack", ".onnx", ".pkl", ".pickle")
 _BLOB_NAME = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # git blob sha1 or LFS sha256
+_GGUF_NAME = re.compile(r"[^/]+\.gguf")  # fullmatch
 _SPLIT_PIECE = re.compile(r"\.(pth|safetensors|bin)-split[0-9]+\Z")
 
 
@@ -284,6 +286,7 @@ def _find_layouts(directory: Path, files: dict[str, int], problems: list[str]) -
         hf = _hf_layout(directory, files, problems)
         if hf is not None:
             layouts.append(hf)
+    layouts += [Layout(GGUF, None, (name,)) for name in sorted(files) if _GGUF_NAME.fullmatch(name)]
     return layouts
 
 
@@ -365,7 +368,7 @@ def inspect_folder(directory: Path, release: Manifest | None = None, *, recognis
 def model_path(path: Path) -> Path:
     """A folder given directly, or the folder of a weight file given by name."""
     path = Path(path)
-    if path.is_file() and path.suffix in (".pth", ".safetensors"):
+    if path.is_file() and path.suffix in (".pth", ".safetensors", ".gguf"):
         return path.parent
     if not path.exists():
         raise InputError(f"{path} does not exist")
