@@ -269,35 +269,41 @@ def digest(paths: tuple[Path, ...], per_tensor: bool, as_json: bool) -> None:
 
     A .pth, its consolidated.safetensors and its HF-layout conversion give the same digest.
     With two PATHS, compare them and name the first tensors that differ (exit 1 if any).
+    A GGUF is compared with a release by re-encoding the release into the GGUF's types
+    (F32, F16, BF16, Q8_0) with the gguf package's reference encoder: equal bytes, or different.
 
     \b
-    Example:
+    Examples:
       mdist digest ./mistral-7B-v0.1/consolidated.00.pth ./mistral-7b-hf
+      mdist digest ./mistral-7B-v0.1 ./downloads/mistral-7b-v0.1.Q8_0.gguf
     """
-    from mdist.verify.digest import compare, root_digest, tensor_digests
+    from mdist.verify.digest import root_digest, tensor_digests
+    from mdist.verify.gguf_digest import describe, digest_pair
 
     if len(paths) > 2:
         raise click.UsageError("give one path, or two to compare")
-    results = [tensor_digests(p, note=lambda line: click.echo(f"mdist: {line}", err=True)) for p in paths]
+    def note(line: str) -> None:
+        click.echo(f"mdist: {line}", err=True)
+
+    results = [tensor_digests(p, note=note) for p in paths]
     roots = [root_digest(r) for r in results]
-    differing = compare(*results) if len(results) == 2 else []
+    comparison = digest_pair(list(paths), results, note) if len(results) == 2 else None
+    differing = (comparison.differing or comparison.not_checkable) if comparison else []
     if as_json:
         emit_json({"paths": [
             {"path": str(p), "root": root, "tensors": len(r),
              **({"per_tensor": [t.__dict__ for t in r]} if per_tensor else {})}
             for p, root, r in zip(paths, roots, results)
-        ], "same": len(set(roots)) == 1, "differing": differing})
+        ], "same": not differing, "differing": differing,
+            **({"encoded_as": comparison.encoded_as} if comparison and comparison.encoded_as else {})})
     else:
         for path, root, result in zip(paths, roots, results):
             click.echo(f"{root}  {path}  ({len(result)} tensors)")
             if per_tensor:
                 for tensor in sorted(result, key=lambda t: t.name):
                     click.echo(f"  {tensor.line()}")
-        if len(paths) == 2:
-            if differing:
-                click.echo(f"DIFFERENT: {len(differing)} tensors differ, first: {', '.join(differing[:5])}")
-            else:
-                click.echo("same weights")
+        if comparison is not None:
+            click.echo(describe(comparison))
     sys.exit(1 if differing else 0)
 
 

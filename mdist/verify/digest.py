@@ -87,10 +87,18 @@ def _digests(path: Path, note: Callable[[str], None] | None) -> list[TensorDiges
                 contents.choose("digest")  # the same refusals as for the folder (foreign weights, links)
                 return _layout_digests(path.parent, layout)
         return _safetensors_digests([path])
-    raise InputError(f"{path}: not a .pth, .safetensors or model folder")
+    if path.suffix == ".gguf":  # read by mdist's bounded reader; GGUF names and dimension order undone
+        from mdist.verify.gguf_digest import gguf_digests
+
+        return gguf_digests(path)
+    raise InputError(f"{path}: not a .pth, .safetensors, .gguf or model folder")
 
 
 def _layout_digests(directory: Path, layout: Layout) -> list[TensorDigest]:
+    if layout.kind == "gguf":
+        from mdist.verify.gguf_digest import gguf_digests
+
+        return gguf_digests(directory / layout.weights[0])
     if layout.kind == PTH:
         if len(layout.weights) > 1:
             raise InputError(f"{directory} holds {len(layout.weights)} checkpoint shards; only single-file "

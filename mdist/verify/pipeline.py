@@ -57,10 +57,15 @@ def _check_tensor_digest(directory: Path, expected: str | None, outcome: dict[st
     if not expected:
         outcome["notes"].append("tensor digest: not checkable (the manifest has none)")
         return True
-    actual = root_digest(tensor_digests(directory, note=outcome["notes"].append))
+    digests = tensor_digests(directory, note=outcome["notes"].append)
+    actual = root_digest(digests)
     outcome["tensor_digest"] = {"expected": expected, "actual": actual}
     outcome["notes"].append(f"tensor digest: {'ok' if actual == expected else 'MISMATCH'}")
-    return actual == expected
+    if actual != expected:
+        return False
+    from mdist.verify.gguf_digest import check_folder_ggufs  # GGUFs here must hold these very weights
+
+    return check_folder_ggufs(directory, digests, outcome["notes"].append)
 
 
 def build_manifest(directory: Path, name: str, title: str | None = None) -> dict[str, Any]:
