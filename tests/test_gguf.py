@@ -239,3 +239,67 @@ def test_q8_0_falls_back_to_f16_where_rows_are_not_whole_blocks(tmp_path: Path) 
     assert gguf.tensors["blk.0.ffn_down.weight"].type_name == "Q8_0"  # 64 per row
     down = decode(gguf.raw(gguf.tensors["blk.0.ffn_down.weight"]), "Q8_0")
     assert down.shape == (48, 64)
+
+
+# -- digest and verify --tensors -------------------------------------------------------------------
+from mdist.verify.digest import root_digest, tensor_digests  # noqa: E402
+
+
+def _altered(source: Path, target: Path, tensor_name: str, change) -> Path:
+    """A copy of a GGUF with one tensor's stored bytes changed in place (`change(raw uint8 array)`)."""
+    shutil.copy(source, target)
+    gguf = read_gguf(target)
+    tensor = gguf.tensors[tensor_name]
+    raw = np.array(gguf.raw(tensor))
+    change(raw)
+    with open(target, "r+b") as handle:
+        handle.seek(tensor.offset)
+        handle.write(raw.tobytes())
+    return target
+
+
+def test_bf16_and_f32_ggufs_digest_as_the_release(converted) -> None:
+    release = root_digest(tensor_digests(FIXTURE))
+    assert root_digest(tensor_digests(converted["bf16"])) == release  # same dtype: the same root
+    result = run_mdist("digest", str(FIXTURE), str(converted["bf16"]))
+    assert result.returncode == 0 and "same weights" in result.stdout, result.stdout + result.stderr
+    assert result.stdout.splitlines()[0].split()[0] == result.stdout.splitlines()[1].split()[0]
+    for kind in ("f32", "f16", "q8_0"):  # another type: the release re-encoded, compared byte for byte
+        result = run_mdist("digest", str(FIXTURE), str(converted[kind]), "--json")
+        assert result.returncode == 0, (kind, result.stdout, result.stderr)
+        assert '"same": true' in result.stdout and kind.upper() in result.stdout
+
+
+def test_one_changed_value_is_a_different_root_naming_the_tensor(converted, tmp_path: Path) -> None:
+    def bump(raw: np.ndarray) -> None:
+        raw.view(np.uint16)[3, 5] ^= 1  # one bf16 value, lowest mantissa bit
+
+    changed = _altered(converted["bf16"], tmp_path / "changed.gguf", "blk.2.attn_k.weight", bump)
+    assert root_digest(tensor_digests(changed)) != root_digest(tensor_digests(FIXTURE))
+    result = run_mdist("digest", str(FIXTURE), str(changed))
+    assert result.returncode == 1 and "layers.2.attention.wk.weight" in result.stdout, result.stdout
+
+
+def test_q8_0_with_one_block_scale_changed_fails_naming_the_tensor(converted, tmp_path: Path) -> None:
+    def scale(raw: np.ndarray) -> None:
+        block = raw.reshape(-1, 34)[7]
+        block[:2] = (block[:2].view(np.float16) * np.float16(1.001)).view(np.uint8)  # well under 1 %
+
+    changed = _altered(converted["q8_0"], tmp_path / "scaled.gguf", "blk.4.ffn_up.weight", scale)
+    assert not np.array_equal(read_gguf(changed).raw(read_gguf(changed).tensors["blk.4.ffn_up.weight"]),
+                              read_gguf(converted["q8_0"]).raw(read_gguf(converted["q8_0"]).tensors["blk.4.ffn_up.weight"]))
+    result = run_mdist("digest", str(FIXTURE), str(changed))
+    assert result.returncode == 1 and "layers.4.feed_forward.w3.weight" in result.stdout, result.stdout
+
+
+def test_verify_tensors_checks_the_gguf_mdist_derived_in_the_folder(fixture_copy: Path) -> None:
+    assert run_mdist("convert", str(fixture_copy), "--layout", "gguf", "--type", "q8_0").returncode == 0
+    result = run_mdist("verify", str(fixture_copy), "--tensors", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "tiny-mistral-Q8_0.gguf: same weights" in result.stdout
+
+
+def test_digest_of_a_gguf_of_another_architecture_is_one_line(tmp_path: Path) -> None:
+    data = make_gguf([_str("general.architecture") + struct.pack("<I", 8) + _str("gpt2")], [], b"")
+    result = run_mdist("digest", str(_write(tmp_path, data)))
+    assert result.returncode == 2 and "gpt2" in result.stderr and len(result.stderr.strip().splitlines()) == 1
