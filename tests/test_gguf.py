@@ -303,3 +303,53 @@ def test_digest_of_a_gguf_of_another_architecture_is_one_line(tmp_path: Path) ->
     data = make_gguf([_str("general.architecture") + struct.pack("<I", 8) + _str("gpt2")], [], b"")
     result = run_mdist("digest", str(_write(tmp_path, data)))
     assert result.returncode == 2 and "gpt2" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+# -- run ------------------------------------------------------------------------------------------
+def _run(path: Path, tokens: int = 40) -> tuple[int, list[int], str]:
+    import json
+
+    result = run_mdist("run", str(path), "--prompt", "ROMEO:", "--max-tokens", str(tokens), "--json")
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    return result.returncode, payload["token_ids"], payload["text"]
+
+
+def test_run_on_the_bf16_gguf_equals_run_on_the_release_token_for_token(converted, fixture_copy: Path) -> None:
+    release = _run(fixture_copy, 80)  # 80 > the fixture's sliding window of 64
+    assert _run(converted["bf16"], 80) == release
+    assert _run(converted["bf16"].parent / "tiny-mistral-F32.gguf", 80) == release
+
+
+def test_run_on_the_q8_0_gguf_decodes_on_the_fly_close_to_the_release(converted) -> None:
+    from mdist.runner import Model
+
+    tokens = TOKENS
+    reference = Model.load(converted["hf"]).logits(tokens)
+    cached = Model.load(converted["q8_0"]).logits(tokens)  # small: widened once
+    streamed = Model.load(converted["q8_0"], f32_budget_bytes=0)  # decoded on the fly (kernel + row chunks)
+    assert not streamed.weights.cached and streamed.weights.q8
+    assert _relative(cached, reference) < 0.03
+    assert _relative(streamed.logits(tokens), cached) < 1e-4  # same weights, other arithmetic order
+    cache = streamed.new_cache(64)  # one token at a time: the compiled Q8_0 kernel
+    step = np.concatenate([streamed.forward(np.array([t]), cache) for t in tokens[:12]])
+    assert _relative(step, cached[:12]) < 1e-4
+
+
+def test_run_refuses_a_tokenizer_that_is_not_the_ggufs_vocabulary(converted, tmp_path: Path) -> None:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    shutil.copy(converted["bf16"], folder)
+    shutil.copy(FIXTURE / "tokenizer.model", folder)
+    gguf = read_gguf(folder / converted["bf16"].name)
+    tokens = gguf.metadata["tokenizer.ggml.tokens"]
+    data = (folder / converted["bf16"].name).read_bytes()
+    position = data.index(struct.pack("<Q", len(tokens[300].encode())) + tokens[300].encode())
+    swapped = bytearray(data)
+    swapped[position + 8] ^= 0x20  # one token's text, same length
+    (folder / converted["bf16"].name).write_bytes(bytes(swapped))
+    result = run_mdist("run", str(folder), "--prompt", "hi", "--max-tokens", "2")
+    assert result.returncode == 1 and "disagree on token 300" in result.stderr, result.stderr
+    (folder / "tokenizer.model").unlink()
+    result = run_mdist("run", str(folder), "--prompt", "hi", "--max-tokens", "2")
+    assert result.returncode == 2 and "tokenizer.model" in result.stderr

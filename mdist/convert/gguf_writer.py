@@ -9,13 +9,14 @@ come from mdist.convert.gguf_layout.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from mdist.atomic import atomic_writer, require_free_space
+from mdist.atomic import atomic_writer, require_free_space, write_bytes_atomic
 from mdist.convert import gguf_layout as gl
 from mdist.convert.tensor_sources import ModelSource, SourceTensor, open_model
 from mdist.derived import record_derived
@@ -138,7 +139,7 @@ def add_metadata(writer: Any, config: MistralConfig, name: str, ggml_type: str, 
         writer.add_value_length(config.head_dim)
     if config.sliding_window:  # the format's key; llama.cpp's `llama` graph ignores it, mdist's runner uses it
         writer.add_sliding_window(config.sliding_window)
-    if config.is_moe:
+    if getattr(config, "is_moe", False):
         writer.add_expert_count(config.n_experts)
         writer.add_expert_used_count(config.n_experts_per_tok)
     writer.add_vocab_size(config.vocab_size)
@@ -209,7 +210,7 @@ def convert_gguf(src: Path, out: Path | None = None, *, ggml_type: str = "bf16",
         target = out / f"{name}-{wanted}.gguf"
         if target.exists() and not force:
             raise InputError(f"{target} exists; use --force to overwrite")
-        planned = plan(source.tensors, wanted, source.config.n_experts)
+        planned = plan(source.tensors, wanted, getattr(source.config, "n_experts", 0))
         total = sum(t.nbytes for t in planned)
         out.mkdir(parents=True, exist_ok=True)
         require_free_space(out, total + (64 << 20), what="the GGUF file")
@@ -218,5 +219,13 @@ def convert_gguf(src: Path, out: Path | None = None, *, ggml_type: str = "bf16",
         tokenizer = source.tokenizer
         size = write_gguf(target, planned, lambda w: add_metadata(w, source.config, name, wanted, tokenizer),
                           overwrite=True, on_bytes=on_bytes)
-        record_derived(out, [target], [*source.files, tokenizer])
+        outputs = [target]
+        copied = out / "tokenizer.model"
+        if copied.resolve() != tokenizer.resolve():  # `run` reads the vocabulary's SentencePiece model beside the GGUF
+            data = read_small_file(tokenizer, MAX_TOKENIZER_BYTES)
+            if os.path.lexists(copied) and not force and (copied.is_symlink() or copied.read_bytes() != data):
+                raise InputError(f"{copied} exists and differs from {tokenizer}; use --force to overwrite")
+            write_bytes_atomic(copied, data)
+            outputs.append(copied)
+        record_derived(out, outputs, [*source.files, tokenizer])
     return GGUFResult(target, len(planned), size, wanted)

@@ -106,6 +106,12 @@ class Model:
         from mdist.runner.resolve import resolve_model
 
         directory, layout = resolve_model(Path(path))
+        if layout.kind == "gguf":  # mdist.runner.gguf_weights: config from its metadata, Q8_0 decoded on the fly
+            from mdist.runner.gguf_weights import load_gguf
+
+            config, weights, shapes = load_gguf(directory, layout.weights[0], f32_budget_bytes)
+            _check_shapes({name: np.broadcast_to(np.float32(0), shape) for name, shape in shapes.items()}, config)
+            return cls(config, weights, "interleaved", directory)
         config = read_config(directory, layout)
         tensors = load_tensors(directory, layout)
         _check_shapes(tensors, config)
