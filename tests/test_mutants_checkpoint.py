@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from mdist.convert import pickle_reader as pr
-from mdist.errors import CheckpointError
+from mdist.errors import CheckpointError, MdistError
 
 F32 = pr.STORAGE_TYPES["FloatStorage"]
 U8 = pr.STORAGE_TYPES["ByteStorage"]
@@ -87,3 +87,284 @@ def test_describe() -> None:
     assert pr._describe(F32) == "torch.FloatStorage"
     assert pr._describe(1) == "int" and pr._describe(None) == "NoneType"
     assert repr(pr._REBUILD_TENSOR_V2) == "torch._utils._rebuild_tensor_v2"
+
+
+# -- the interpreter against Python's own unpickler ------------------------------------------------
+
+import pickle  # noqa: E402
+
+
+def lookup(key: str, dtype: pr.StorageDType, numel: int) -> pr.StorageRef:
+    return pr.StorageRef(key, dtype, numel)
+
+
+def run(data: bytes):
+    return pr._Interpreter(lookup).run(data)
+
+
+def refused_pickle(data: bytes, message: str) -> None:
+    with pytest.raises(CheckpointError) as caught:
+        run(data)
+    assert str(caught.value) == message
+
+
+SHARED = [1]
+PLAIN = [None, True, False, 0, -1, 255, 65535, 1 << 40, pr.INT64_MAX, -(1 << 63), 1.5, "", "name", "é" * 300,
+         (), (1,), (1, 2), (1, 2, 3), (1, 2, 3, 4), [], [1, 2, 3], {}, {"a": 1, "b": [True, False, None]},
+         {1: "x", "y": (2, [3])}, [SHARED, SHARED, (SHARED,)], list(range(2000)), {str(i): i for i in range(1500)}]
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_plain_data_reads_as_pickle_reads_it(protocol: int) -> None:
+    for value in PLAIN:
+        data = pickle.dumps(value, protocol=protocol)
+        assert run(data) == pickle.loads(data), value
+        assert type(run(data)) is type(value)
+    shared = run(pickle.dumps([SHARED, SHARED], protocol=protocol))
+    assert shared[0] is shared[1]  # memo entries are the same object, as in pickle
+
+
+# Hand-written opcodes pickle.dumps does not emit for these values (each also checked with pickle.loads).
+HAND = {
+    "dup": b"\x80\x02]2\x86.",                              # EMPTY_LIST DUP TUPLE2
+    "list": b"\x80\x02(K\x01K\x02l.",                       # MARK 1 2 LIST
+    "dict": b"\x80\x02(X\x01\x00\x00\x00aK\x01K\x02K\x03d.",  # MARK 'a' 1 2 3 DICT
+    "empty dict": b"\x80\x02(d.",
+    "true false": b"\x80\x02\x88\x89\x86.",
+    "pop": b"\x80\x02K\x01K\x020.",                        # 1 2 POP -> 1
+    "pop mark": b"\x80\x02K\x07(K\x01K\x021.",              # 7 MARK 1 2 POP_MARK -> 7
+    "append": b"\x80\x02]K\x05a.",
+    "setitem": b"\x80\x02}X\x01\x00\x00\x00kK\x05s.",
+    "memoize": b"\x80\x04\x95\x07\x00\x00\x00\x00\x00\x00\x00]\x94h\x00\x86\x94.",  # FRAME [] MEMOIZE GET 0 TUPLE2
+    "put get": b"\x80\x02]q\x05h\x05\x86.",
+    "long put get": b"\x80\x02]r\x00\x00\x01\x00j\x00\x00\x01\x00\x86.",
+}
+
+
+@pytest.mark.parametrize("case", sorted(HAND))
+def test_hand_written_opcodes(case: str) -> None:
+    data = HAND[case]
+    assert run(data) == pickle.loads(data)
+    if case in ("dup", "memoize", "put get", "long put get"):
+        result = run(data)
+        assert result[0] is result[1]
+
+
+def test_refused_shapes_of_data() -> None:
+    refused_pickle(b"\x80\x02(K\x01d.", "odd number of items for a dict")
+    refused_pickle(b"\x80\x02(]K\x01d.", "dict key of type list refused")
+    refused_pickle(b"\x80\x02}K\x01a.", "APPEND to a dict")
+    refused_pickle(b"\x80\x02](K\x01e}(e.", "APPEND to a dict")  # APPENDS
+    refused_pickle(b"\x80\x02]K\x01K\x02s.", "SETITEM on a list")
+    refused_pickle(b"\x80\x02](K\x01K\x02u.", "SETITEM on a list")  # SETITEMS
+    refused_pickle(b"\x80\x02}(\x88K\x01u.", "dict key of type bool refused")
+    refused_pickle(b"\x80\x02}N\x88s.", "dict key of type NoneType refused")
+    refused_pickle(b"\x80\x020.", "pickle stack underflow")
+    refused_pickle(b"\x80\x022.", "pickle stack underflow")
+    refused_pickle(b"\x80\x02l.", "pickle has no MARK where one is needed")
+    refused_pickle(b"\x80\x02h\x03.", "pickle memo has no entry 3")
+    refused_pickle(b"\x80\x02K\x01K\x02.", "pickle ends with objects left on its stack")
+    refused_pickle(b"\x80\x02(K\x01.", "pickle ends with objects left on its stack")
+    refused_pickle(b"\x80\x06N.", "unsupported pickle protocol 6")
+    refused_pickle(b"\x80\x01N.", "unsupported pickle protocol 1")
+    for protocol in (2, 4):
+        assert run(pickle.dumps(True, protocol=protocol)) is True
+        assert run(pickle.dumps(False, protocol=protocol)) is False
+
+
+def test_scalars_at_their_bounds() -> None:
+    assert run(pickle.dumps("x" * pr.MAX_STRING_CHARS, protocol=2)) == "x" * pr.MAX_STRING_CHARS
+    refused_pickle(pickle.dumps("x" * (pr.MAX_STRING_CHARS + 1), protocol=2), "pickle string is too long")
+    assert run(pickle.dumps((1 << 63) - 1, protocol=2)) == (1 << 63) - 1
+    assert run(pickle.dumps(-(1 << 63), protocol=2)) == -(1 << 63)
+    refused_pickle(pickle.dumps(1 << 64, protocol=2), "pickle integer is too large")
+    assert run(pickle.dumps((1 << 64) - 1, protocol=2)) == (1 << 64) - 1  # 64 bits: accepted
+
+
+def test_globals() -> None:
+    for protocol in (2, 4):  # GLOBAL, STACK_GLOBAL
+        data = pickle.dumps(__import__("collections").OrderedDict, protocol=protocol)
+        assert run(data) is pr._ORDERED_DICT
+        refused_pickle(pickle.dumps(__import__("os").system, protocol=protocol),
+                       "refused global posix.system: not part of a tensor state dict")
+    refused_pickle(b"\x80\x04\x8c\x01a\x94K\x01\x93.", "STACK_GLOBAL needs two strings")  # 'a' 1
+    refused_pickle(b"\x80\x04K\x01\x8c\x01a\x93.", "STACK_GLOBAL needs two strings")  # 1 'a'
+    long = "m" * 300
+    refused_pickle(b"\x80\x02c" + long.encode() + b"\n" + long.encode() + b"\n.",
+                   f"refused global {'m' * 200}.{'m' * 200}: not part of a tensor state dict")
+    assert run(b"\x80\x02ctorch\nHalfStorage\n.") is pr.STORAGE_TYPES["HalfStorage"]
+    assert run(b"\x80\x02ctorch._utils\n_rebuild_parameter\n.") is pr._REBUILD_PARAMETER
+
+
+OD = b"ccollections\nOrderedDict\n"
+
+
+def test_build() -> None:
+    assert run(b"\x80\x02" + OD + b")RNb.") == {}  # OrderedDict() with None state
+    assert run(b"\x80\x02" + OD + b")R}b.") == {}  # ... with a dict state (_metadata)
+    assert isinstance(run(b"\x80\x02" + OD + b")R}b."), pr._StateDict)
+    refused_pickle(b"\x80\x02" + OD + b")R]b.", "refused BUILD on _StateDict")
+    refused_pickle(b"\x80\x02" + OD + b")RK\x01b.", "refused BUILD on _StateDict")
+    refused_pickle(b"\x80\x02}Nb.", "refused BUILD on dict")
+    refused_pickle(b"\x80\x02]}b.", "refused BUILD on list")
+
+
+def test_reduce() -> None:
+    assert run(b"\x80\x02" + OD + b"](X\x01\x00\x00\x00aK\x01\x86X\x01\x00\x00\x00bK\x02\x86e\x85R.") == {"a": 1, "b": 2}
+    assert run(b"\x80\x02" + OD + b"](X\x01\x00\x00\x00aK\x01\x86e\x85R.") == {"a": 1}
+    refused_pickle(b"\x80\x02" + OD + b"]R.", "REDUCE arguments are not a tuple")
+    refused_pickle(b"\x80\x02" + OD + b"K\x01\x85R.", "malformed OrderedDict call")
+    refused_pickle(b"\x80\x02" + OD + b"]]\x86R.", "malformed OrderedDict call")
+    refused_pickle(b"\x80\x02" + OD + b"]K\x01a\x85R.", "OrderedDict items are not pairs")
+    refused_pickle(b"\x80\x02" + OD + b"](K\x01K\x02K\x03\x87e\x85R.", "OrderedDict items are not pairs")
+    refused_pickle(b"\x80\x02ctorch\nHalfStorage\n)R.", "refused call of torch.HalfStorage")
+    refused_pickle(b"\x80\x02ctorch._utils\n_rebuild_parameter\n)R.", "malformed _rebuild_parameter call")
+
+
+# -- inflating a deflated entry (through Checkpoint: its internals are being reworked) ----------------
+
+import os  # noqa: E402
+import struct  # noqa: E402
+import zipfile  # noqa: E402
+import zlib  # noqa: E402
+
+from mdist.convert import checkpoint as ck  # noqa: E402
+from pickle_payloads import state_dict, tensor  # noqa: E402
+
+RAW = bytes(range(256)) * 40 + b"\0" * 5000 + os.urandom(3000)  # 18,240 bytes, partly compressible
+RANGES = ((0, len(RAW)), (0, 1), (1, 10), (6, 8), (999, 2002), (len(RAW) - 5, 5), (10240, 5000), (3, 0))
+
+
+def deflate(raw: bytes) -> bytes:
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return packer.compress(raw) + packer.flush()
+
+
+def deflated_archive(path, payload: bytes, raw: bytes = RAW, *, file_size: int | None = None,
+                     crc: int | None = None, ranges=((0, len(RAW)),)):
+    """A torch.save-shaped archive whose storage '0' is a deflated entry holding `payload` as its
+    compressed bytes, declared as `file_size` bytes of CRC `crc`; one byte tensor per (offset, length)."""
+    file_size = len(raw) if file_size is None else file_size
+    crc = zlib.crc32(raw) if crc is None else crc
+    entries = [(f"t{i}", tensor("0", file_size, offset, (length,), (1,), "ByteStorage"))
+               for i, (offset, length) in enumerate(ranges)]
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", state_dict(*entries))
+        archive.writestr("archive/data/0", payload)  # stored: then declared deflated below
+        archive.writestr("archive/version", "3\n")
+        local = archive.getinfo("archive/data/0").header_offset
+    data = bytearray(path.read_bytes())
+    central = data.index(b"PK\x01\x02")
+    while data[central + 46:central + 46 + 14] != b"archive/data/0":
+        central = data.index(b"PK\x01\x02", central + 4)
+    for at, method_at, crc_at, usize_at in ((local, 8, 14, 22), (central, 10, 16, 24)):
+        struct.pack_into("<H", data, at + method_at, 8)
+        struct.pack_into("<L", data, at + crc_at, crc)
+        struct.pack_into("<L", data, at + usize_at, file_size)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def read_all(path, chunk: int = 1 << 20) -> dict[str, list[bytes]]:
+    with ck.Checkpoint(path) as checkpoint:
+        return {name: list(checkpoint.iter_bytes(t, chunk)) for name, t in checkpoint.tensors.items()}
+
+
+def inflate_error(path, message: str, chunk: int = 1 << 20) -> None:
+    with pytest.raises(CheckpointError) as caught:
+        read_all(path, chunk)
+    assert str(caught.value) == message
+
+
+def test_inflate_yields_exactly_the_range_asked(tmp_path) -> None:
+    path = deflated_archive(tmp_path / "m.pth", deflate(RAW), ranges=RANGES)
+    for chunk in (7, 1000, 4096, 1 << 20):
+        read = read_all(path, chunk)
+        for i, (start, length) in enumerate(RANGES):
+            assert b"".join(read[f"t{i}"]) == RAW[start:start + length], (chunk, start, length)
+            assert all(0 < len(c) <= chunk for c in read[f"t{i}"])  # bounded output per step, no empty chunk
+
+
+def test_inflate_refusals(tmp_path) -> None:
+    whole = deflate(RAW)
+    inflate_error(deflated_archive(tmp_path / "a.pth", whole[:-40]), "archive/data/0: compressed data ends early")
+    inflate_error(deflated_archive(tmp_path / "b.pth", whole, crc=zlib.crc32(RAW) ^ 1),
+                  "archive/data/0: compressed data does not match its size or CRC")
+    inflate_error(deflated_archive(tmp_path / "c.pth", whole + b"\0\0"),
+                  "archive/data/0: compressed data does not match its size or CRC")
+    inflate_error(deflated_archive(tmp_path / "c2.pth", whole + b"junk" * 10),  # the stream ends before the entry:
+                  "archive/data/0: compressed data does not match its size or CRC", chunk=len(whole))  # junk unread
+    inflate_error(deflated_archive(tmp_path / "d.pth", whole, file_size=len(RAW) + 1),
+                  "archive/data/0: compressed data does not match its size or CRC")
+    inflate_error(deflated_archive(tmp_path / "e.pth", whole, file_size=len(RAW) - 1, ranges=((0, len(RAW) - 1),)),
+                  f"archive/data/0: inflates past its declared {len(RAW) - 1} bytes (zip bomb)")
+    bad = bytearray(whole)
+    bad[0] = 0xFF  # an invalid block type
+    with pytest.raises(CheckpointError) as caught:
+        read_all(deflated_archive(tmp_path / "f.pth", bytes(bad)))
+    assert str(caught.value).startswith("archive/data/0: corrupt compressed data (Error -3 ")
+
+
+def test_inflate_of_a_file_cut_short_while_open(tmp_path) -> None:
+    path = deflated_archive(tmp_path / "m.pth", deflate(RAW))
+    with ck.Checkpoint(path) as checkpoint:
+        os.truncate(path, 200)
+        with pytest.raises(MdistError) as caught:
+            b"".join(checkpoint.iter_bytes(checkpoint.tensors["t0"]))
+    assert str(caught.value) in ("archive/data/0: unexpected end of file", f"{path} changed while being read")
+
+
+def test_inflate_budget(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(ck, "INFLATE_SLACK_BYTES", 0)  # the budget: 4 x the deflated size
+    path = deflated_archive(tmp_path / "m.pth", deflate(RAW))
+    with ck.Checkpoint(path) as checkpoint:
+        for _ in range(4):
+            assert b"".join(checkpoint.iter_bytes(checkpoint.tensors["t0"], 1000)) == RAW
+        with pytest.raises(CheckpointError) as caught:
+            b"".join(checkpoint.iter_bytes(checkpoint.tensors["t0"], 1000))
+    assert str(caught.value) == "reading the checkpoint inflates its deflated storages too many times"
+
+
+def test_file_range_only_for_stored_contiguous_bytes(tmp_path) -> None:
+    import torch
+
+    base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
+    state = {"base": base, "rows": base[1:3], "one": base[2, 5:6], "empty": base[:0], "transposed": base.t()}
+    torch.save(state, tmp_path / "m.pth")
+    with ck.Checkpoint(tmp_path / "m.pth") as checkpoint:
+        for name in ("base", "rows", "one"):
+            where = checkpoint.file_range(checkpoint.tensors[name])
+            assert where is not None, name
+            fd, offset = where
+            assert os.pread(fd, state[name].numel() * 4, offset) == state[name].contiguous().numpy().tobytes(), name
+        assert checkpoint.file_range(checkpoint.tensors["empty"]) is None
+        assert checkpoint.file_range(checkpoint.tensors["transposed"]) is None
+    path = deflated_archive(tmp_path / "d.pth", deflate(RAW))
+    with ck.Checkpoint(path) as checkpoint:
+        assert checkpoint.file_range(checkpoint.tensors["t0"]) is None  # deflated: never copied verbatim
+
+
+def test_interpret_state_dict_results() -> None:
+    from pickle_payloads import S, VALID
+
+    tensors = pr.interpret_state_dict(VALID, lookup)
+    assert tensors == {"w": pr.TensorRef(pr.StorageRef("0", F32, 4), 0, (2, 2), (2, 1))}
+    for data, message in (
+            (b"\x80\x02]" + b".", "checkpoint holds a list, not a dict of tensors"),
+            (b"\x80\x02}" + S("a") + b"K\x01s.", "checkpoint entry 'a' is a int, not a tensor"),
+            (b"\x80\x02}K\x07K\x01s.", "checkpoint entry '7' is a int, not a tensor"),
+            (b"\x80\x02K", "malformed pickle: ValueError: "),
+            (b"\x80\x02N", "malformed pickle: ValueError: pickle exhausted before seeing STOP")):
+        with pytest.raises(CheckpointError) as caught:
+            pr.interpret_state_dict(data, lookup)
+        assert str(caught.value).startswith(message), str(caught.value)
+    with pytest.raises(CheckpointError) as caught:
+        pr.interpret_state_dict(b"\x80\x02}" + b"\x00" * pr.MAX_PICKLE_BYTES, lookup)
+    assert str(caught.value) == "data.pkl is larger than any tensor state dict needs"
+    pieces, room = [], pr.MAX_PICKLE_BYTES - 4
+    while room:  # strings popped at once, filling the pickle to exactly the limit
+        size = min(room - 6, 60000) if room - 6 - 60000 >= 6 or room - 6 <= 60000 else 30000
+        pieces.append(S("x" * size) + b"0")
+        room -= size + 6
+    padded = b"\x80\x02" + b"".join(pieces) + b"}."  # exactly the limit: read
+    assert len(padded) == pr.MAX_PICKLE_BYTES and pr.interpret_state_dict(padded, lookup) == {}
