@@ -351,8 +351,12 @@ def _term_as_interrupt() -> None:
 @click.option("--swarm-grace", default=30.0, show_default=True, type=click.FloatRange(1),
               help="For a release with a hub repository: fall back to the hub when no peer at all was found "
                    "within this many seconds (a peer that stops delivering is given --timeout).")
-@click.option("--source", "prefer", type=click.Choice(["auto", "torrent", "hub"]), default="auto", show_default=True,
-              help="For a release name: force the swarm or the hub.")
+@click.option("--source", "prefer", type=click.Choice(["auto", "torrent", "archive", "hub"]), default="auto",
+              show_default=True, help="For a release name: force the swarm, the archive or the hub.")
+@click.option("--md5", metavar="HEX", help="Archive URLs only: the archive's published md5 (a release name or a "
+                                           "known URL brings its own; a different one is an error).")
+@click.option("--keep-archive", is_flag=True, help="Archive sources only: keep the verified .tar in OUT "
+                                                   "(default: deleted once extracted).")
 @click.option("--endpoint", help="Hub or mirror URL for hf:// sources (default: $HF_ENDPOINT or huggingface.co).")
 @click.option("--to-hf-cache", is_flag=True, help="hf:// only: store in the standard Hugging Face cache layout.")
 @click.option("--include", multiple=True, help="hf:// only: glob of files to fetch (repeatable).")
@@ -360,20 +364,22 @@ def _term_as_interrupt() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def fetch(source: str, out: Path | None, peers: tuple[str, ...], trackers: tuple[str, ...],
           web_seeds: tuple[str, ...], listen: str | None, no_dht: bool, keep_seeding: bool, timeout: float,
-          swarm_grace: float, prefer: str, endpoint: str | None, to_hf_cache: bool, include: tuple[str, ...],
+          swarm_grace: float, prefer: str, md5: str | None, keep_archive: bool, endpoint: str | None,
+          to_hf_cache: bool, include: tuple[str, ...],
           exclude: tuple[str, ...], as_json: bool) -> None:
     """Fetch a model and verify every file before calling it done.
 
-    SOURCE is a magnet link, a .torrent file, hf://OWNER/REPO[@REVISION], or a release name
-    from checksums/ (see `mdist releases`).
+    SOURCE is a magnet link, a .torrent file, hf://OWNER/REPO[@REVISION], an http(s) URL of a
+    .tar archive, or a release name from checksums/ (see `mdist releases`).
 
     \b
     Examples:
       mdist fetch mistral-7b-v0.1
       mdist fetch 'magnet:?xt=urn:btih:208b101a0f51514ecf285885a8b0f6fb1a1e4d7d&dn=mistral-7B-v0.1'
       mdist fetch hf://mistralai/Mistral-7B-v0.1 --include '*.safetensors' --out ./m7b
+      mdist fetch https://models.mistralcdn.com/mistral-7b-v0-3/mistral-7B-v0.3.tar --out ./m7b-v03
     """
-    from mdist.fetch import FetchOptions, FetchRequest, HubOptions, run_fetch
+    from mdist.fetch import ArchiveOptions, FetchOptions, FetchRequest, HubOptions, run_fetch
 
     _term_as_interrupt()
     request = FetchRequest(
@@ -383,6 +389,7 @@ def fetch(source: str, out: Path | None, peers: tuple[str, ...], trackers: tuple
         swarm_grace=swarm_grace,
         hub=HubOptions(out=out, endpoint=endpoint, to_hf_cache=to_hf_cache, include=list(include),
                        exclude=list(exclude), quiet=as_json),
+        archive=ArchiveOptions(out=out, md5=md5, keep_archive=keep_archive, timeout=timeout, quiet=as_json),
     )
     with ui.TransferReporter(quiet=as_json) as reporter:
         result = run_fetch(request, reporter)
@@ -448,13 +455,19 @@ def releases(as_json: bool) -> None:
 
     registry = load_registry()
     if as_json:
-        emit_json([{"name": m.name, "title": m.title, "sources": m.sources, "files": len(m.files)} for m in registry])
+        emit_json([{"name": m.name, "title": m.title, "sources": m.sources, "via": _via(m),
+                    "archive": m.archive, "files": len(m.files)} for m in registry])
         return
     for m in registry:
-        has = {"magnet": any(k in m.sources for k in ("magnet", "btih", "btmh")),
-               "hub": any(k in m.sources for k in ("hub", "hub_alternative"))}
-        via = ", ".join(k for k, present in has.items() if present)
-        click.echo(f"{m.name:24} {m.title}  [{via or 'no source'}]")
+        click.echo(f"{m.name:28} {m.title}  [{', '.join(_via(m)) or 'no source'}]")
+
+
+def _via(manifest: Any) -> list[str]:
+    """Where a release can be fetched from, in the order `mdist fetch NAME` tries them."""
+    has = {"magnet": any(k in manifest.sources for k in ("magnet", "btih", "btmh")),
+           "archive": manifest.archive is not None,
+           "hub": any(k in manifest.sources for k in ("hub", "hub_alternative"))}
+    return [k for k, present in has.items() if present]
 
 
 # -- demo ------------------------------------------------------------------------------------

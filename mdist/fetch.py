@@ -8,6 +8,7 @@ from typing import Any
 
 from mdist.errors import InputError, VerificationError
 from mdist.model_folder import inspect_folder
+from mdist.sources.archive import ArchiveOptions, Limits, Unreachable
 from mdist.sources.hub import HubOptions
 from mdist.sources.torrent_fetch import FetchOptions, NoProgress
 from mdist.sources.resolve import Source, resolve_source
@@ -19,12 +20,14 @@ SWARM_GRACE = 30.0  # seconds without a single peer before a release falls back 
 
 @dataclass
 class FetchRequest:
-    """What to fetch, and the options of each transport (`swarm` for BitTorrent, `hub` for hf://)."""
+    """What to fetch, and the options of each transport (`swarm` for BitTorrent, `hub` for hf://,
+    `archive` for an http(s) .tar)."""
 
     source: str
     swarm: FetchOptions = field(default_factory=FetchOptions)
     hub: HubOptions = field(default_factory=HubOptions)
-    prefer: str = "auto"  # or "torrent" / "hub", for a release that lists both
+    archive: ArchiveOptions = field(default_factory=ArchiveOptions)
+    prefer: str = "auto"  # or "torrent" / "archive" / "hub", for a release that lists several
     swarm_grace: float = SWARM_GRACE  # with a hub to fall back to: how long to wait for a first peer
 
 
@@ -44,45 +47,98 @@ def verify_against(out: Path, manifest: Manifest | None) -> tuple[str | None, in
 
 def _check_options(request: FetchRequest, source: Source) -> None:
     """Options that cannot apply to this source are an error, never silently ignored."""
-    hub = request.hub
+    hub, swarm, archive = request.hub, request.swarm, request.archive
     if hub.to_hf_cache and hub.out is not None:
         raise InputError("--out and --to-hf-cache exclude each other (the cache decides where files go)")
-    if source.kind != "hub" and source.hub_fallback is None:
-        used = [flag for flag, value in (("--include", hub.include), ("--exclude", hub.exclude),
-                                          ("--to-hf-cache", hub.to_hf_cache), ("--endpoint", hub.endpoint))
-                if value]
-        if used:
-            raise InputError(f"{used[0]} applies to hf:// sources only; {request.source[:80]} is a torrent")
-    if source.kind == "hub":
-        swarm = request.swarm
-        used = [flag for flag, value in (("--peer", swarm.peers), ("--tracker", swarm.trackers),
-                                          ("--web-seed", swarm.web_seeds), ("--listen", swarm.listen),
-                                          ("--seed", swarm.seed)) if value]
-        if used:
-            raise InputError(f"{used[0]} applies to BitTorrent sources only; {request.source[:80]} is a hub repository")
+    what = {"torrent": "a torrent", "archive": "an archive", "hub": "a hub repository"}[source.kind]
+    checks = (
+        (source.kind == "hub" or source.hub_fallback is not None, "hf:// sources",
+         (("--include", hub.include), ("--exclude", hub.exclude), ("--to-hf-cache", hub.to_hf_cache),
+          ("--endpoint", hub.endpoint))),
+        (source.kind == "torrent", "BitTorrent sources",
+         (("--peer", swarm.peers), ("--tracker", swarm.trackers), ("--web-seed", swarm.web_seeds),
+          ("--listen", swarm.listen), ("--seed", swarm.seed))),
+        (source.kind == "archive" or source.archive is not None, "archive sources",
+         (("--md5", archive.md5), ("--keep-archive", archive.keep_archive))),
+    )
+    for applies, sources, flags in checks:
+        used = [flag for flag, value in flags if value]
+        if used and not applies:
+            raise InputError(f"{used[0]} applies to {sources} only; {request.source[:80]} is {what}")
+
+
+def _pick(request: FetchRequest, source: Source) -> Source:
+    """The source --source asks for, among those a release lists."""
+    if request.prefer == "hub":
+        if source.kind != "hub" and source.hub_fallback is None:
+            raise InputError(f"{request.source} has no hub repository")
+        return source if source.kind == "hub" else source.hub_fallback  # type: ignore[return-value]
+    if request.prefer == "torrent" and source.kind != "torrent":
+        raise InputError(f"{request.source} has no magnet link")
+    if request.prefer == "archive":
+        if source.kind != "archive" and source.archive is None:
+            raise InputError(f"{request.source} has no archive")
+        if source.kind != "archive":
+            return replace(source.archive, hub_fallback=None)  # type: ignore[arg-type]
+    return source
 
 
 def run_fetch(request: FetchRequest, reporter) -> dict[str, Any]:
     source = resolve_source(request.source)
     _check_options(request, source)
-    if request.prefer == "hub":
-        if source.kind != "hub" and source.hub_fallback is None:
-            raise InputError(f"{request.source} has no hub repository")
-        source = source if source.kind == "hub" else source.hub_fallback  # type: ignore[assignment]
-    elif request.prefer == "torrent" and source.kind != "torrent":
-        raise InputError(f"{request.source} has no magnet link")
+    source = _pick(request, source)
     if source.kind == "hub":
         return _fetch_hub(source, request, reporter)
     fallback = source.hub_fallback is not None and request.prefer == "auto"
-    if fallback:  # without somewhere else to go, waiting for a first peer costs nothing
+    if source.kind == "torrent" and fallback:  # without somewhere else to go, waiting for a first peer costs nothing
         request = replace(request, swarm=replace(request.swarm, swarm_grace=request.swarm_grace))
+    fetch, stalled, what = ((_fetch_archive, Unreachable, "archive") if source.kind == "archive"
+                            else (_fetch_torrent, NoProgress, "swarm"))
     try:
-        return _fetch_torrent(source, request, reporter)
-    except NoProgress as exc:
+        return fetch(source, request, reporter)
+    except stalled as exc:  # the archive's server unreachable, or no peer delivering: the hub, if any
         if not fallback:
             raise
-        reporter.message(f"swarm: {exc}; falling back to the hub ({source.hub_fallback.target})")
+        reporter.message(f"{what}: {exc}; falling back to the hub ({source.hub_fallback.target})")
         return _fetch_hub(source.hub_fallback, request, reporter)
+
+
+def _fetch_archive(source: Source, request: FetchRequest, reporter) -> dict[str, Any]:
+    """An http(s) .tar: the published md5 (the registry's, or --md5, which must agree with it),
+    bounds from the manifest, and the manifest's own check of the extracted files."""
+    from mdist.sources.archive import check_md5, fetch_archive, write_complete
+
+    md5 = source.md5
+    if request.archive.md5:
+        given = check_md5(request.archive.md5)
+        if md5 and given != md5:
+            raise InputError(f"--md5 {given} differs from the published md5 of {source.target[:100]} ({md5})")
+        md5 = given
+    manifest = source.manifest
+    options = replace(request.archive, out=request.archive.out or request.hub.out or request.swarm.out,
+                      timeout=request.swarm.timeout)
+    result = fetch_archive(source.target, options, reporter, md5=md5, size=source.size,
+                           release=manifest.name if manifest else None, limits=_limits(manifest, source.size))
+    out = Path(result["out"])
+    if manifest is not None:
+        _, verified, unchecked = verify_against(out, manifest)
+        if verified:
+            result["verification"] += f"; {verified} files also against {manifest.name}"
+        result["not_checkable"] = unchecked
+    result["via"] = "archive"
+    write_complete(out, result)
+    return result
+
+
+def _limits(manifest: Manifest | None, size: int | None) -> Limits:
+    """What the archive may hold: no more bytes than it has (or its files are published to have),
+    and only the release's files when the manifest lists all of them."""
+    limits = Limits(total=size) if size else Limits()
+    if manifest is None or not manifest.files_complete:
+        return limits
+    sizes = [entry.size for entry in manifest.files.values()]
+    total = sum(s for s in sizes if s is not None) if all(s is not None for s in sizes) else limits.total
+    return Limits(total=min(total, limits.total), names=frozenset(manifest.files))
 
 
 def _fetch_torrent(source: Source, request: FetchRequest, reporter) -> dict[str, Any]:

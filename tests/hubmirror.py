@@ -305,14 +305,19 @@ class _FakeHubHandler(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def fake_hub(hub: FakeHub) -> Iterator[FakeHub]:
-    """Serve `hub` on 127.0.0.1; hub.endpoint is its URL."""
-    handler = type("Handler", (_FakeHubHandler,), {"hub": hub})
+def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """Serve `handler` on 127.0.0.1 from a thread; yields the base URL (no trailing slash)."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    hub.endpoint = f"http://127.0.0.1:{server.server_address[1]}"
     try:
-        yield hub
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextmanager
+def fake_hub(hub: FakeHub) -> Iterator[FakeHub]:
+    """Serve `hub` on 127.0.0.1; hub.endpoint is its URL."""
+    with serving(type("Handler", (_FakeHubHandler,), {"hub": hub})) as hub.endpoint:
+        yield hub

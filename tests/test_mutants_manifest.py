@@ -173,7 +173,7 @@ def test_unknown_keys_are_refused() -> None:
     refused("doc: entry for 'a' has unknown key 'sha265'", files={"a": {"sha265": SHA}})
     refused("doc: sources has unknown key 'x'", sources={"x": 1})
     refused("doc: sources.hub has unknown key 'branch'", sources={"hub": {"repo": "o/n", "branch": "b"}})
-    refused("doc: archives[0] has unknown key 'url'", archives=[{"name": "a", "url": "u"}])
+    refused("doc: archives[0] has unknown key 'mirror'", archives=[{"name": "a", "mirror": "u"}])
     refused("doc: provenance[1] has unknown key 'by'", provenance=[{"fields": ["a"], "source": "s"},
                                                                    {"fields": ["a"], "source": "s", "by": 1}])
 
@@ -277,6 +277,24 @@ def test_archives() -> None:
     parse(archives=[{"name": "a", "note": "x\ny"}])
     refused("doc: archives[0].note must be text", archives=[{"name": "a", "note": "x\ry"}])
     refused("doc: archives[0].name must be text", archives=[{"name": "a\nb"}])
+
+
+def test_archive_sources() -> None:
+    """An archive with a URL and an md5 is a source `mdist fetch NAME` downloads; an older value the
+    publisher replaced (current: false), or one without a URL, never is."""
+    url = "https://cdn.example/a/x.tar"
+    assert parse(archives=[{"name": "x.tar", "url": url, "md5": MD5, "size": 0}]).archive["url"] == url
+    assert parse(archives=[{"name": "x.tar", "url": url, "md5": MD5, "current": False}]).archive is None
+    assert parse(archives=[{"name": "x.tar", "md5": MD5}]).archive is None
+    assert parse(archives=[{"name": "x.tar", "url": url}]).archive is None
+    later = parse(archives=[{"name": "x", "url": url, "md5": MD5, "current": False},
+                            {"name": "y", "url": url + "2", "md5": MD5, "current": True}])
+    assert later.archive["name"] == "y"
+    refused("doc: archives[0].url has an invalid form", archives=[{"name": "a", "url": "ftp://h/x.tar"}])
+    refused("doc: archives[0].url must be text", archives=[{"name": "a", "url": "http://h/a b\n"}])
+    refused("doc: archives[0].size must be an integer", archives=[{"name": "a", "size": -1}])
+    refused("doc: archives[0].size must be an integer", archives=[{"name": "a", "size": True}])
+    refused("doc: archives[0].current must be true or false", archives=[{"name": "a", "current": 1}])
 
 
 def test_provenance() -> None:

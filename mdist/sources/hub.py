@@ -34,8 +34,9 @@ from typing import Any, BinaryIO, Iterator
 
 from mdist.atomic import real_dir, refuse_links_on_the_way, refuse_unreal_dir, require_free_space, write_bytes_atomic
 from mdist.errors import InputError, MdistError, UnsafeContentError, VerificationError
-from mdist.jsonio import open_regular
 from mdist.paths import check_path_set, walk
+from mdist.sources.http_download import (clear_foreign_partial, folder_lock, open_nofollow, open_partial, own_file,
+                                         real_folders, regular_size, resume_offset)
 from mdist.sources.resolve import COMMIT, check_repo_id, check_revision, quoted
 from mdist.verify.folder import STATE_DIR
 from mdist.verify.hashing import GIT_SHA1, Cancelled, hash_fd
@@ -290,6 +291,8 @@ def _cache_snapshot(repo: str, commit: str) -> Path:
 # HTTP session and headers: into a partial file that keeps its name across runs (resumed with a
 # Range request), hashed, and renamed into place only once it matches.
 
+_real_folders, _own_file, _regular_size = real_folders, own_file, regular_size  # shared with the archive source
+
 PARTIAL_DIR = "hub-partial"  # in OUT/.mdist: partial downloads, named <path key>.<etag>.incomplete
 WORKERS = 8  # files downloaded at once, as snapshot_download did
 RETRIES = 5  # attempts in a row that bring no new byte before giving up
@@ -338,20 +341,6 @@ def _rel(root: Path, path: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
-def _real_folders(root: Path, folder: Path) -> None:
-    """`folder` and every folder between `root` and it, created where absent, one component at a
-    time (no recursion per level), each a real folder: never created or entered through a link."""
-    current = Path(root)
-    current.mkdir(parents=True, exist_ok=True)  # OUT or the HF cache itself: the user's
-    for part in folder.relative_to(root).parts:
-        current = current / part
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(current)
-        if not stat.S_ISDIR(os.lstat(current).st_mode):
-            raise UnsafeContentError(f"{current} is a symbolic link or a file where the fetch needs a folder; "
-                                     f"refusing to write through it (remove it first)")
-
-
 def _real_folder_under(root: Path, folder: Path) -> bool:
     """True when `folder` exists below `root` with no link (or file) on the way."""
     current = Path(root)
@@ -365,31 +354,12 @@ def _real_folder_under(root: Path, folder: Path) -> bool:
     return True
 
 
-def _own_file(info: os.stat_result) -> bool:
-    """A regular file with one name: what mdist may append to or truncate (a hard link's other name
-    may be a file anywhere on the same disk)."""
-    return stat.S_ISREG(info.st_mode) and info.st_nlink == 1
-
-
 def _clear_partials(plan: list[Placement]) -> list[str]:
     """Notes on partial files removed because they are not mdist's own: a link (to a file outside
     that a resume would truncate), a hard link (to one a resume would append to), a FIFO (that
     would block the write forever), a device. The name goes, never what it leads to."""
-    notes = []
-    for p in plan:
-        try:
-            info = os.lstat(p.partial)
-        except FileNotFoundError:
-            continue
-        if _own_file(info):
-            continue
-        if stat.S_ISDIR(info.st_mode):
-            raise InputError(f"{p.partial} is a folder where the partial download of {quoted(p.remote.path)} goes; "
-                             f"refused (remove it)")
-        os.unlink(p.partial)
-        notes.append(f"removed {p.partial}: a link or special file where the partial download of "
-                     f"{quoted(p.remote.path)} goes (what it leads to is untouched)")
-    return notes
+    notes = [clear_foreign_partial(p.partial, quoted(p.remote.path)) for p in plan]
+    return [note for note in notes if note]
 
 
 def _folder_placement(remote: RemoteFile, out: Path) -> Placement:
@@ -433,17 +403,8 @@ def _folder_lock(target: Path, in_cache: bool) -> Iterator[None]:
     if in_cache:
         yield
         return
-    from filelock import FileLock, Timeout
-
-    lock = FileLock(str(target / STATE_DIR / "hub.lock"))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise InputError(f"another mdist fetch is writing into {target}; wait for it to end") from None
-    try:
+    with folder_lock(target / STATE_DIR / "hub.lock", target):
         yield
-    finally:
-        lock.release()
 
 
 @contextlib.contextmanager
@@ -647,16 +608,6 @@ def _adopt(p: Placement) -> int:
     return _partial_size(p)
 
 
-def _regular_size(path: Path, own: bool = False) -> int | None:
-    """The size of the regular file at `path` itself (None for a link, a FIFO, a device, nothing;
-    with `own`, also for a file with another name, a hard link)."""
-    try:
-        info = os.lstat(path)
-    except OSError:
-        return None
-    return info.st_size if (_own_file(info) if own else stat.S_ISREG(info.st_mode)) else None
-
-
 def _partial_size(p: Placement) -> int:
     """Bytes in p.partial; one longer than the file is started over (removed: a name of mdist's,
     never truncated through a link). Anything but a regular file was removed before the download:
@@ -747,38 +698,21 @@ def _stream(session: Any, url: str, headers: dict[str, str], timeout: float) -> 
 
 def _body_offset(response: _Response, start: int, p: Placement, endpoint: str) -> int | None:
     """Where the body goes in the file: `start` for a 206 that starts there, 0 for a 200, None for 416."""
-    if response.status == 416 and start:
-        return None
-    if response.status >= 400:
+    if response.status >= 400 and not (response.status == 416 and start):
         from huggingface_hub.utils import hf_raise_for_status
 
         getattr(response.raw, "read", lambda: None)()  # a streamed body, needed for the error's message
         hf_raise_for_status(response.raw)
-    if response.status == 206:
-        match = re.match(r"bytes (\d+)-", response.headers.get("Content-Range") or "")
-        if not match or int(match.group(1)) != start:
-            raise UnsafeContentError(f"{endpoint} answered a request for {quoted(p.remote.path)} from byte {start} "
-                                     f"with {quoted(response.headers.get('Content-Range'))}; refused")
-        return start
-    if response.status == 200:
-        return 0
-    raise InputError(f"{endpoint} answered HTTP {response.status} for {quoted(p.remote.path)}")
+    return resume_offset(response.status, response.headers.get("Content-Range"), start,
+                         f"{endpoint} ({quoted(p.remote.path)})")
 
 
 def _open_partial(p: Placement) -> BinaryIO:
     """p.partial for appending: a regular file, never through a link, never blocking on a FIFO."""
-    _real_folders(p.root, p.partial.parent)
-    fd = _open_regular(p.partial, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    if os.fstat(fd).st_nlink != 1:
-        os.close(fd)
-        raise UnsafeContentError(f"{p.partial} has another name (a hard link); refusing to write to it")
-    return os.fdopen(fd, "ab")
+    return open_partial(p.root, p.partial)
 
 
-def _open_regular(path: Path, flags: int = os.O_RDONLY) -> int:
-    """A descriptor of the regular file at `path` itself (never through a link; a FIFO or device
-    refused without blocking): mdist.jsonio.open_regular, refusals exit 1."""
-    return open_regular(path, str(path), follow_links=False, flags=flags, error=UnsafeContentError)
+_open_regular = open_nofollow
 
 
 def _hash_regular(path: Path, algorithms: tuple[str, ...], cancel: threading.Event | None = None) -> dict[str, str]:

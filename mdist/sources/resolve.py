@@ -12,11 +12,14 @@ from mdist.verify.manifest import Manifest, find_manifest
 
 @dataclass
 class Source:
-    kind: str  # "torrent" | "hub"
-    target: str  # magnet URI, .torrent path, or owner/repo
+    kind: str  # "torrent" | "hub" | "archive"
+    target: str  # magnet URI, .torrent path, owner/repo, or an archive's URL
     revision: str | None = None
-    manifest: Manifest | None = None  # set when SOURCE was a release name
+    manifest: Manifest | None = None  # set when SOURCE was a release name (or a known archive URL)
     hub_fallback: "Source | None" = None
+    archive: "Source | None" = None  # a torrent release's archive, for --source archive
+    md5: str | None = None  # an archive's published md5
+    size: int | None = None  # an archive's published size
 
 
 COMMIT = re.compile(r"[0-9a-f]{40}")
@@ -90,12 +93,41 @@ def compose_magnet(sources: dict) -> str | None:
     return "magnet:?" + "&".join(parts)
 
 
+def _archive_source(manifest: Manifest) -> Source | None:
+    """The release's current archive (URL, md5, size), its URL checked as a typed one is."""
+    from mdist.sources.archive import archive_name
+
+    archive = manifest.archive
+    if archive is None:
+        return None
+    try:
+        archive_name(archive["url"])
+    except InputError as exc:
+        raise InputError(f"{manifest.name}: archive: {exc}") from None
+    return Source("archive", archive["url"], manifest=manifest, md5=archive["md5"], size=archive.get("size"))
+
+
+def find_archive(url: str) -> Source:
+    """A typed URL: the registry's archive of that URL when it knows it (its md5 and size), else bare."""
+    from mdist.sources.archive import archive_name
+    from mdist.verify.manifest import load_registry
+
+    archive_name(url)
+    for manifest in load_registry():
+        for archive in manifest.raw.get("archives", []):
+            if archive.get("url") == url and archive.get("md5") and archive.get("current", True):
+                return Source("archive", url, manifest=manifest, md5=archive["md5"], size=archive.get("size"))
+    return Source("archive", url)
+
+
 def resolve_source(text: str) -> Source:
     if text.startswith("magnet:"):
         return Source("torrent", text)
     if text.startswith("hf://"):
         repo, revision = parse_hub(text)
         return Source("hub", repo, revision)
+    if text.startswith(("http://", "https://")):
+        return find_archive(text)
     if text.endswith(".torrent") or (Path(text).is_file() and not text.endswith(".json")):
         return Source("torrent", text)
     manifest = find_manifest(text)  # a release name or a manifest file; else a clear error
@@ -106,9 +138,13 @@ def resolve_source(text: str) -> Source:
         hub_source = _hub_source(alternative.sources.get("hub"), alternative)
     else:
         hub_source = _hub_source(hub, manifest)
+    archive = _archive_source(manifest)
     magnet = sources.get("magnet") or compose_magnet(sources)
-    if magnet:
-        return Source("torrent", magnet, manifest=manifest, hub_fallback=hub_source)
+    if magnet:  # the info-hash checks every piece: preferred to an archive's md5
+        return Source("torrent", magnet, manifest=manifest, hub_fallback=hub_source, archive=archive)
+    if archive:
+        archive.hub_fallback = hub_source
+        return archive
     if hub_source:
         return hub_source
-    raise InputError(f"release {manifest.name} lists no magnet link or hub repository to fetch from")
+    raise InputError(f"release {manifest.name} lists no magnet link, archive or hub repository to fetch from")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -10,6 +10,7 @@ from mdist.errors import InputError
 from mdist.jsonio import read_json_file
 from mdist.paths import UnsafePathError, check_component, collision_key
 from mdist.model_folder import STATE_DIR, closest_release, inspect_folder, is_weight_file, list_files  # noqa: F401 (re-exported)
+from mdist.verify.extracted import Extracted, read_record
 from mdist.verify.hashing import GIT_SHA1, hash_files
 from mdist.verify.manifest import FileEntry, Manifest
 
@@ -18,6 +19,9 @@ OK, MISMATCH, MISSING, UNEXPECTED, UNCHECKABLE, REFUSED, DERIVED, STALE = (
 )
 FAILING = {MISMATCH, MISSING, REFUSED}
 HF_CACHE_LABEL = "hf-cache"  # the report's manifest name for a snapshot checked by blob names alone
+EXTRACTED_LABEL = "extracted from"  # ... for a folder checked against mdist's own record of an archive's files
+MD5_ONLY = "md5 only (the only published value): detects corruption, not a deliberate collision"
+RECORDED = "sha256 recorded when mdist extracted the archive here, after its md5 matched"
 
 
 @dataclass
@@ -76,9 +80,19 @@ def verify_folder(directory: Path, manifest: Manifest | None = None, *, strict: 
     contents = inspect_folder(directory, release=manifest)
     present, blobs = contents.files, contents.blobs
     identified = manifest is None
+    record = read_record(directory)
     if manifest is None:
         manifest = contents.release
-        if manifest is None and not blobs:
+        if manifest is None and record is not None:  # what mdist extracted here names the release
+            manifest = _recorded_release(record)
+    recorded: set[str] = set()
+    if manifest is not None and record is not None:
+        manifest, recorded = _with_record(manifest, record)
+        if recorded:  # the recorded files are the release's too (derived from them, not foreign)
+            contents = inspect_folder(directory, release=manifest)
+            present, blobs = contents.files, contents.blobs
+    if manifest is None:
+        if not blobs:
             closest, differences = closest_release(directory, present)
             if closest is None and not any(is_weight_file(p) for p in present):
                 raise InputError(f"{directory} holds no model: no weight file and no file of a known release")
@@ -113,7 +127,7 @@ def verify_folder(directory: Path, manifest: Manifest | None = None, *, strict: 
     odd_names = _odd_names(present)
     for path in sorted(set(present) - judged):
         found = digests.get(directory / path, {})
-        result = (_judge(directory / path, listed[path], found) if path in listed
+        result = (_judge(directory / path, listed[path], found, path in recorded) if path in listed
                   else _judge_extra(path, manifest, contents))
         if path in odd_names and path not in listed:
             result = FileResult(path, REFUSED, odd_names[path])
@@ -175,12 +189,47 @@ def _judge_extra(path: str, manifest: Manifest | None, contents) -> FileResult:
     return FileResult(path, UNEXPECTED, detail)
 
 
-def _judge(path: Path, entry: FileEntry, digests: dict[str, str]) -> FileResult:
+def _recorded_release(record: Extracted) -> Manifest:
+    """The release an archive mdist extracted here was fetched as (from checksums/), or else the
+    record itself: the files and sha256 mdist wrote, after the archive's md5 matched."""
+    from mdist.verify.manifest import load_registry
+
+    for manifest in load_registry():
+        if manifest.name == record.release:
+            return manifest
+    return Manifest(name=_label(record), title=_label(record), files={}, files_complete=True)
+
+
+def _label(record: Extracted) -> str:
+    return f"{EXTRACTED_LABEL} {record.archive.rsplit('/', 1)[-1]}"
+
+
+def _with_record(manifest: Manifest, record: Extracted) -> tuple[Manifest, set[str]]:
+    """The manifest with the sha256 mdist recorded when it extracted the files wherever it has none
+    (md5 only, or not listed at all for an archive-only release), and which paths rest on that
+    record. The record counts for unlisted files only under its own release."""
+    listed = manifest.files
+    own = manifest.name in (record.release, _label(record))
+    merged, recorded = dict(listed), set()
+    for path, (size, sha256) in record.files.items():
+        entry = listed.get(path)
+        if entry is None and not own:
+            continue
+        if entry is not None and (entry.sha256 or (entry.size is not None and entry.size != size)):
+            continue
+        merged[path] = FileEntry(path, size, sha256, entry.md5 if entry else None, entry.json if entry else None)
+        recorded.add(path)
+    return (replace(manifest, files=merged) if recorded else manifest), recorded
+
+
+def _judge(path: Path, entry: FileEntry, digests: dict[str, str], recorded: bool = False) -> FileResult:
     rel = entry.path
     for algorithm in ("sha256", "md5"):
         expected = getattr(entry, algorithm)
         if expected and digests.get(algorithm) != expected:
-            return FileResult(rel, MISMATCH, f"{algorithm} differs", expected, digests.get(algorithm))
+            detail = f"{algorithm} differs" + (" from the one recorded at extraction" if recorded and
+                                               algorithm == "sha256" else "")
+            return FileResult(rel, MISMATCH, detail, expected, digests.get(algorithm))
     if entry.json is not None:
         try:
             content = read_json_file(path, rel)
@@ -188,10 +237,13 @@ def _judge(path: Path, entry: FileEntry, digests: dict[str, str]) -> FileResult:
             return FileResult(rel, MISMATCH, "not the published JSON content")
         if content != entry.json:
             return FileResult(rel, MISMATCH, "JSON content differs from the published one")
+    if entry.sha256 and recorded:
+        return FileResult(rel, OK, RECORDED + (" (and the published md5)" if entry.md5 else ""),
+                          entry.sha256, digests["sha256"])
     if entry.sha256:
         return FileResult(rel, OK, "sha256", entry.sha256, digests["sha256"])
     if entry.md5:
-        return FileResult(rel, OK, "md5 (only md5 was published)", entry.md5, digests["md5"])
+        return FileResult(rel, OK, MD5_ONLY, entry.md5, digests["md5"])
     if entry.json is not None:
         return FileResult(rel, OK, "JSON content (no published hash)")
     if entry.size is not None:

@@ -30,7 +30,8 @@ _TOP_KEYS = frozenset({"schema", "name", "title", "publisher", "license", "relea
                        "files", "archives", "tensor_digest", "sources", "provenance"})
 _FILE_KEYS = frozenset({"size", "sha256", "md5", "json"})
 _SOURCE_KEYS = frozenset({"magnet", "btih", "btmh", "display_name", "trackers", "hub", "hub_alternative"})
-_ARCHIVE_KEYS = frozenset({"name", "md5", "sha256", "note"})
+_ARCHIVE_KEYS = frozenset({"name", "url", "md5", "sha256", "size", "current", "note"})
+_ARCHIVE_URL = re.compile(r"https?://[\x21-\x7e]+")  # printable ASCII, percent-encoded; mdist.sources.archive checks more
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _MAGNET = re.compile(r"magnet:\?[\x21-\x7e]*")  # a URI: printable ASCII, percent-encoded
 _TRACKER = re.compile(r"(udp|https?|wss?)://[\x21-\x7e]+")
@@ -72,6 +73,15 @@ class Manifest:
     @property
     def btmh(self) -> str | None:
         return self.sources.get("btmh")
+
+    @property
+    def archive(self) -> dict[str, Any] | None:
+        """The archive to fetch the release from: the first with a URL and an md5 that the publisher
+        has not replaced (`"current": false` keeps an older published value on record, never used)."""
+        for archive in self.raw.get("archives", []):
+            if archive.get("url") and archive.get("md5") and archive.get("current", True):
+                return archive
+        return None
 
 
 def _show(value: Any) -> str:
@@ -210,6 +220,12 @@ def _check_descriptive(data: dict[str, Any], where: str) -> None:
         for algorithm, length in _HEX.items():
             if algorithm in archive:
                 _hex(archive[algorithm], length, f"{where}: archives[{i}].{algorithm}")
+        if "url" in archive:
+            _text(archive["url"], f"{where}: archives[{i}].url", pattern=_ARCHIVE_URL)
+        if "size" in archive and (type(archive["size"]) is not int or not 0 <= archive["size"] <= MAX_FILE_SIZE):
+            raise InputError(f"{where}: archives[{i}].size must be an integer in 0..{MAX_FILE_SIZE}")
+        if "current" in archive and not isinstance(archive["current"], bool):
+            raise InputError(f"{where}: archives[{i}].current must be true or false")
         if "note" in archive:
             _text(archive["note"], f"{where}: archives[{i}].note", lines=True)
     if "provenance" in data and not _list(data["provenance"], f"{where}: provenance", 1000):

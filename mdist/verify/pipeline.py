@@ -10,7 +10,7 @@ from mdist import __version__
 from mdist.errors import MdistError
 from mdist.paths import in_state_folder
 from mdist.model_folder import inspect_folder
-from mdist.verify.folder import HF_CACHE_LABEL, verify_folder
+from mdist.verify.folder import EXTRACTED_LABEL, HF_CACHE_LABEL, MD5_ONLY, verify_folder
 from mdist.verify.hashing import hash_files
 from mdist.verify.manifest import SCHEMA_ID, check_release_name, find_manifest
 
@@ -30,8 +30,17 @@ def verify_command(directory: Path, manifest_name: str | None, *, signature: Pat
     if report.manifest and report.manifest.startswith(HF_CACHE_LABEL):
         outcome["notes"].append("integrity only: every file matches its blob name in the cache; no published "
                                 "manifest in checksums/ says these files are a release")
+    if report.manifest and report.manifest.startswith(EXTRACTED_LABEL):
+        outcome["notes"].append("checked against the sha256 mdist recorded when it extracted the archive here, "
+                                "after the archive's md5 matched; no manifest in checksums/ describes these files")
+    md5_only = [r.path for r in report.files if r.detail == MD5_ONLY]
+    if md5_only:
+        outcome["notes"].append(f"md5 is the only check of {', '.join(md5_only)}: it detects corruption, not a "
+                                f"deliberate collision (someone who can make two files with one md5)")
     ok = report.ok
-    if ok and tensors:
+    if ok and tensors and report.manifest and report.manifest.startswith(EXTRACTED_LABEL):
+        outcome["notes"].append("tensor digest: not checkable (no manifest in checksums/ has one for these files)")
+    elif ok and tensors:
         used = manifest or find_manifest(report.manifest)  # type: ignore[arg-type]
         ok = _check_tensor_digest(directory, used.tensor_digest, outcome)
     if signature is not None and public_key is not None:

@@ -1,0 +1,559 @@
+"""`mdist fetch https://…/X.tar`: a release archive from Mistral's CDN (or a mirror), resumable,
+checked against its published md5 before a single file is extracted.
+
+The download goes to `OUT/.mdist/archive-partial/`, keyed by the URL and the md5 (another archive
+never resumes its bytes), appended to with O_NOFOLLOW (mdist.sources.http_download, shared with the
+hub source), and resumed with a Range request after Ctrl-C or a kill; the md5 is computed while the
+bytes arrive (a resumed run re-reads what is on disk first). Only when it matched is the tar read,
+and then by mdist itself, not by tarfile's extract: every member is checked first (regular files
+and folders only, mdist.paths' rule for names, no two names for one file, bounded count and size),
+then written into a fresh folder under `.mdist/` and moved into OUT file by file. A wrong md5 or a
+refused archive leaves no model file in OUT. Each extracted file's sha256 is recorded, signed, in
+`.mdist/extracted.json` (mdist.verify.extracted) so that later checks do not rest on md5.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import stat
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from http.client import HTTPException
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+from urllib.parse import unquote, urlsplit
+
+from mdist import __version__
+from mdist.atomic import real_dir, refuse_links_on_the_way, require_free_space, write_bytes_atomic
+from mdist.errors import InputError, UnsafeContentError, VerificationError
+from mdist.paths import UnsafePathError, check_component, check_path_set, check_relative_path, collision_key
+from mdist.sources.http_download import (clear_foreign_partial, folder_lock, open_nofollow, open_partial, real_folders,
+                                         regular_size, resume_offset)
+from mdist.verify.extracted import Extracted, write_record
+from mdist.verify.folder import STATE_DIR
+
+PARTIAL_DIR = "archive-partial"  # in OUT/.mdist: <key>.tar.incomplete
+EXTRACT_PREFIX = "archive-extract-"  # in OUT/.mdist: a fresh folder per extraction, moved into OUT once complete
+LOCK_FILE = "archive.lock"
+MAX_URL_CHARS = 2048
+MAX_MEMBERS = 4096  # a release archive holds a handful of files; a manifest's complete file list bounds it further
+MAX_ARCHIVE_BYTES = 1 << 41  # 2 TiB: Mixtral 8x22B's archive is about 262 GB
+CHUNK = 1 << 20
+RETRIES = 5  # attempts in a row that bring no new byte before giving up
+RETRY_STATUS = (408, 429, 500, 502, 503, 504)
+_MD5 = re.compile(r"[0-9a-f]{32}")
+
+
+class Unreachable(InputError):
+    """The server could not be reached or answered with an error (exit 2): a release with a hub
+    repository may fall back to it. A wrong md5 or a refused archive is never this."""
+
+
+@dataclass
+class ArchiveOptions:
+    out: Path | None = None
+    md5: str | None = None  # --md5, checked against the registry's when both are known
+    keep_archive: bool = False
+    timeout: float = 300.0  # seconds without a byte before a request is given up (and retried)
+    quiet: bool = False
+
+
+def is_archive_url(text: str) -> bool:
+    return text.startswith(("http://", "https://"))
+
+
+def archive_name(url: str) -> str:
+    """The archive's file name from its URL (`…/X.tar` -> `X.tar`), refused unless a plain name
+    ending in .tar (a compressed archive could expand without bound); checked before any request."""
+    if not isinstance(url, str) or len(url) > MAX_URL_CHARS or re.search(r"[\x00-\x20\x7f-\x9f]", url):
+        raise InputError(f"not a usable URL: at most {MAX_URL_CHARS} characters, no spaces or control characters")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InputError(f"{_short(url)}: only http:// and https:// URLs with a host are fetched")
+    if parts.username or parts.password:
+        raise InputError(f"{_short(url)}: a URL with a user name or password is refused (it would be shown and kept)")
+    name = unquote(parts.path.rsplit("/", 1)[-1])
+    try:
+        check_component(name, "archive name")
+    except UnsafePathError as exc:
+        raise InputError(f"{_short(url)}: {exc}") from None
+    if not name.lower().endswith(".tar") or len(name) <= 4:
+        raise InputError(f"{_short(url)}: expected an uncompressed .tar archive (…/NAME.tar)")
+    return name
+
+
+def check_md5(text: str, where: str = "--md5") -> str:
+    value = text.strip().lower() if isinstance(text, str) else ""
+    if not _MD5.fullmatch(value):
+        raise InputError(f"{where}: expected 32 hex digits, got {_short(str(text))}")
+    return value
+
+
+def _short(text: str) -> str:
+    return repr(text[:100]).encode("ascii", "backslashreplace").decode("ascii")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What an archive may hold: at most `members` entries and `total` bytes of files; with
+    `names`, only those files (a manifest listing the whole release)."""
+
+    members: int = MAX_MEMBERS
+    total: int = MAX_ARCHIVE_BYTES
+    names: frozenset[str] | None = None
+
+
+def fetch_archive(url: str, options: ArchiveOptions, reporter, *, md5: str | None = None, size: int | None = None,
+                  release: str | None = None, limits: Limits | None = None) -> dict[str, Any]:
+    """Download, check the md5, extract safely into OUT, record sha256 of every file; the fetch's
+    result as `--json` prints it. `md5`/`size` are what was published (the registry or --md5)."""
+    name = archive_name(url)
+    out = Path(options.out) if options.out else Path.cwd() / name[:-4]
+    state = _prepare(out)
+    partial = state / PARTIAL_DIR / f"{hashlib.sha256(f'{url}|{md5}'.encode()).hexdigest()[:16]}.tar.incomplete"
+    try:
+        with folder_lock(state / LOCK_FILE, out):
+            return _fetch_locked(url, name, out, state, partial, options, reporter, md5, size, release, limits)
+    finally:
+        _remove_empty(partial.parent)
+
+
+def _fetch_locked(url: str, name: str, out: Path, state: Path, partial: Path, options: ArchiveOptions, reporter,
+                  md5: str | None, size: int | None, release: str | None, limits: Limits | None) -> dict[str, Any]:
+    """fetch_archive, once this process alone writes into OUT."""
+    note = clear_foreign_partial(partial, name)
+    if note:
+        reporter.message(note)
+    _remove_old_extractions(state)
+    if md5 is None:
+        reporter.message(f"no md5 is known for {name}: its content cannot be checked (give --md5)")
+    download, actual = _download_checked(url, name, out, partial, size, md5, options.timeout, reporter)
+    reporter.message(f"{name}: md5 {'matched' if md5 else 'not checked'}; extracting into {out}")
+    try:
+        files = _extract_into(partial, out, state, limits or Limits(total=download.total or MAX_ARCHIVE_BYTES))
+    except UnsafeContentError:  # the archive itself is refused: it goes too
+        partial.unlink(missing_ok=True)
+        raise
+    if md5 is not None:
+        write_record(out, Extracted(url, md5, release, files))
+    kept = _keep_or_remove(partial, out, name, files, options.keep_archive, reporter)
+    verification = (f"md5 of {name} matched {md5} (md5 detects corruption, not a deliberate collision); "
+                    f"sha256 of the {len(files)} extracted files recorded in {STATE_DIR}/extracted.json"
+                    if md5 else f"none: no md5 was given or published for {name}")
+    return {"out": str(out), "name": name[:-4], "url": url, "md5": md5, "archive_md5": actual,
+            "archive_bytes": download.total, "received_bytes": download.received, "archive": kept,
+            "files": sorted(files), "total_bytes": sum(size for size, _ in files.values()),
+            "manifest": release, "verification": verification}
+
+
+def _download_checked(url: str, name: str, out: Path, partial: Path, size: int | None, md5: str | None,
+                      timeout: float, reporter) -> tuple["_Download", str]:
+    """The whole archive in `partial`, and its md5, which is `md5` when one is known. A resumed
+    download that does not match may owe it to bytes of an earlier run (another mirror, a crash):
+    it is downloaded once more from the start. A mismatch is never kept."""
+    download = _Download(url, name, out, partial, size, timeout, reporter)
+    actual = download.run()
+    if md5 is not None and actual != md5 and download.resumed:
+        reporter.message(f"{name}: the download resumed from an earlier run did not match its md5; "
+                         f"downloading it again from the start")
+        partial.unlink(missing_ok=True)
+        download = _Download(url, name, out, partial, size, timeout, reporter)
+        actual = download.run()
+    if md5 is not None and actual != md5:
+        partial.unlink(missing_ok=True)
+        raise VerificationError(f"{name}: md5 mismatch (expected {md5}, got {actual}); the archive was removed "
+                                f"and nothing was extracted")
+    return download, actual
+
+
+def write_complete(out: Path, result: dict[str, Any]) -> None:
+    """OUT/.mdist/complete.json, written last: a folder without it was not fully fetched and checked."""
+    write_bytes_atomic(Path(out) / STATE_DIR / "complete.json", json.dumps(result, indent=2).encode())
+
+
+def _prepare(out: Path) -> Path:
+    """OUT and its .mdist/ as real folders, nothing mdist writes there reached through a link; the
+    complete marker goes before anything changes."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create {out}: {exc.strerror}") from None
+    state = real_dir(out / STATE_DIR)
+    refuse_links_on_the_way(out, [f"{STATE_DIR}/{name}" for name in (LOCK_FILE, PARTIAL_DIR, "complete.json")],
+                            "the fetch")
+    (state / "complete.json").unlink(missing_ok=True)
+    return state
+
+
+def _remove_old_extractions(state: Path) -> None:
+    """Folders of an extraction that was interrupted: never moved into OUT, so nothing of them is used."""
+    for entry in os.scandir(state):
+        if entry.name.startswith(EXTRACT_PREFIX):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)  # removes links inside, never what they lead to
+            else:
+                os.unlink(entry.path)
+
+
+def _remove_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        folder.rmdir()
+
+
+# -- downloading ------------------------------------------------------------------------------------
+class _HttpOnly(urllib.request.HTTPRedirectHandler):
+    """Redirects are followed to http:// and https:// only (urllib would also follow ftp://)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 (urllib's signature)
+        if urlsplit(newurl).scheme not in ("http", "https"):
+            raise InputError(f"{req.full_url[:100]} redirects to {_short(newurl)}: only http(s) is followed")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+class _Download:
+    """One archive into its partial file: resumed from what is on disk, md5 computed on the way.
+
+    Runs in the main thread, so Ctrl-C and SIGTERM (raised as KeyboardInterrupt by the CLI) stop it
+    at once; every chunk is written before the next is read, so the partial holds exactly what was
+    received."""
+
+    def __init__(self, url: str, name: str, out: Path, partial: Path, size: int | None, timeout: float,
+                 reporter) -> None:
+        self.url, self.name, self.out, self.partial = url, name, out, partial
+        self.host = urlsplit(url).hostname or url
+        self.expected_size = size
+        self.total: int | None = size
+        self.timeout = timeout
+        self.reporter = reporter
+        self.hasher = hashlib.md5()
+        self.have = 0
+        self.received = 0  # bytes received by this run (a resumed run asks only for the rest)
+        self.resumed = False
+        self._shown = 0.0
+        self._samples: list[tuple[float, int]] = [(time.monotonic(), 0)]
+
+    def run(self) -> str:
+        """The archive's md5 once the partial holds all of it."""
+        self.have = self._hash_on_disk()
+        self.resumed = self.have > 0
+        if self.resumed:
+            self.reporter.message(f"resuming {self.name}: {self.have / 1e6:.1f} MB already on disk")
+        stalled, done = 0, False
+        while not done:
+            before = self.have
+            error: BaseException | None = None
+            try:
+                done = self._get_rest()
+            except Unreachable as exc:
+                if not exc.args or not getattr(exc, "transient", False):
+                    raise
+                error = exc
+            stalled = 0 if self.have > before else stalled + 1
+            if not done and stalled > RETRIES:
+                raise error or Unreachable(f"{self.host} stopped sending {self.name} at byte {self.have}")
+            if not done and stalled:
+                time.sleep(1.0)
+        self._progress(force=True)
+        return self.hasher.hexdigest()
+
+    def _hash_on_disk(self) -> int:
+        """Feed the bytes an earlier run left to the md5; a partial longer than the archive is started over."""
+        size = regular_size(self.partial, own=True)
+        if not size:
+            return 0
+        if self.total is not None and size > self.total:
+            self.partial.unlink()
+            return 0
+        fd = open_nofollow(self.partial)
+        with os.fdopen(fd, "rb", buffering=0) as handle:
+            left = size
+            while left and (chunk := handle.read(min(CHUNK * 4, left))):
+                self.hasher.update(chunk)
+                left -= len(chunk)
+        return size - left
+
+    def _request(self) -> Any:
+        headers = {"User-Agent": f"mdist/{__version__}", "Accept-Encoding": "identity"}
+        if self.have:
+            headers["Range"] = f"bytes={self.have}-"
+        opener = urllib.request.build_opener(_HttpOnly)
+        try:
+            return opener.open(urllib.request.Request(self.url, headers=headers), timeout=self.timeout)
+        except urllib.error.HTTPError as exc:
+            if exc.code == 416 and self.have:
+                return exc  # a response like any other: the caller reads its Content-Range
+            error = Unreachable(f"{self.host} answered HTTP {exc.code} for {self.name}")
+            error.transient = exc.code in RETRY_STATUS  # type: ignore[attr-defined]
+            raise error from None
+        except (urllib.error.URLError, OSError, HTTPException) as exc:
+            reason = getattr(exc, "reason", None) or exc
+            error = Unreachable(f"cannot reach {self.host}: {reason}")
+            error.transient = True  # type: ignore[attr-defined]
+            raise error from None
+
+    def _get_rest(self) -> bool:
+        """One GET from byte `have`; True once the partial holds the whole archive."""
+        response = self._request()
+        with contextlib.closing(response):
+            status = response.status if hasattr(response, "status") else response.code
+            if status == 416:
+                if _range_total(response.headers.get("Content-Range")) == self.have:
+                    self.total = self.have  # an earlier run got everything
+                    return True
+                self._restart()
+                return False
+            offset = resume_offset(status, response.headers.get("Content-Range"), self.have,
+                                   f"{self.host} ({self.name})")
+            if offset == 0 and self.have:
+                self.reporter.message(f"{self.host} ignored the Range request: downloading {self.name} from the start")
+                self._restart()
+            self._check_total(self._announced_total(response, status))
+            with open_partial(self.out, self.partial) as handle:
+                self._receive(response, handle)
+        if self.total is None:  # no length announced: the end of the body is the end of the archive
+            self.total = self.have
+        return self.have == self.total
+
+    def _restart(self) -> None:
+        self.partial.unlink(missing_ok=True)
+        self.hasher = hashlib.md5()
+        self.have = 0
+
+    def _announced_total(self, response: Any, status: int) -> int | None:
+        if status == 206:
+            return _range_total(response.headers.get("Content-Range"))
+        length = response.headers.get("Content-Length")
+        return int(length) if length and length.isdigit() else None
+
+    def _check_total(self, announced: int | None) -> None:
+        """The size the server announces must be the published one, and within bounds; then the
+        free space for the rest and for the extraction is checked before a byte is written."""
+        if announced is not None:
+            if self.expected_size is not None and announced != self.expected_size:
+                raise VerificationError(f"{self.host} serves {self.name} with {announced} bytes; "
+                                        f"{self.expected_size} were published; refused")
+            if announced > MAX_ARCHIVE_BYTES:
+                raise UnsafeContentError(f"{self.host} announces {announced} bytes for {self.name}, more than "
+                                         f"{MAX_ARCHIVE_BYTES}; refused")
+            self.total = announced
+        if self.total is not None:
+            require_free_space(self.out, (self.total - self.have) + self.total,
+                               what=f"{self.name} and its extracted files")
+
+    def _receive(self, response: Any, handle: BinaryIO) -> None:
+        limit = self.total if self.total is not None else MAX_ARCHIVE_BYTES
+        while True:
+            try:
+                chunk = response.read(CHUNK)
+            except (OSError, HTTPException) as exc:
+                error = Unreachable(f"{self.host} stopped sending {self.name}: {exc}")
+                error.transient = True  # type: ignore[attr-defined]
+                raise error from None
+            if not chunk:
+                return
+            if self.have + len(chunk) > limit:
+                raise UnsafeContentError(f"{self.host} sent more than the {limit} bytes of {self.name}; refused")
+            handle.write(chunk)
+            handle.flush()
+            self.hasher.update(chunk)
+            self.have += len(chunk)
+            self.received += len(chunk)
+            self._progress()
+
+    def _progress(self, force: bool = False) -> None:
+        from mdist.sources.torrent_fetch import Progress
+
+        now = time.monotonic()
+        if not force and now - self._shown < 0.25:
+            return
+        self._shown = now
+        self._samples = [s for s in self._samples if now - s[0] <= 3.0] or self._samples[-1:]
+        self._samples.append((now, self.received))
+        then, before = self._samples[0]
+        rate = (self.received - before) / (now - then) if now > then else 0.0
+        self.reporter.update(Progress(name=self.name, state="downloading", total=self.total or 0, done=self.have,
+                                      download_rate=rate, source="archive"))
+
+
+def _range_total(content_range: str | None) -> int | None:
+    match = re.fullmatch(r"bytes (?:\d+-\d+|\*)/(\d+)", (content_range or "").strip())
+    return int(match.group(1)) if match else None
+
+
+# -- extracting -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Member:
+    path: str
+    info: tarfile.TarInfo | None  # None for a folder
+
+
+def check_members(archive: tarfile.TarFile, limits: Limits, where: str) -> list[_Member]:
+    """Every entry of the tar, checked before anything is written: regular files and folders only
+    (no link, hard link, device, FIFO, sparse file), names by mdist.paths' rule (no `..`, absolute
+    name, tool-state folder, two names for one file), at most `limits.members` entries and
+    `limits.total` bytes. A leading `./` is the archive's own folder, as `tar -C DIR` reads it."""
+    members: list[_Member] = []
+    folders: dict[str, str] = {}
+    total = 0
+    count = 0
+    while True:
+        try:
+            info = archive.next()
+        except (tarfile.TarError, EOFError, ValueError) as exc:
+            raise UnsafeContentError(f"{where} is not a valid tar archive ({exc}); refused") from None
+        if info is None:
+            break
+        count += 1
+        if count > limits.members:
+            raise UnsafeContentError(f"{where} has more than {limits.members} entries; refused")
+        name = info.name
+        while name.startswith("./"):
+            name = name[2:]
+        if info.isdir() and name in ("", "."):
+            continue
+        kind = _kind(info)
+        if kind:
+            raise UnsafeContentError(f"{where}: {_short(info.name)} is {kind}; only regular files and folders are "
+                                     f"extracted; refused")
+        try:
+            check_relative_path(name, where)
+        except UnsafePathError as exc:
+            raise UnsafeContentError(f"{exc}; refused") from None
+        if info.isdir():
+            folders.setdefault(collision_key(name), name)
+            members.append(_Member(name, None))
+            continue
+        if limits.names is not None and name not in limits.names:
+            raise UnsafeContentError(f"{where}: {_short(name)} is not a file of the release; refused")
+        total += info.size
+        if total > limits.total:
+            raise UnsafeContentError(f"{where}: its files hold more than {limits.total} bytes; refused")
+        members.append(_Member(name, info))
+    files = [m.path for m in members if m.info is not None]
+    if not files:
+        raise UnsafeContentError(f"{where} holds no file; refused")
+    try:
+        check_path_set(files, where)
+    except UnsafePathError as exc:
+        raise UnsafeContentError(f"{exc}; refused") from None
+    clash = [path for path in files if collision_key(path) in folders]
+    if clash:
+        raise UnsafeContentError(f"{where}: {_short(clash[0])} is both a file and a folder; refused")
+    return members
+
+
+def _kind(info: tarfile.TarInfo) -> str | None:
+    """What an entry is when it is neither a plain file nor a folder (None for those)."""
+    if info.issym():
+        return "a symbolic link"
+    if info.islnk():
+        return "a hard link"
+    if info.ischr() or info.isblk():
+        return "a device"
+    if info.isfifo():
+        return "a FIFO"
+    if info.issparse():
+        return "a sparse file (its size on disk could exceed the archive)"
+    if not (info.isreg() or info.isdir()):
+        return f"an entry of type {info.type!r}"
+    return None
+
+
+def extract_checked(tar_path: Path, dest: Path, limits: Limits,
+                    on_bytes: Callable[[int], None] | None = None) -> dict[str, tuple[int, str]]:
+    """Extract the tar at `tar_path` into the empty folder `dest` after check_members; {path: (size,
+    sha256)} of every file. Files get mode 0644 and folders 0755 (less the umask), never the tar's
+    owner or mode bits; each file is created anew (O_EXCL, O_NOFOLLOW) in folders mdist made."""
+    where = tar_path.name
+    fd = open_nofollow(tar_path)
+    with os.fdopen(fd, "rb") as raw, tarfile.open(fileobj=raw, mode="r:") as archive:
+        members = check_members(archive, limits, where)
+        files: dict[str, tuple[int, str]] = {}
+        for member in members:
+            target = dest / member.path
+            if member.info is None:
+                real_folders(dest, target)
+                continue
+            real_folders(dest, target.parent)
+            files[member.path] = (member.info.size, _copy_member(archive, member.info, target, on_bytes))
+    return files
+
+
+def _copy_member(archive: tarfile.TarFile, info: tarfile.TarInfo, target: Path,
+                 on_bytes: Callable[[int], None] | None) -> str:
+    source = archive.extractfile(info)
+    if source is None:
+        raise UnsafeContentError(f"{_short(info.name)} cannot be read as a file; refused")
+    digest = hashlib.sha256()
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    with os.fdopen(fd, "wb") as handle, source:
+        left = info.size
+        while left:
+            chunk = source.read(min(CHUNK * 4, left))
+            if not chunk:
+                raise UnsafeContentError(f"{_short(info.name)} is cut short in the archive; refused")
+            handle.write(chunk)
+            digest.update(chunk)
+            left -= len(chunk)
+            if on_bytes:
+                on_bytes(len(chunk))
+        handle.flush()
+        os.fsync(handle.fileno())
+    return digest.hexdigest()
+
+
+def _extract_into(partial: Path, out: Path, state: Path, limits: Limits) -> dict[str, tuple[int, str]]:
+    """Extract into a fresh folder under .mdist/, then move each file into OUT (never through a link);
+    an error leaves nothing of the archive in OUT."""
+    temporary = Path(tempfile.mkdtemp(prefix=EXTRACT_PREFIX, dir=state))
+    try:
+        files = extract_checked(partial, temporary, limits)
+        _move_into(temporary, out, files)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(temporary)
+        raise
+    shutil.rmtree(temporary)
+    return files
+
+
+def _move_into(temporary: Path, out: Path, files: dict[str, tuple[int, str]]) -> None:
+    """Every file to its place in OUT: folders on the way real (a link there is refused, not
+    followed), an existing file replaced by name (a link there is replaced, never written through)."""
+    refuse_links_on_the_way(out, sorted({p.rsplit("/", 1)[0] for p in files if "/" in p}), "the extraction")
+    for path in sorted(files):
+        target = out / path
+        real_folders(out, target.parent)
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISDIR(os.lstat(target).st_mode):
+                raise InputError(f"{target} is a folder where the archive has the file {_short(path)}; refused "
+                                 f"(remove it)")
+    for path in sorted(files):
+        os.replace(temporary / path, out / path)
+
+
+def _keep_or_remove(partial: Path, out: Path, name: str, files: dict[str, tuple[int, str]], keep: bool,
+                    reporter) -> str | None:
+    """With --keep-archive the verified archive becomes OUT/NAME.tar; otherwise it goes."""
+    if keep:
+        if name in files or collision_key(name) in {collision_key(p) for p in files}:
+            reporter.message(f"the archive holds a file named {name}: the archive itself is not kept")
+        else:
+            target = out / name
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISDIR(os.lstat(target).st_mode):
+                    raise InputError(f"{target} is a folder; cannot keep the archive there")
+            os.replace(partial, target)
+            return str(target)
+    partial.unlink(missing_ok=True)
+    return None
+

@@ -1,0 +1,503 @@
+"""`mdist fetch https://…/X.tar` and archive-backed release names: a Range-resumable download, the
+md5 checked before anything is extracted, a safe extraction, sha256 recorded for later verifies;
+and the registry of Mistral's CDN archives (every md5 of issue 15 in exactly one manifest)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from conftest import FIXTURE, REPO, run_mdist
+from hubmirror import serving
+from swarm import free_port, range_http_server
+
+FILES = {p.name: p.read_bytes() for p in sorted(FIXTURE.iterdir()) if p.is_file()}
+
+
+def make_tar(entries: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as archive:
+        for info, data in entries:
+            archive.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buffer.getvalue()
+
+
+def entry(name: str, data: bytes = b"", kind: bytes = tarfile.REGTYPE, **fields) -> tuple[tarfile.TarInfo, bytes | None]:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.size = len(data) if kind == tarfile.REGTYPE else 0
+    for key, value in fields.items():
+        setattr(info, key, value)
+    return info, data if kind == tarfile.REGTYPE else None
+
+
+def release_tar(files: dict[str, bytes]) -> bytes:
+    """What `tar -cf X.tar -C DIR .` makes: the folder itself as `./`, then `./NAME` for each file."""
+    return make_tar([entry("./", kind=tarfile.DIRTYPE)] + [entry(f"./{name}", data) for name, data in files.items()])
+
+
+TINY = release_tar(FILES)
+TINY_MD5 = hashlib.md5(TINY).hexdigest()
+
+
+# -- a Range-capable server whose rate, bytes and answers a test controls --------------------------------
+class Served:
+    """files: URL path -> body; rate: bytes per second (None: at once); tamper: flip one byte in the
+    middle of every body; ranges: the Range header of every GET; sent: body bytes written; per_request:
+    body bytes written for each GET (a killed client's request may still count a chunk after it died)."""
+
+    def __init__(self, files: dict[str, bytes], rate: float | None = None, tamper: bool = False) -> None:
+        self.files, self.rate, self.tamper = files, rate, tamper
+        self.ranges: list[str | None] = []
+        self.sent = 0
+        self.per_request: list[int] = []
+        self.url = ""
+
+
+class _Handler(BaseHTTPRequestHandler):
+    served: Served
+
+    def do_GET(self) -> None:  # noqa: N802
+        served = self.served
+        body = served.files.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        if served.tamper:
+            middle = len(body) // 2
+            body = body[:middle] + bytes([body[middle] ^ 1]) + body[middle + 1:]
+        header = self.headers.get("Range")
+        served.ranges.append(header)
+        served.per_request.append(0)
+        index = len(served.per_request) - 1
+        match = re.fullmatch(r"bytes=(\d+)-", header or "")
+        start = int(match.group(1)) if match else 0
+        if start >= len(body) and start:
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{len(body)}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_response(206 if start else 200)
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        self.send_header("Content-Length", str(len(body) - start))
+        self.end_headers()
+        step, began = 64 << 10, time.monotonic()
+        for offset in range(start, len(body), step):
+            if served.rate:
+                time.sleep(max(0.0, began + (offset - start) / served.rate - time.monotonic()))
+            try:
+                self.wfile.write(body[offset:offset + step])
+            except (BrokenPipeError, ConnectionResetError):
+                return
+            served.sent += len(body[offset:offset + step])
+            served.per_request[index] += len(body[offset:offset + step])
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@contextmanager
+def serve(served: Served) -> Iterator[Served]:
+    with serving(type("Handler", (_Handler,), {"served": served})) as served.url:
+        yield served
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """mdist's key (which signs the extraction record) in a folder of this test's own."""
+    return {"XDG_STATE_HOME": str(tmp_path / "state")}
+
+
+def model_files(folder: Path) -> list[str]:
+    """Everything in folder outside mdist's own state."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                  if ".mdist" not in p.relative_to(folder).parts) if folder.exists() else []
+
+
+def fetch(url: str, out: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return run_mdist("fetch", url, "--out", str(out), *args, timeout=120, env=env)
+
+
+# -- fetching ---------------------------------------------------------------------------------------
+def test_fetch_by_url_from_a_range_server(tmp_path: Path, env: dict) -> None:
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "tiny.tar").write_bytes(TINY)
+    out = tmp_path / "got"
+    with range_http_server(tmp_path / "www") as base:
+        result = fetch(base + "tiny.tar", out, "--md5", TINY_MD5.upper(), "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["via"] == "archive" and payload["archive_md5"] == TINY_MD5 and payload["archive"] is None
+    assert "md5 detects corruption, not a deliberate collision" in payload["verification"]
+    assert model_files(out) == sorted(FILES)
+    assert all((out / name).read_bytes() == data for name, data in FILES.items())
+    assert (out / ".mdist" / "complete.json").is_file()
+    assert not (out / ".mdist" / "archive-partial").exists()  # deleted after a verified extraction
+    record = json.loads((out / ".mdist" / "extracted.json").read_text())["record"]
+    assert record["md5"] == TINY_MD5
+    assert record["files"] == {n: {"size": len(d), "sha256": hashlib.sha256(d).hexdigest()} for n, d in FILES.items()}
+
+
+def test_keep_archive_and_a_rerun(tmp_path: Path, env: dict) -> None:
+    out = tmp_path / "got"
+    with serve(Served({"/m/tiny.tar": TINY})) as served:
+        first = fetch(served.url + "/m/tiny.tar", out, "--md5", TINY_MD5, "--keep-archive", env=env)
+        assert first.returncode == 0, first.stderr
+        assert (out / "tiny.tar").read_bytes() == TINY
+        second = fetch(served.url + "/m/tiny.tar", out, "--md5", TINY_MD5, env=env)
+    assert second.returncode == 0, second.stderr
+    assert model_files(out) == sorted([*FILES, "tiny.tar"])
+    assert "verified: md5 of tiny.tar matched" in second.stdout
+
+
+def interrupt(served: Served, process: subprocess.Popen, signum: int) -> str:
+    """Send signum once a few MB went out (the transfer takes 5 s); the process's stderr."""
+    try:
+        deadline = time.monotonic() + 60
+        while served.sent < 3 << 20:
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "the transfer never started"
+            time.sleep(0.02)
+        process.send_signal(signum)
+        return process.communicate(timeout=30)[1]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGINT])
+def test_interrupted_then_resumed(tmp_path: Path, env: dict, signum: int) -> None:
+    out = tmp_path / "got"
+    with serve(Served({"/tiny.tar": TINY}, rate=2 << 20)) as served:
+        process = subprocess.Popen([sys.executable, "-m", "mdist", "fetch", served.url + "/tiny.tar", "--md5", TINY_MD5,
+                                    "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   env=dict(os.environ, **env),
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        stderr = interrupt(served, process, signum)
+        assert process.returncode == (-9 if signum == signal.SIGKILL else 130), stderr
+        assert served.sent < len(TINY)
+        assert model_files(out) == [] and not (out / ".mdist" / "complete.json").exists()
+        [partial] = (out / ".mdist" / "archive-partial").iterdir()
+        kept = partial.stat().st_size
+        assert 0 < kept < len(TINY) and partial.name.endswith(".incomplete")
+
+        served.rate, asked = None, len(served.ranges)
+        result = fetch(served.url + "/tiny.tar", out, "--md5", TINY_MD5, "--json", env=env)
+        assert result.returncode == 0, result.stderr
+        assert served.ranges[asked:] == [f"bytes={kept}-"]
+        assert served.per_request[asked:] == [len(TINY) - kept] == [json.loads(result.stdout)["received_bytes"]]
+    assert all((out / name).read_bytes() == data for name, data in FILES.items())
+    assert not (out / ".mdist" / "archive-partial").exists()
+
+
+def test_an_altered_byte_is_exit_1_and_nothing_extracted(tmp_path: Path, env: dict) -> None:
+    out = tmp_path / "got"
+    with serve(Served({"/tiny.tar": TINY}, tamper=True)) as served:
+        result = fetch(served.url + "/tiny.tar", out, "--md5", TINY_MD5, env=env)
+    assert result.returncode == 1
+    assert re.fullmatch(r"mdist: error: tiny\.tar: md5 mismatch \(expected [0-9a-f]{32}, got [0-9a-f]{32}\); the "
+                        r"archive was removed and nothing was extracted\n", result.stderr.splitlines(True)[-1])
+    assert model_files(out) == []
+    state = sorted(p.name for p in (out / ".mdist").iterdir())
+    assert "complete.json" not in state and "extracted.json" not in state and "archive-partial" not in state
+
+
+def test_a_resumed_partial_with_wrong_bytes_is_downloaded_again(tmp_path: Path, env: dict) -> None:
+    """Bytes of an earlier run (another mirror, a crash) that spoil the md5 are not trusted: once
+    more from the start, then the md5 matches."""
+    out = tmp_path / "got"
+    with serve(Served({"/tiny.tar": TINY})) as served:
+        key = hashlib.sha256(f"{served.url}/tiny.tar|{TINY_MD5}".encode()).hexdigest()[:16]
+        partial = out / ".mdist" / "archive-partial" / f"{key}.tar.incomplete"
+        partial.parent.mkdir(parents=True)
+        partial.write_bytes(b"\0" * 4096)
+        result = fetch(served.url + "/tiny.tar", out, "--md5", TINY_MD5, env=env)
+        assert served.ranges == ["bytes=4096-", None]
+    assert result.returncode == 0, result.stderr
+    assert "downloading it again from the start" in result.stderr
+    assert all((out / name).read_bytes() == data for name, data in FILES.items())
+
+
+def test_unreachable_archive_falls_back_to_the_hub(tmp_path: Path, env: dict) -> None:
+    """A release with an archive and a hub repository: a CDN that cannot be reached sends the fetch
+    to the hub (here FakeHub through --endpoint); --source hub goes there directly."""
+    from hubmirror import FakeHub, fake_hub
+
+    manifest = tmp_path / "both.json"
+    manifest.write_text(json.dumps({
+        "schema": "mdist-manifest/1", "name": "both", "title": "both", "files_complete": False, "files": {},
+        "archives": [{"name": "tiny.tar", "url": f"http://127.0.0.1:{free_port()}/tiny.tar", "md5": TINY_MD5}],
+        "sources": {"hub": {"repo": "org/tiny"}}, "provenance": [{"fields": ["archives"], "source": "test"}]}))
+    with fake_hub(FakeHub("org/tiny", hashlib.sha1(b"c").hexdigest(), dict(FILES))) as hub:
+        result = run_mdist("fetch", str(manifest), "--out", str(tmp_path / "got"), "--endpoint", hub.endpoint,
+                           "--json", timeout=120, env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["via"] == "hub" and "falling back to the hub" in result.stderr
+    assert all((tmp_path / "got" / name).read_bytes() == data for name, data in FILES.items())
+
+
+def test_a_release_name_brings_its_md5(tmp_path: Path, env: dict) -> None:
+    with serve(Served({"/tiny.tar": TINY}, tamper=True)) as served:
+        manifest = tmp_path / "tiny-archive.json"
+        manifest.write_text(json.dumps({
+            "schema": "mdist-manifest/1", "name": "tiny-archive", "title": "t", "files_complete": False, "files": {},
+            "archives": [{"name": "tiny.tar", "url": served.url + "/tiny.tar", "md5": TINY_MD5}],
+            "provenance": [{"fields": ["archives"], "source": "test"}]}))
+        wrong = run_mdist("fetch", str(manifest), "--out", str(tmp_path / "a"), "--md5", "0" * 32, env=env)
+        assert wrong.returncode == 2 and "differs from the published md5" in wrong.stderr
+        served.tamper = True
+        bad = run_mdist("fetch", str(manifest), "--out", str(tmp_path / "b"), env=env)
+        assert bad.returncode == 1 and "md5 mismatch" in bad.stderr and model_files(tmp_path / "b") == []
+        served.tamper = False
+        good = run_mdist("fetch", str(manifest), "--out", str(tmp_path / "c"), "--json", env=env)
+    assert good.returncode == 0, good.stderr
+    assert json.loads(good.stdout)["manifest"] == "tiny-archive"
+
+
+@pytest.mark.parametrize("args, message", [
+    (("magnet:?xt=urn:btih:" + "a" * 40, "--md5", "0" * 32), "--md5 applies to archive sources only"),
+    (("hf://org/model", "--keep-archive"), "--keep-archive applies to archive sources only"),
+    (("http://127.0.0.1:9/x.tar", "--peer", "127.0.0.1:1"), "--peer applies to BitTorrent sources only"),
+    (("http://127.0.0.1:9/x.tar", "--include", "*"), "--include applies to hf:// sources only"),
+    (("http://127.0.0.1:9/x.tar", "--md5", "xyz"), "--md5: expected 32 hex digits"),
+    (("http://127.0.0.1:9/x.tar.gz",), "expected an uncompressed .tar archive"),
+    (("ftp://127.0.0.1/x.tar",), "no known release"),
+    (("http://user:pw@127.0.0.1:9/x.tar",), "user name or password is refused"),
+    (("tiny-mistral", "--source", "archive"), "has no archive"),
+])
+def test_options_that_do_not_apply(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
+    result = run_mdist("fetch", *args, "--out", str(tmp_path / "x"), timeout=60)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+# -- hostile archives -------------------------------------------------------------------------------
+def many_entries(count: int) -> bytes:
+    """A tar of `count` empty files, made fast: one header, renamed and re-summed."""
+    template = bytes(tarfile.TarInfo("f0000000").tobuf(tarfile.USTAR_FORMAT))
+    out = bytearray()
+    for i in range(count):
+        header = bytearray(template)
+        header[0:8] = b"f%07d" % i
+        header[148:156] = b" " * 8
+        header[148:156] = b"%06o\0 " % sum(header)
+        out += header
+    return bytes(out + b"\0" * 1024)
+
+
+HOSTILE = {
+    "dotdot": [entry("../evil", b"x")],
+    "dotdot-inside": [entry("a/../../evil", b"x")],
+    "absolute": [entry("/tmp/evil", b"x")],
+    "symlink": [entry("link", kind=tarfile.SYMTYPE, linkname="/etc/passwd")],
+    "symlink-then-file": [entry("d", kind=tarfile.SYMTYPE, linkname=".."), entry("d/evil", b"x")],
+    "hardlink": [entry("a", b"x"), entry("b", kind=tarfile.LNKTYPE, linkname="/etc/passwd")],
+    "char-device": [entry("dev", kind=tarfile.CHRTYPE, devmajor=1, devminor=3)],
+    "block-device": [entry("dev", kind=tarfile.BLKTYPE, devmajor=8, devminor=0)],
+    "fifo": [entry("pipe", kind=tarfile.FIFOTYPE)],
+    "mdist-state": [entry("params.json", b"{}"), entry(".mdist/complete.json", b"{}")],
+    "mdist-state-case": [entry(".MDIST/extracted.json", b"{}")],
+    "git": [entry(".git/config", b"[core]")],
+    "duplicate": [entry("a", b"x"), entry("a", b"y")],
+    "case-twins": [entry("Model.pth", b"x"), entry("model.pth", b"y")],
+    "file-and-folder": [entry("a", b"x"), entry("a", kind=tarfile.DIRTYPE)],
+    "empty": [entry("d", kind=tarfile.DIRTYPE)],
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_members_are_refused(tmp_path: Path, case: str) -> None:
+    from mdist.errors import UnsafeContentError
+    from mdist.sources.archive import Limits, extract_checked
+
+    tar = tmp_path / "x.tar"
+    tar.write_bytes(make_tar(HOSTILE[case]))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(UnsafeContentError):
+        extract_checked(tar, dest, Limits())
+    assert list(dest.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dest", "x.tar"]
+
+
+def test_entry_count_and_size_are_bounded(tmp_path: Path) -> None:
+    from mdist.errors import UnsafeContentError
+    from mdist.sources.archive import Limits, extract_checked
+
+    tar = tmp_path / "many.tar"
+    tar.write_bytes(many_entries(100_000))
+    started = time.monotonic()
+    with pytest.raises(UnsafeContentError, match="more than 4096 entries"):
+        extract_checked(tar, tmp_path, Limits())
+    assert time.monotonic() - started < 5
+    tar.write_bytes(make_tar([entry("a", b"x" * 100), entry("b", b"y" * 100)]))
+    with pytest.raises(UnsafeContentError, match="more than 150 bytes"):
+        extract_checked(tar, tmp_path, Limits(total=150))
+    with pytest.raises(UnsafeContentError, match="not a file of the release"):
+        extract_checked(tar, tmp_path, Limits(names=frozenset({"a"})))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["many.tar"]
+
+
+def test_modes_and_owners_of_the_tar_are_not_applied(tmp_path: Path) -> None:
+    from mdist.sources.archive import Limits, extract_checked
+
+    tar = tmp_path / "x.tar"
+    tar.write_bytes(make_tar([entry("./sub", kind=tarfile.DIRTYPE, mode=0o777),
+                              entry("./sub/run.sh", b"#!/bin/sh\n", mode=0o4777, uid=0, gid=0)]))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    files = extract_checked(tar, dest, Limits())
+    assert files == {"sub/run.sh": (10, hashlib.sha256(b"#!/bin/sh\n").hexdigest())}
+    assert (dest / "sub" / "run.sh").stat().st_mode & 0o7777 == 0o644 & ~current_umask()
+
+
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@pytest.mark.parametrize("case", ["dotdot", "symlink-then-file", "mdist-state"])
+def test_a_hostile_archive_with_the_right_md5_is_refused(tmp_path: Path, env: dict, case: str) -> None:
+    """The published md5 matching says nothing of what the tar holds: still refused, exit 1, nothing
+    written in OUT or next to it."""
+    body = make_tar(HOSTILE[case])
+    out = tmp_path / "work" / "got"
+    with serve(Served({"/x.tar": body})) as served:
+        result = fetch(served.url + "/x.tar", out, "--md5", hashlib.md5(body).hexdigest(), env=env)
+    assert result.returncode == 1 and "refused" in result.stderr, result.stderr
+    assert model_files(out) == [] and sorted(p.name for p in (tmp_path / "work").iterdir()) == ["got"]
+    assert sorted(p.name for p in (out / ".mdist").iterdir()) == ["archive.lock"]
+
+
+# -- later verifies rest on sha256 ------------------------------------------------------------------
+def test_verify_uses_the_recorded_sha256(tmp_path: Path, env: dict) -> None:
+    """A folder no release describes, fetched from an archive whose md5 matched, verifies against
+    mdist's signed record; an edited file fails; a record from another machine's key counts for nothing."""
+    files = {"params.json": b'{"dim": 8}', "weights.safetensors": os.urandom(4096)}
+    body = release_tar(files)
+    out = tmp_path / "got"
+    with serve(Served({"/own.tar": body})) as served:
+        assert fetch(served.url + "/own.tar", out, "--md5", hashlib.md5(body).hexdigest(), env=env).returncode == 0
+    result = run_mdist("verify", str(out), "--json", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    outcome = json.loads(result.stdout)
+    assert outcome["report"]["manifest"] == "extracted from own.tar"
+    assert {r["path"]: r["status"] for r in outcome["report"]["files"]} == {"params.json": "ok",
+                                                                              "weights.safetensors": "ok"}
+    assert all(r["detail"].startswith("sha256 recorded when mdist extracted") for r in outcome["report"]["files"])
+
+    other_key = run_mdist("verify", str(out), "--json", env={"XDG_STATE_HOME": str(tmp_path / "elsewhere")})
+    assert other_key.returncode == 1 and json.loads(other_key.stdout)["report"]["manifest"] is None
+
+    with open(out / "weights.safetensors", "r+b") as handle:
+        handle.write(b"\xff")
+    edited = run_mdist("verify", str(out), "--json", env=env)
+    assert edited.returncode == 1
+    assert {r["path"]: r["status"] for r in json.loads(edited.stdout)["report"]["files"]}["weights.safetensors"] \
+        == "mismatch"
+
+
+def test_verify_says_what_md5_does_not_prove(tmp_path: Path) -> None:
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "tokenizer.model").write_bytes(b"tok")
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"schema": "mdist-manifest/1", "name": "m", "title": "m", "files_complete": True,
+                                    "files": {"tokenizer.model": {"md5": hashlib.md5(b"tok").hexdigest()}},
+                                    "provenance": [{"fields": ["files"], "source": "test"}]}))
+    result = run_mdist("verify", str(folder), "--manifest", str(manifest))
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = " ".join(result.stdout.split())
+    assert "md5 is the only check of tokenizer.model: it detects corruption, not a deliberate collision" in text
+
+
+# -- the registry -----------------------------------------------------------------------------------
+TABLE = {  # issue 15: Mistral's mistral-inference README and docs
+    "mistral-7b-v0-1/mistral-7B-v0.1.tar": "37dab53973db2d56b2da0a033a15307f",
+    "mistral-7b-v0-2/Mistral-7B-v0.2-Instruct.tar": "fbae55bc038f12f010b4251326e73d39",
+    "mistral-7b-v0-3/mistral-7B-v0.3.tar": "0663b293810d7571dad25dae2f2a5806",
+    "mistral-7b-v0-3/mistral-7B-Instruct-v0.3.tar": "80b71fcb6416085bcb4efad86dfb4d52",
+    "mixtral-8x7b-v0-1/Mixtral-8x7B-v0.1-Instruct.tar": "8e2d3930145dc43d3084396f49d38a3f",
+    "mixtral-8x22b-v0-3/mixtral-8x22B-v0.3.tar": "a2fa75117174f87d1197e3a4eb50371a",
+    "mixtral-8x22b-v0-3/mixtral-8x22B-Instruct-v0.3.tar": "471a02a6902706a2f1e44a693813855b",
+    "codestral-22b-v0-1/codestral-22B-v0.1.tar": "1ea95d474a1d374b1d1b20a8e0159de3",
+    "mathstral-7b-v0-1/mathstral-7B-v0.1.tar": "5f05443e94489c261462794b1016f10b",
+    "codestral-mamba-7b-v0-1/codestral-mamba-7B-v0.1.tar": "d3993e4024d1395910c55db0d11db163",
+    "mistral-nemo-2407/mistral-nemo-base-2407.tar": "c5d079ac4b55fc1ae35f51f0a3c0eb83",
+}
+OLD_CODESTRAL = "a5661f2f6c6ee4d6820a2f68db934c5d"
+MAGNET_8X22B = "0535902c85ddbb04d4bebbf4371c6341"
+MANIFESTS = {p.name: json.loads(p.read_text()) for p in sorted((REPO / "checksums").glob("*.json"))}
+
+
+def test_every_manifest_validates_against_the_schema() -> None:
+    import jsonschema
+
+    from mdist.verify.manifest import load_registry
+
+    schema = json.loads((REPO / "docs" / "manifest.schema.json").read_text())
+    for name, document in MANIFESTS.items():
+        jsonschema.validate(document, schema)
+    assert len(load_registry()) == len(MANIFESTS) >= 16
+
+
+@pytest.mark.parametrize("md5", [*TABLE.values(), OLD_CODESTRAL, MAGNET_8X22B])
+def test_each_published_md5_is_in_exactly_one_manifest_with_its_provenance(md5: str) -> None:
+    holding = {name: doc for name, doc in MANIFESTS.items() if md5 in json.dumps(doc.get("archives", []))}
+    assert len(holding) == 1, sorted(holding)
+    [document] = holding.values()
+    [archive] = [a for a in document["archives"] if a["md5"] == md5]
+    sources = [p["source"] for p in document["provenance"] if "archives" in p["fields"]]
+    assert sources and all("mistral-inference README" in s for s in sources)
+    if md5 in TABLE.values():
+        path = next(path for path, value in TABLE.items() if value == md5)
+        assert archive["url"] == "https://models.mistralcdn.com/" + path and archive.get("current", True)
+    elif md5 == OLD_CODESTRAL:
+        assert archive["current"] is False and "older revision of the README" in archive["note"]
+        assert document["name"] == "codestral-22b-v0.1"
+    else:
+        assert "url" not in archive and "without saying of which file" in archive["note"]
+        assert document["name"] == "mixtral-8x22b-v0.1"
+
+
+def test_release_names_resolve_to_their_archive() -> None:
+    from mdist.sources.resolve import resolve_source
+
+    for path, md5 in TABLE.items():
+        name = next(doc["name"] for doc in MANIFESTS.values() if md5 in json.dumps(doc.get("archives", [])))
+        source = resolve_source(name)
+        archive = source if source.kind == "archive" else source.archive
+        assert archive is not None and archive.target.endswith(path) and archive.md5 == md5, name
+    codestral = resolve_source("codestral-22b-v0.1")
+    assert codestral.md5 == TABLE["codestral-22b-v0-1/codestral-22B-v0.1.tar"]
+    assert codestral.hub_fallback is not None and codestral.hub_fallback.target == "mistralai/Codestral-22B-v0.1"
+    url = resolve_source("https://models.mistralcdn.com/mistral-nemo-2407/mistral-nemo-base-2407.tar")
+    assert url.manifest is not None and url.manifest.name == "mistral-nemo-base-2407"
+
+
+def test_releases_lists_each_source() -> None:
+    listing = run_mdist("releases").stdout
+    assert re.search(r"^mistral-7b-v0\.1 .*\[magnet, archive, hub\]$", listing, re.M)
+    assert re.search(r"^mixtral-8x22b-v0\.3 .*\[archive\]$", listing, re.M)
+    assert re.search(r"^mistral-7b-v0\.3 .*\[archive, hub\]$", listing, re.M)
+    releases = {r["name"]: r for r in json.loads(run_mdist("releases", "--json").stdout)}
+    assert releases["mathstral-7b-v0.1"]["via"] == ["archive", "hub"]
+    assert releases["mathstral-7b-v0.1"]["archive"]["md5"] == TABLE["mathstral-7b-v0-1/mathstral-7B-v0.1.tar"]
