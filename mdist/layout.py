@@ -29,6 +29,11 @@ _TOP_NAMES = {
     "norm.weight": "model.norm.weight",
     "output.weight": "lm_head.weight",
 }
+# Mixtral: the router and each expert's SwiGLU (w1 gate, w2 down, w3 up). transformers 5 fuses the
+# experts in memory but reads and writes these per-expert names.
+_MOE_ROUTER = ("feed_forward.gate.weight", "block_sparse_moe.gate.weight")
+_MISTRAL_EXPERT = re.compile(r"feed_forward\.experts\.([0-9]+)\.(w[123])\.weight")
+_HF_EXPERT = re.compile(r"block_sparse_moe\.experts\.([0-9]+)\.(w[123])\.weight")
 _HF_LAYER_NAMES = {v: k for k, v in _LAYER_NAMES.items()}
 _HF_TOP_NAMES = {v: k for k, v in _TOP_NAMES.items()}
 _MISTRAL_LAYER = re.compile(r"layers\.([0-9]+)\.(.+)")  # fullmatch: `$` accepts a final newline
@@ -39,8 +44,15 @@ def mistral_to_hf_name(name: str) -> str:
     if name in _TOP_NAMES:
         return _TOP_NAMES[name]
     match = _MISTRAL_LAYER.fullmatch(name)
-    if match and match.group(2) in _LAYER_NAMES:
-        return f"model.layers.{match.group(1)}.{_LAYER_NAMES[match.group(2)]}"
+    if match:
+        layer, rest = match.groups()
+        if rest in _LAYER_NAMES:
+            return f"model.layers.{layer}.{_LAYER_NAMES[rest]}"
+        if rest == _MOE_ROUTER[0]:
+            return f"model.layers.{layer}.{_MOE_ROUTER[1]}"
+        expert = _MISTRAL_EXPERT.fullmatch(rest)
+        if expert:
+            return f"model.layers.{layer}.block_sparse_moe.experts.{expert.group(1)}.{expert.group(2)}.weight"
     raise KeyError(name)
 
 
@@ -48,8 +60,15 @@ def hf_to_mistral_name(name: str) -> str:
     if name in _HF_TOP_NAMES:
         return _HF_TOP_NAMES[name]
     match = _HF_LAYER.fullmatch(name)
-    if match and match.group(2) in _HF_LAYER_NAMES:
-        return f"layers.{match.group(1)}.{_HF_LAYER_NAMES[match.group(2)]}"
+    if match:
+        layer, rest = match.groups()
+        if rest in _HF_LAYER_NAMES:
+            return f"layers.{layer}.{_HF_LAYER_NAMES[rest]}"
+        if rest == _MOE_ROUTER[1]:
+            return f"layers.{layer}.{_MOE_ROUTER[0]}"
+        expert = _HF_EXPERT.fullmatch(rest)
+        if expert:
+            return f"layers.{layer}.feed_forward.experts.{expert.group(1)}.{expert.group(2)}.weight"
     raise KeyError(name)
 
 

@@ -1,8 +1,10 @@
 """What a model folder holds: the one answer that run, convert, digest, verify and seed all ask.
 
 A folder can hold three layouts of the same model:
-  pth      params.json + consolidated.00.pth            (Mistral's release, a pickle)
-  mistral  params.json + consolidated.safetensors       (what `mdist convert` writes by default)
+  pth      params.json + consolidated.00.pth            (Mistral's release, a pickle), or its raw
+           byte pieces consolidated.00.pth-split0, -split1, ... (a hub mirror's `split` output)
+  mistral  params.json + consolidated.safetensors       (what `mdist convert` writes by default),
+           or consolidated-0000N-of-0000M.safetensors shards (Mixtral 8x22B)
   hf       config.json + model.safetensors.index.json and its shards, or model.safetensors
 
 The rule (docs/trust-model.md): when the folder is a known release (recognised from its file
@@ -37,7 +39,7 @@ GGUF = "gguf"  # one top-level .gguf file (llama.cpp's format; mdist.convert.ggu
 PREFERENCE = {
     "run": (MISTRAL, HF, PTH, GGUF),
     "digest": (PTH, MISTRAL, HF, GGUF),
-    "convert": (PTH,),
+    "convert": (PTH, MISTRAL),  # a mistral layout only to --layout hf
 }
 MISTRAL_WEIGHTS = "consolidated.safetensors"
 HF_INDEX = "model.safetensors.index.json"
@@ -51,6 +53,8 @@ WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".gguf", ".gg
 _BLOB_NAME = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # git blob sha1 or LFS sha256
 _GGUF_NAME = re.compile(r"[^/]+\.gguf")  # fullmatch
 _SPLIT_PIECE = re.compile(r"\.(pth|safetensors|bin)-split[0-9]+\Z")
+_PTH_PIECE = re.compile(r"(consolidated\.[0-9]{2}\.pth)-split([0-9]{1,4})")  # fullmatch
+_MISTRAL_SHARD = re.compile(r"consolidated-([0-9]{5})-of-([0-9]{5})\.safetensors")  # fullmatch
 
 
 def is_weight_file(name: str) -> bool:
@@ -64,6 +68,7 @@ class Layout:
     config: str | None  # params.json / config.json; a bare .pth can be converted without one
     weights: tuple[str, ...]
     extra: tuple[str, ...] = ()  # other files the loader reads (an HF index)
+    joined: str | None = None  # the weights are raw byte pieces of this one file, in order
 
     def files(self, tokenizer: str | None) -> tuple[str, ...]:
         return (*((self.config,) if self.config else ()), *self.extra, *self.weights,
@@ -158,16 +163,27 @@ class FolderContents:
     release: Manifest | None
     problems: list[str] = field(default_factory=list)
     blobs: dict[str, str] = field(default_factory=dict)  # HF cache snapshot: file -> blob name it must hash to
+    pieces: dict[str, tuple[str, ...]] = field(default_factory=dict)  # joined name -> its pieces, in order
 
     @property
     def tokenizer(self) -> str | None:
         return TOKENIZER if TOKENIZER in self.files else None
 
     def in_release(self, name: str) -> bool:
+        joined = self.joined_name(name)
+        if joined is not None:  # a piece: judged as the file the pieces join into
+            return self._in_release(joined, sum(self.files[p] for p in self.pieces[joined]))
+        return self._in_release(name, self.files.get(name))
+
+    def _in_release(self, name: str, size: int | None) -> bool:
         if self.release is None or name not in self.release.files:
             return False
-        size = self.release.files[name].size
-        return size is None or size == self.files.get(name)
+        published = self.release.files[name].size
+        return published is None or published == size
+
+    def joined_name(self, name: str) -> str | None:
+        """The file a raw piece belongs to (consolidated.00.pth for consolidated.00.pth-split3)."""
+        return next((joined for joined, pieces in self.pieces.items() if name in pieces), None)
 
     def derived_from_release(self, name: str, depth: int = 0) -> bool:
         """Validly derived here, and only from files of this folder that are part of the release."""
@@ -245,7 +261,7 @@ class FolderContents:
             return (f"{self.path}: {untrusted[0]} is not part of {self.release.name}"  # type: ignore[union-attr]
                     f" (name or size differs)")
         if purpose == "convert":
-            return f"{self.path} holds no consolidated.00.pth checkpoint"
+            return f"{self.path} holds no consolidated.00.pth checkpoint (nor Mistral-layout safetensors)"
         return (f"{self.path} holds no model weights: expected params.json with consolidated.safetensors or "
                 f"consolidated.00.pth, or config.json with model.safetensors / {HF_INDEX}")
 
@@ -273,15 +289,63 @@ def _hf_layout(directory: Path, files: dict[str, int], problems: list[str]) -> L
     return None
 
 
-def _find_layouts(directory: Path, files: dict[str, int], problems: list[str]) -> list[Layout]:
+def split_pieces(files: dict[str, int], problems: list[str]) -> dict[str, tuple[str, ...]]:
+    """Raw pieces of a checkpoint (`split` output: NAME-split0, NAME-split1, ...), in numeric order
+    (split10 after split9). A gap or two names for one number is a problem, and no pieces."""
+    numbered: dict[str, dict[int, str]] = {}
+    for name in files:
+        match = _PTH_PIECE.fullmatch(name)
+        if match:
+            joined, number = match.group(1), int(match.group(2))
+            if number in numbered.setdefault(joined, {}):
+                problems.append(f"{name} and {numbered[joined][number]} are both piece {number} of {joined}")
+                numbered[joined] = {}
+                continue
+            numbered[joined][number] = name
+    result = {}
+    for joined, by_number in sorted(numbered.items()):
+        if not by_number:
+            continue
+        missing = [n for n in range(max(by_number) + 1) if n not in by_number]
+        if missing:
+            problems.append(f"piece {missing[0]} of {joined} is missing ({joined}-split{missing[0]}): "
+                            f"the pieces cannot be joined")
+            continue
+        result[joined] = tuple(by_number[n] for n in sorted(by_number))
+    return result
+
+
+def _mistral_shards(files: dict[str, int], problems: list[str]) -> tuple[str, ...]:
+    """consolidated-0000N-of-0000M.safetensors, all M of them (Mistral's sharded safetensors)."""
+    shards = sorted(n for n in files if _MISTRAL_SHARD.fullmatch(n))
+    if not shards:
+        return ()
+    totals = {int(_MISTRAL_SHARD.fullmatch(n).group(2)) for n in shards}  # type: ignore[union-attr]
+    expected = {f"consolidated-{i:05d}-of-{t:05d}.safetensors" for t in totals for i in range(1, t + 1)}
+    if len(totals) != 1 or set(shards) != expected:
+        missing = sorted(expected - set(shards))
+        problems.append(f"{missing[0]} is missing" if missing else
+                        "the consolidated-*-of-*.safetensors shards disagree on their count")
+        return ()
+    return tuple(shards)
+
+
+def _find_layouts(directory: Path, files: dict[str, int], problems: list[str],
+                  pieces: dict[str, tuple[str, ...]] | None = None) -> list[Layout]:
     layouts = []
     params = "params.json" if "params.json" in files else None
     checkpoints = sorted(n for n in files if _PTH_NAME.fullmatch(n))
     if checkpoints:
         layouts.append(Layout(PTH, params, tuple(checkpoints)))
+    for joined, names in (pieces or {}).items():
+        if joined not in files:  # joined already (cat): the file itself is the layout
+            layouts.append(Layout(PTH, params, names, joined=joined))
     if params:
         if MISTRAL_WEIGHTS in files:
             layouts.append(Layout(MISTRAL, "params.json", (MISTRAL_WEIGHTS,)))
+        shards = _mistral_shards(files, problems)
+        if shards:
+            layouts.append(Layout(MISTRAL, "params.json", shards))
     if "config.json" in files:
         hf = _hf_layout(directory, files, problems)
         if hf is not None:
@@ -358,17 +422,29 @@ def inspect_folder(directory: Path, release: Manifest | None = None, *, recognis
     files, others, blobs = scan(directory)
     derived = derived_state(directory)
     problems: list[str] = []
-    layouts = _find_layouts(directory, files, problems)
+    pieces = split_pieces(files, problems)
+    layouts = _find_layouts(directory, files, problems, pieces)
     if release is None and recognise_release:  # judged by the files mdist did not derive itself first
         own = {name: size for name, size in files.items() if not derived.known(name)}
-        release = recognise(own, directory) or recognise(files, directory)
-    return FolderContents(directory, files, others, layouts, derived, release, problems, blobs)
+        release = recognise(_with_joined(own, pieces), directory) or recognise(_with_joined(files, pieces), directory)
+    return FolderContents(directory, files, others, layouts, derived, release, problems, blobs, pieces)
+
+
+def _with_joined(files: dict[str, int], pieces: dict[str, tuple[str, ...]]) -> dict[str, int]:
+    """The files as a release sees them: pieces replaced by the file they join into."""
+    if not pieces:
+        return files
+    joined = {name: size for name, size in files.items() if not any(name in p for p in pieces.values())}
+    for name, parts in pieces.items():
+        if all(p in files for p in parts):
+            joined.setdefault(name, sum(files[p] for p in parts))
+    return joined
 
 
 def model_path(path: Path) -> Path:
     """A folder given directly, or the folder of a weight file given by name."""
     path = Path(path)
-    if path.is_file() and path.suffix in (".pth", ".safetensors", ".gguf"):
+    if path.is_file() and (path.suffix in (".pth", ".safetensors", ".gguf") or _PTH_PIECE.fullmatch(path.name)):
         return path.parent
     if not path.exists():
         raise InputError(f"{path} does not exist")

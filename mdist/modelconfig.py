@@ -2,8 +2,8 @@
 
 Both files come from outside: every value used is checked for type (bool is not an int, NaN is
 not a number) and for an upper bound before anything is sized by it, so a hostile file is one
-line of error instead of a multi-gigabyte allocation. Keys mdist does not use (a Mixtral `moe`
-block, `max_seq_len`, ...) are ignored.
+line of error instead of a multi-gigabyte allocation. Keys mdist does not use (`max_seq_len`,
+...) are ignored. A `moe` block (Mixtral) makes the feed-forward a mixture of experts.
 """
 
 from __future__ import annotations
@@ -17,6 +17,10 @@ from mdist.errors import InputError
 from mdist.jsonio import read_json_file
 
 DEFAULT_ROPE_THETA = 10000.0  # Mistral 7B v0.1's params.json has no key; its code used 10000.
+# Mixtral 8x7B's params.json has no rope_theta either; its value is 1e6 (transformers' config of
+# mistralai/Mixtral-8x7B-v0.1; llama.cpp's converter sets 1e6 when `moe` is present).
+DEFAULT_MOE_ROPE_THETA = 1e6
+MAX_EXPERTS = 256  # Mixtral has 8; far above any published mixture, far below what exhausts memory
 
 # Upper bounds, each far above any published Mistral model (Mistral Large 2: dim 12288, 88 layers,
 # 96 heads of 128, hidden 28672, vocab 32768; NeMo: vocab 131072), far below what exhausts memory.
@@ -66,6 +70,12 @@ class MistralConfig:
     vocab_size: int
     sliding_window: int | None = None
     rope_theta: float = DEFAULT_ROPE_THETA
+    n_experts: int = 0  # 0: a dense feed-forward (Mistral); else a mixture of experts (Mixtral)
+    n_experts_per_tok: int = 0
+
+    @property
+    def is_moe(self) -> bool:
+        return self.n_experts > 0
 
     def __post_init__(self) -> None:
         for name, limit in LIMITS.items():
@@ -85,12 +95,24 @@ class MistralConfig:
             raise InputError(f"model config: norm_eps must be a number in (0, {MAX_NORM_EPS}], got {_show(self.norm_eps)}")
         if not (_is_real(self.rope_theta) and 0 < self.rope_theta <= MAX_ROPE_THETA):
             raise InputError(f"model config: rope_theta must be a number in (0, {MAX_ROPE_THETA:g}], got {_show(self.rope_theta)}")
+        dense = _is_int(self.n_experts) and _is_int(self.n_experts_per_tok) and self.n_experts == self.n_experts_per_tok == 0
+        if not dense:
+            if not _is_int(self.n_experts) or not 1 <= self.n_experts <= MAX_EXPERTS:
+                raise InputError(f"model config: the number of experts must be an integer in 1..{MAX_EXPERTS}, "
+                                 f"got {_show(self.n_experts)}")
+            if not _is_int(self.n_experts_per_tok) or not 1 <= self.n_experts_per_tok <= self.n_experts:
+                raise InputError(f"model config: experts per token must be an integer in 1..{self.n_experts}, "
+                                 f"got {_show(self.n_experts_per_tok)}")
 
     # -- Mistral's params.json ---------------------------------------------------------------
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "MistralConfig":
         if not isinstance(params, dict):
             raise InputError("params.json must hold a JSON object")
+        _refuse_other_architecture(params, "params.json")
+        moe = params.get("moe")
+        if moe is not None and not isinstance(moe, dict):
+            raise InputError("params.json: moe must be an object")
         try:
             dim, n_heads = params["dim"], params["n_heads"]
             return cls(
@@ -103,7 +125,9 @@ class MistralConfig:
                 norm_eps=params["norm_eps"],
                 vocab_size=params["vocab_size"],
                 sliding_window=params.get("sliding_window"),
-                rope_theta=params.get("rope_theta", DEFAULT_ROPE_THETA),
+                rope_theta=params.get("rope_theta", DEFAULT_MOE_ROPE_THETA if moe is not None else DEFAULT_ROPE_THETA),
+                **({} if moe is None else {"n_experts": moe["num_experts"],
+                                           "n_experts_per_tok": moe["num_experts_per_tok"]}),
             )
         except KeyError as exc:
             raise InputError(f"params.json lacks the key {exc.args[0]!r}") from None
@@ -112,6 +136,9 @@ class MistralConfig:
         params = asdict(self)
         if params["sliding_window"] is None:
             del params["sliding_window"]
+        del params["n_experts"], params["n_experts_per_tok"]
+        if self.is_moe:
+            params["moe"] = {"num_experts_per_tok": self.n_experts_per_tok, "num_experts": self.n_experts}
         return params
 
     # -- Hugging Face config.json ------------------------------------------------------------
@@ -124,8 +151,10 @@ class MistralConfig:
             raise InputError("config.json: architectures must be a list of strings")
         if model_type is not None and not isinstance(model_type, str):
             raise InputError("config.json: model_type must be a string")
-        if model_type != "mistral" and "MistralForCausalLM" not in architectures:
-            raise InputError(f"unsupported architecture {_show(model_type or architectures)}: mdist runs Mistral models")
+        moe = model_type == "mixtral" or "MixtralForCausalLM" in architectures
+        if not moe and model_type != "mistral" and "MistralForCausalLM" not in architectures:
+            raise InputError(f"unsupported architecture {_show(model_type or architectures)}: mdist runs Mistral "
+                             f"and Mixtral models")
         rope = config.get("rope_parameters") or {}
         if not isinstance(rope, dict):
             raise InputError("config.json: rope_parameters must be an object")
@@ -142,11 +171,21 @@ class MistralConfig:
                 vocab_size=config["vocab_size"],
                 sliding_window=config.get("sliding_window"),
                 rope_theta=config.get("rope_theta") or rope.get("rope_theta") or DEFAULT_ROPE_THETA,
+                **({} if not moe else {"n_experts": config["num_local_experts"],
+                                       "n_experts_per_tok": config["num_experts_per_tok"]}),
             )
         except KeyError as exc:
             raise InputError(f"config.json lacks the key {exc.args[0]!r}") from None
 
     def to_hf_config(self) -> dict[str, Any]:
+        config = self._to_hf_common()
+        if self.is_moe:  # transformers' MixtralConfig; experts stored per expert (w1, w2, w3)
+            config.update({"architectures": ["MixtralForCausalLM"], "model_type": "mixtral",
+                           "num_local_experts": self.n_experts, "num_experts_per_tok": self.n_experts_per_tok,
+                           "output_router_logits": False, "router_aux_loss_coef": 0.02, "router_jitter_noise": 0.0})
+        return config
+
+    def _to_hf_common(self) -> dict[str, Any]:
         return {
             "architectures": ["MistralForCausalLM"],
             "model_type": "mistral",
@@ -171,6 +210,16 @@ class MistralConfig:
             "use_cache": True,
             "torch_dtype": "bfloat16",
         }
+
+
+def _refuse_other_architecture(params: dict[str, Any], where: str) -> None:
+    """A release that is not the Mistral transformer (Codestral Mamba is a Mamba 2 model): one
+    clear line instead of "lacks the key n_heads"."""
+    model_type = params.get("model_type")
+    if (isinstance(model_type, str) and "mamba" in model_type.lower()) or (
+            "n_heads" not in params and ("n_groups" in params or "ssm_cfg" in params)):
+        raise InputError(f"{where}: a state-space (Mamba) model, not the Mistral transformer architecture; "
+                         f"mdist can fetch, verify and digest it but not run or convert it to another layout")
 
 
 def read_json(path: Path) -> Any:

@@ -284,8 +284,8 @@ def test_layout_files_are_config_extra_weights_tokenizer() -> None:
 
 
 def test_preferences() -> None:
-    assert mf.PREFERENCE == {"run": ("mistral", "hf", "pth"), "digest": ("pth", "mistral", "hf"),
-                             "convert": ("pth",)}
+    assert mf.PREFERENCE == {"run": ("mistral", "hf", "pth", "gguf"), "digest": ("pth", "mistral", "hf", "gguf"),
+                             "convert": ("pth", "mistral")}
     assert mf.SIDE_NAMES == ("params.json", "config.json", "model.safetensors.index.json", "tokenizer.model",
                              ".mdist")
 
@@ -604,7 +604,7 @@ def test_nothing_usable_says_why() -> None:
     c = contents({}, release=None)
     c.problems.extend(["first problem", "second"])
     assert message(c) == "/m: first problem"
-    assert message(contents({}, release=None), "convert") == "/m holds no consolidated.00.pth checkpoint"
+    assert message(contents({}, release=None), "convert") == "/m holds no consolidated.00.pth checkpoint (nor Mistral-layout safetensors)"
     assert message(contents({}, release=None), "digest").startswith("/m holds no model weights: expected params")
     assert message(contents({}, release=None)).endswith("or config.json with model.safetensors / "
                                                          "model.safetensors.index.json")
@@ -612,8 +612,8 @@ def test_nothing_usable_says_why() -> None:
     assert message(stale) == "/m: consolidated.00.pth was derived by mdist from files that have changed since"
     untrusted = contents({**TINY_FILES, "params.json": 3}, layouts_=[PTH_LAYOUT])
     assert message(untrusted) == "/m: params.json is not part of tiny-mistral (name or size differs)"
-    other_purpose = contents({**TINY_FILES, "params.json": 3}, layouts_=[MISTRAL_LAYOUT])
-    assert message(other_purpose, "convert") == "/m holds no consolidated.00.pth checkpoint"
+    other_purpose = contents({**TINY_FILES, "params.json": 3}, layouts_=[HF_LAYOUT])
+    assert message(other_purpose, "convert") == "/m holds no consolidated.00.pth checkpoint (nor Mistral-layout safetensors)"
 
 
 # --- recognising a release ---------------------------------------------------------------------------------
@@ -777,9 +777,10 @@ def test_choose_containing_a_named_weight_file() -> None:
     assert c.choose_containing("consolidated.00.pth", "run") == PTH_LAYOUT
     assert c.choose_containing("consolidated.safetensors", "digest") == MISTRAL_LAYOUT
     assert c.choose_containing("consolidated.00.pth", "convert") == PTH_LAYOUT
+    assert c.choose_containing("consolidated.safetensors", "convert") == MISTRAL_LAYOUT  # to --layout hf
     with pytest.raises(InputError) as info:
-        c.choose_containing("consolidated.safetensors", "convert")
-    assert str(info.value) == ("/m/consolidated.safetensors is not the weights of a layout mdist can convert "
+        c.choose_containing("model.safetensors", "convert")
+    assert str(info.value) == ("/m/model.safetensors is not the weights of a layout mdist can convert "
                                "(give the folder to let mdist choose)")
     with pytest.raises(InputError, match="^/m/params.json is not the weights of a layout mdist can run "):
         c.choose_containing("params.json", "run")

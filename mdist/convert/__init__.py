@@ -1,4 +1,6 @@
-"""`mdist convert`: raw `consolidated.00.pth` -> safetensors, without torch, without running pickle code."""
+"""`mdist convert`: a raw checkpoint (`consolidated.00.pth`, or its raw pieces) -> safetensors in
+Mistral's or Hugging Face's layout, and Mistral-layout safetensors -> HF layout; without torch,
+without running pickle code, in constant memory."""
 
 from __future__ import annotations
 
@@ -10,12 +12,12 @@ from typing import Callable
 
 from mdist.atomic import copy_file_atomic, require_free_space, write_bytes_atomic
 from mdist.convert.checkpoint import Checkpoint
-from mdist.convert.pickle_reader import TensorRef
 from mdist.convert.safetensors_writer import TensorSource, plan_shards, write_safetensors
+from mdist.convert.sources import SIDE_FILES as _SIDE_FILES, TensorInput, find_input, open_input
 from mdist.derived import record_derived
 from mdist.errors import InputError
 from mdist.layout import heads_for, interleaved_to_half_rows, mistral_to_hf_name
-from mdist.model_folder import inspect_folder, model_path
+from mdist.model_folder import MISTRAL
 from mdist.modelconfig import MistralConfig, read_json
 
 __all__ = ["convert", "find_checkpoint", "ConversionResult", "Checkpoint"]
@@ -23,7 +25,6 @@ __all__ = ["convert", "find_checkpoint", "ConversionResult", "Checkpoint"]
 DEFAULT_SHARD_BYTES = 5 * 10**9
 MISTRAL_FILE = "consolidated.safetensors"
 HF_INDEX = "model.safetensors.index.json"
-_SIDE_FILES = ("params.json", "tokenizer.model")
 _HF_TOKENIZER_FILES = ["tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"]
 MAX_SIDE_FILE_BYTES = 64 << 20  # a SentencePiece model is ~0.5 MB (Mistral 7B); params.json a few hundred bytes
 
@@ -37,23 +38,10 @@ class ConversionResult:
     bytes: int = 0
 
 
-def find_checkpoint(src: Path) -> tuple[Path, Path]:
-    """(checkpoint file, folder of its side files) for a .pth path, or the folder's pth layout as
-    mdist.model_folder sees it (a known release holding foreign weights is refused)."""
-    src = Path(src)
-    if src.is_file():
-        for name in _SIDE_FILES:  # read next to the file: never through a link or from a FIFO
-            side = src.parent / name
-            if side.is_symlink() or (side.exists() and not side.is_file()):
-                raise InputError(f"{side} is a symbolic link or special file; mdist never follows those "
-                                 f"in a model folder")
-        return src, src.parent
-    if not src.exists():
-        raise InputError(f"{src} does not exist")
-    layout = inspect_folder(model_path(src)).choose("convert")
-    if len(layout.weights) > 1:
-        raise InputError(f"{src} holds {len(layout.weights)} checkpoint shards; only single-file checkpoints are supported")
-    return src / layout.weights[0], src
+def find_checkpoint(src: Path) -> tuple[list[Path], Path]:
+    """(weight files, folder of their side files) that `convert` would read from `src`."""
+    _, paths, side_dir = find_input(src)
+    return paths, side_dir
 
 
 def convert(
@@ -76,21 +64,22 @@ def convert(
                                 tensors=done.tensors, bytes=done.bytes)
     if layout not in ("mistral", "hf"):
         raise InputError(f"unknown layout {layout!r}: use 'mistral', 'hf' or 'gguf'")
-    checkpoint_path, side_dir = find_checkpoint(src)
-    out = Path(out) if out is not None else side_dir
-    config = None
-    if (side_dir / "params.json").is_file():
-        config = MistralConfig.from_params(read_json(side_dir / "params.json"))
-    elif layout == "hf":
-        raise InputError(f"--layout hf needs params.json next to {checkpoint_path.name}")
-
-    with Checkpoint(checkpoint_path) as checkpoint:
+    with open_input(src) as source:
+        side_dir = source.side_dir
+        out = Path(out) if out is not None else side_dir
+        if source.kind == MISTRAL and layout == "mistral":
+            raise InputError(f"{src} is already in the mistral layout ({source.label}); use --layout hf")
+        config = None
+        if layout == "hf":
+            if not (side_dir / "params.json").is_file():
+                raise InputError(f"--layout hf needs params.json next to {source.label}")
+            config = MistralConfig.from_params(read_json(side_dir / "params.json"))
         if layout == "mistral":
-            sources = [_plain_source(checkpoint, name, t) for name, t in checkpoint.tensors.items()]
+            sources = [_plain_source(t) for t in source.tensors.values()]
             shards = [(out / MISTRAL_FILE, sources)]
         else:
             assert config is not None
-            sources = [_hf_source(checkpoint, name, t, config) for name, t in checkpoint.tensors.items()]
+            sources = [_hf_source(t, config) for t in source.tensors.values()]
             planned = plan_shards(sources, shard_bytes)
             n = len(planned)
             shards = [(out / f"model-{i + 1:05d}-of-{n:05d}.safetensors", s) for i, s in enumerate(planned)]
@@ -108,40 +97,41 @@ def convert(
         for path, tensors in shards:
             write_safetensors(path, tensors, metadata={"format": "pt"}, overwrite=True, on_bytes=on_bytes)
             result.files.append(path)
+        weight_files = list(source.paths)
     if layout == "hf":
         assert config is not None
         result.files += _write_hf_side_files(out, side_dir, config, shards, total)
     else:
         result.files += _copy_side_files(side_dir, out)
-    sources = [checkpoint_path] + [side_dir / name for name in _SIDE_FILES if (side_dir / name).is_file()]
-    record_derived(out, [p for p in result.files if not _is_same_file(p, side_dir)], sources)
+    inputs = weight_files + [side_dir / name for name in _SIDE_FILES if (side_dir / name).is_file()]
+    record_derived(out, [p for p in result.files if not _is_same_file(p, side_dir)], inputs)
     return result
 
 
-def _plain_source(checkpoint: Checkpoint, name: str, tensor: TensorRef) -> TensorSource:
-    return TensorSource(name, tensor.storage.dtype.safetensors_dtype, tensor.shape, tensor.nbytes,
-                        lambda: checkpoint.iter_bytes(tensor), checkpoint.file_range(tensor))
+def _plain_source(tensor: TensorInput) -> TensorSource:
+    return TensorSource(tensor.name, tensor.dtype, tensor.shape, tensor.nbytes, tensor.chunks, tensor.file_range)
 
 
-def _hf_source(checkpoint: Checkpoint, name: str, tensor: TensorRef, config: MistralConfig) -> TensorSource:
+def _hf_source(tensor: TensorInput, config: MistralConfig) -> TensorSource:
+    name = tensor.name
     try:
         hf_name = mistral_to_hf_name(name)
     except KeyError:
-        raise InputError(f"tensor {name!r} is not part of the Mistral architecture") from None
+        raise InputError(f"tensor {name!r} is not part of the Mistral or Mixtral architecture") from None
     heads = heads_for(name, config)
     if heads is None:
-        return replace(_plain_source(checkpoint, name, tensor), name=hf_name)
-    if tensor.shape[0] != heads * config.head_dim:
-        raise InputError(f"{name} has {tensor.shape[0]} rows, expected {heads} heads x {config.head_dim}")
+        return replace(_plain_source(tensor), name=hf_name)
+    if len(tensor.shape) != 2 or tensor.shape[0] != heads * config.head_dim:
+        raise InputError(f"{name} has shape {tensor.shape}, expected {heads} heads x {config.head_dim} rows")
     order = interleaved_to_half_rows(heads, config.head_dim)
 
     def permuted_chunks():
-        rows = checkpoint.array(tensor)
+        rows = tensor.rows()
         step = max(1, (16 << 20) // max(1, rows[0].nbytes))
         for start in range(0, len(order), step):
             yield rows[order[start : start + step]].tobytes()
 
-    return TensorSource(hf_name, tensor.storage.dtype.safetensors_dtype, tensor.shape, tensor.nbytes, permuted_chunks)
+    return TensorSource(hf_name, tensor.dtype, tensor.shape, tensor.nbytes, permuted_chunks)
 
 
 def _extra_targets(layout: str, out: Path, side_dir: Path) -> list[Path]:

@@ -16,7 +16,6 @@ truncated file, device, FIFO) raises InputError (exit 2). Anything refused insid
 
 from __future__ import annotations
 
-import os
 import re
 import struct
 import zlib
@@ -34,7 +33,7 @@ from mdist.convert.pickle_reader import (
     interpret_state_dict,
 )
 from mdist.errors import CheckpointError, InputError, MdistError
-from mdist.jsonio import open_regular
+from mdist.convert.joined import JoinedFile
 
 CHUNK_BYTES = 16 << 20  # bytes read or inflated at once: memory per read stays constant
 MAX_ZIP_ENTRIES = 1 << 16  # a 123B checkpoint has ~800 entries
@@ -77,22 +76,28 @@ class Checkpoint:
     """A PyTorch checkpoint opened for reading. Use as a context manager.
 
     `tensors` maps names to TensorRef; `iter_bytes(tensor)` yields its bytes in C order, in
-    chunks, so memory does not grow with the checkpoint.
+    chunks, so memory does not grow with the checkpoint. `path` may be a list of raw byte pieces
+    of one checkpoint (`split` output), read as one file and never joined on disk; then every
+    storage is also checked against its CRC-32 as it is read, so pieces in the wrong order can
+    never yield a garbled tensor.
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self._file = os.fdopen(open_regular(self.path), "rb")
+    def __init__(self, path: Path | list[Path] | tuple[Path, ...]) -> None:
+        pieces = [Path(p) for p in path] if isinstance(path, (list, tuple)) else [Path(path)]
+        self.path = pieces[0]
+        self._file = JoinedFile(pieces)
+        self._check_crc = len(pieces) > 1
+        self._crc_checked: set[str] = set()
         try:
-            self._size = os.fstat(self._file.fileno()).st_size
-            self._members = read_zip_members(self._file.fileno(), self._size, self.path.name)
+            self._size = self._file.size
+            self._members = read_zip_members(self._file, self._size, self._file.name)
             self._open_archive()
         except (MdistError, MemoryError):
             self.close()
             raise
         except Exception as exc:
             self.close()
-            raise CheckpointError(f"{self.path.name}: malformed archive ({type(exc).__name__})") from None
+            raise CheckpointError(f"{self._file.name}: malformed archive ({type(exc).__name__})") from None
 
     def __enter__(self) -> "Checkpoint":
         return self
@@ -107,7 +112,7 @@ class Checkpoint:
     def _open_archive(self) -> None:
         pickles = [n for n in self._members if _DATA_PKL.fullmatch(n)]
         if not pickles:
-            raise InputError(f"{self.path.name} is not a torch.save archive: it has no data.pkl")
+            raise InputError(f"{self._file.name} is not a torch.save archive: it has no data.pkl")
         if len(pickles) != 1:
             raise CheckpointError(f"expected exactly one */data.pkl in the archive, found {len(pickles)}")
         self.prefix = pickles[0][: -len("data.pkl")]
@@ -156,9 +161,9 @@ class Checkpoint:
     def file_range(self, tensor: TensorRef) -> tuple[int, int] | None:
         """(fd, offset) when the tensor's bytes lie verbatim in the archive (stored and contiguous)."""
         entry = self._entries[tensor.storage.key]
-        if entry.method != _STORED or not tensor.is_contiguous() or tensor.numel == 0:
+        if entry.method != _STORED or not tensor.is_contiguous() or tensor.numel == 0 or self._check_crc:
             return None
-        return self._file.fileno(), entry.data_start + tensor.offset * tensor.storage.dtype.itemsize
+        return self._file.locate(entry.data_start + tensor.offset * tensor.storage.dtype.itemsize, tensor.nbytes)
 
     def iter_bytes(self, tensor: TensorRef, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
         """Yield the tensor's bytes in C order, at most about `chunk_bytes` at a time."""
@@ -167,7 +172,10 @@ class Checkpoint:
         itemsize = tensor.storage.dtype.itemsize
         entry = self._entries[tensor.storage.key]
         if tensor.is_contiguous():
-            yield from self._iter_member(entry, tensor.offset * itemsize, tensor.nbytes, chunk_bytes)
+            if self._check_crc and entry.name not in self._crc_checked and entry.method == _STORED:
+                yield from self._checked_stream(entry, tensor.offset * itemsize, tensor.nbytes, chunk_bytes)
+            else:
+                yield from self._iter_member(entry, tensor.offset * itemsize, tensor.nbytes, chunk_bytes)
             return
         view = self.array(tensor)
         rows = view.reshape(view.shape[0], -1) if view.ndim > 1 else view.reshape(-1, 1)
@@ -175,15 +183,38 @@ class Checkpoint:
         for start in range(0, rows.shape[0], step):
             yield np.ascontiguousarray(rows[start : start + step]).tobytes()
 
+    def _checked_stream(self, member: ZipMember, start: int, length: int, chunk_bytes: int) -> Iterator[bytes]:
+        """A stored entry's bytes [start, start + length), reading the whole entry once to check
+        its CRC-32 before the last wanted chunk is handed out."""
+        crc, pos, held = 0, 0, b""
+        for data in self._iter_member(member, 0, member.file_size, chunk_bytes):
+            crc = zlib.crc32(data, crc)
+            first, last = max(start - pos, 0), min(start + length - pos, len(data))
+            pos += len(data)
+            if first < last:
+                if held:
+                    yield held
+                held = data[first:last]
+        if crc != member.crc:  # only pieces are checked: most likely joined in the wrong order
+            raise InputError(f"{member.name}: CRC-32 differs from the archive's: the pieces of "
+                             f"{self._file.name} are out of order, or one is damaged")
+        self._crc_checked.add(member.name)
+        if held:
+            yield held
+
+    def _check_entry_crc(self, member: ZipMember) -> None:
+        if self._check_crc and member.method == _STORED and member.name not in self._crc_checked:
+            for _ in self._checked_stream(member, 0, 0, CHUNK_BYTES):
+                pass
+
     def _iter_member(self, member: ZipMember, start: int, length: int, chunk_bytes: int) -> Iterator[bytes]:
         """Bytes [start, start + length) of an entry's uncompressed data."""
         if member.method == _DEFLATED:
             yield from self._inflate(member, start, length, chunk_bytes)
             return
-        fd = self._file.fileno()
         pos, end = member.data_start + start, member.data_start + start + length
         while pos < end:
-            data = os.pread(fd, min(chunk_bytes, end - pos), pos)
+            data = self._file.pread(min(chunk_bytes, end - pos), pos)
             if not data:
                 raise CheckpointError(f"{member.name}: unexpected end of file")
             pos += len(data)
@@ -195,7 +226,7 @@ class Checkpoint:
         Output is bounded per call, so a stream that inflates beyond its declared size is
         refused as soon as it does; total inflation per checkpoint is bounded by a budget.
         """
-        fd, inflater = self._file.fileno(), zlib.decompressobj(-15)
+        inflater = zlib.decompressobj(-15)
         pos, end = member.data_start, member.data_start + member.compress_size
         produced, crc, pending = 0, 0, b""
         try:
@@ -203,7 +234,7 @@ class Checkpoint:
                 if not pending:
                     if pos >= end:
                         raise CheckpointError(f"{member.name}: compressed data ends early")
-                    pending = os.pread(fd, min(chunk_bytes, end - pos), pos)
+                    pending = self._file.pread(min(chunk_bytes, end - pos), pos)
                     if not pending:
                         raise CheckpointError(f"{member.name}: unexpected end of file")
                     pos += len(pending)
@@ -239,7 +270,8 @@ class Checkpoint:
         if tensor.numel == 0:
             return np.zeros(tensor.shape, dtype=dtype)
         if entry.method == _STORED:
-            storage = np.memmap(self._file, dtype=dtype, mode="r", offset=entry.data_start, shape=(numel,))
+            self._check_entry_crc(entry)
+            storage = self._file.array(dtype, entry.data_start, numel)
         elif numel * itemsize > MAX_INFLATED_VIEW_BYTES:
             raise CheckpointError(
                 f"{entry.name}: a strided view of a deflated storage over {MAX_INFLATED_VIEW_BYTES} bytes; "
@@ -264,21 +296,21 @@ def _check_ratio(member: ZipMember) -> None:
 
 
 # -- the strict zip reader ----------------------------------------------------------------------
-def read_zip_members(fd: int, size: int, label: str) -> dict[str, ZipMember]:
+def read_zip_members(fd: JoinedFile, size: int, label: str) -> dict[str, ZipMember]:
     """Parse and check a zip archive's structure; return its entries by name."""
     cd_offset, cd_size, count = _read_end_records(fd, size, label)
     members = _read_central_directory(_pread(fd, cd_size, cd_offset), count)
     return {m.name: m for m in _check_layout(fd, members, cd_offset)}
 
 
-def _pread(fd: int, length: int, offset: int) -> bytes:
-    data = os.pread(fd, length, offset)
+def _pread(fd: JoinedFile, length: int, offset: int) -> bytes:
+    data = fd.pread(length, offset)
     if len(data) != length:
         raise CheckpointError("unexpected end of file (the file changed while being read?)")
     return data
 
 
-def _read_end_records(fd: int, size: int, label: str) -> tuple[int, int, int]:
+def _read_end_records(fd: JoinedFile, size: int, label: str) -> tuple[int, int, int]:
     """(central directory offset, size, entry count) from the end records, which must end the file."""
     not_zip = InputError(f"{label} is not a torch.save zip archive (empty, truncated, legacy format or plain pickle?)")
     if size < _END.size:
@@ -385,7 +417,7 @@ def _zip64_values(extra: bytes, values: list[int], widths: tuple[int, ...]) -> l
     return result
 
 
-def _check_layout(fd: int, members: list[ZipMember], cd_offset: int) -> list[ZipMember]:
+def _check_layout(fd: JoinedFile, members: list[ZipMember], cd_offset: int) -> list[ZipMember]:
     """Entries, sorted by offset, must tile the file from byte 0 to the central directory."""
     ordered = sorted(members, key=lambda m: m.header_offset)
     checked, expected = [], 0
@@ -407,7 +439,7 @@ def _check_layout(fd: int, members: list[ZipMember], cd_offset: int) -> list[Zip
     return checked
 
 
-def _check_local_header(fd: int, member: ZipMember) -> ZipMember:
+def _check_local_header(fd: JoinedFile, member: ZipMember) -> ZipMember:
     """The local header must name the same entry with the same method, flags and sizes."""
     sig, _, flags, method, _, _, crc, csize, usize, name_len, extra_len = _LOCAL.unpack(
         _pread(fd, _LOCAL.size, member.header_offset)
@@ -427,7 +459,7 @@ def _check_local_header(fd: int, member: ZipMember) -> ZipMember:
     return replace(member, data_start=start + name_len + extra_len)
 
 
-def _descriptor_length(fd: int, member: ZipMember, data_end: int, next_start: int) -> int:
+def _descriptor_length(fd: JoinedFile, member: ZipMember, data_end: int, next_start: int) -> int:
     """Length of the data descriptor after an entry's data: present and matching iff flagged."""
     if not member.flags & 0x0008:
         return 0

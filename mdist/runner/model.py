@@ -2,6 +2,8 @@
 
 RMSNorm -> attention (rotary, grouped-query, sliding window) -> RMSNorm -> SwiGLU, repeated,
 then a final RMSNorm and an untied output head. Everything is computed in float32.
+Mixtral replaces the SwiGLU by a mixture of experts: a router picks the top-k experts per token,
+and only those experts' weights are read (a memory-mapped model larger than RAM still decodes).
 """
 
 from __future__ import annotations
@@ -174,14 +176,38 @@ class Model:
             attention = attention.reshape(c.n_heads, T, c.head_dim).transpose(1, 0, 2).reshape(T, -1)
             x = x + w.matmul(attention, p + "attention.wo.weight")
             h = rms_norm(x, w.vector(p + "ffn_norm.weight"), c.norm_eps)
-            gate = silu(w.matmul(h, p + "feed_forward.w1.weight"))
-            gate *= w.matmul(h, p + "feed_forward.w3.weight")
-            x = x + w.matmul(gate, p + "feed_forward.w2.weight")
+            if c.is_moe:
+                x = x + self._experts(h, p + "feed_forward.")
+            else:
+                x = x + self._swiglu(h, p + "feed_forward.")
         cache.pos += T
         if last_only:
             x = x[-1:]
         x = rms_norm(x, w.vector("norm.weight"), c.norm_eps)
         return w.matmul(x, "output.weight")
+
+
+    def _swiglu(self, h: np.ndarray, prefix: str) -> np.ndarray:
+        """w2 · (silu(w1 · h) * (w3 · h))"""
+        w = self.weights
+        gate = silu(w.matmul(h, prefix + "w1.weight"))
+        gate *= w.matmul(h, prefix + "w3.weight")
+        return w.matmul(gate, prefix + "w2.weight")
+
+    def _experts(self, h: np.ndarray, prefix: str) -> np.ndarray:
+        """Mixtral's sparse layer: softmax over the router's logits, keep the top k, renormalise
+        the kept weights to sum to 1, and add each chosen expert's SwiGLU, weighted. Each expert
+        runs once, on the tokens routed to it."""
+        c = self.config
+        logits = self.weights.matmul(h, prefix + "gate.weight")  # (T, experts)
+        chosen = np.argsort(-logits, axis=-1, kind="stable")[:, : c.n_experts_per_tok]
+        weights = softmax(np.take_along_axis(logits, chosen, axis=-1))  # = renormalised top-k probabilities
+        out = np.zeros_like(h)
+        for expert in np.unique(chosen):
+            tokens, slot = np.nonzero(chosen == expert)
+            y = self._swiglu(h[tokens], f"{prefix}experts.{expert}.")
+            out[tokens] += weights[tokens, slot][:, None] * y
+        return out
 
 
 def _attention_mask(key_positions: np.ndarray, query_positions: np.ndarray, window: int | None) -> np.ndarray:
@@ -207,17 +233,27 @@ def _check_shapes(tensors: dict[str, np.ndarray], c: MistralConfig) -> None:
             p + "attention.wk.weight": (c.n_kv_heads * c.head_dim, c.dim),
             p + "attention.wv.weight": (c.n_kv_heads * c.head_dim, c.dim),
             p + "attention.wo.weight": (c.dim, c.n_heads * c.head_dim),
-            p + "feed_forward.w1.weight": (c.hidden_dim, c.dim),
-            p + "feed_forward.w2.weight": (c.dim, c.hidden_dim),
-            p + "feed_forward.w3.weight": (c.hidden_dim, c.dim),
             p + "attention_norm.weight": (c.dim,),
             p + "ffn_norm.weight": (c.dim,),
         })
+        ffn = [p + "feed_forward."]
+        if c.is_moe:
+            expected[p + "feed_forward.gate.weight"] = (c.n_experts, c.dim)
+            ffn = [f"{p}feed_forward.experts.{e}." for e in range(c.n_experts)]
+        for f in ffn:
+            expected.update({f + "w1.weight": (c.hidden_dim, c.dim), f + "w2.weight": (c.dim, c.hidden_dim),
+                             f + "w3.weight": (c.hidden_dim, c.dim)})
+    moe_weights = any(".feed_forward.experts." in name or name.endswith(".feed_forward.gate.weight") for name in tensors)
+    if moe_weights != c.is_moe:
+        raise InputError("the weights are a mixture of experts but the config has no `moe` block (params.json) or "
+                         "num_local_experts (config.json)" if moe_weights else
+                         f"the config says {c.n_experts} experts but the weights have a dense feed-forward")
+    experts = f" (the config says {c.n_experts} experts)" if c.is_moe else ""
     for name, shape in expected.items():
         if name not in tensors:
-            raise InputError(f"weights lack tensor {name}")
+            raise InputError(f"weights lack tensor {name}{experts}")
         if tuple(tensors[name].shape) != shape:
             raise InputError(f"tensor {name} has shape {tuple(tensors[name].shape)}, config implies {shape}")
     extra = sorted(set(tensors) - set(expected))
     if extra:
-        raise InputError(f"weights hold tensors the config does not explain, e.g. {extra[0]}")
+        raise InputError(f"weights hold tensors the config does not explain, e.g. {extra[0]}{experts}")

@@ -45,9 +45,11 @@ def _converted(contents: FolderContents, layout: Layout) -> tuple[Path, Layout]:
         cached = _cached_layout(target)
         if cached is not None:
             return target, cached
-    _note(f"converting {source / layout.weights[0]} to safetensors with the safe reader (once) into {target}")
+    what = source / (layout.joined or layout.weights[0])
+    pieces = f" (from its {len(layout.weights)} pieces, read in place)" if layout.joined else ""
+    _note(f"converting {what}{pieces} to safetensors with the safe reader (once) into {target}")
     own_output = (MISTRAL_WEIGHTS not in contents.files or contents.derived.known(MISTRAL_WEIGHTS))
-    convert(source / layout.weights[0], target, force=own_output or not in_place)
+    convert(source if layout.joined else source / layout.weights[0], target, force=own_output or not in_place)
     if in_place:
         return target, inspect_folder(target, release=contents.release).choose("run")
     cached = _cached_layout(target)

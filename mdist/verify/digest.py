@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from mdist.convert.checkpoint import Checkpoint
+from mdist.convert.sources import array_chunks, open_checkpoint
 from mdist.convert.safetensors_reader import dtype_name, open_safetensors
 from mdist.errors import InputError
 from mdist.layout import half_to_interleaved_rows, heads_for, hf_to_mistral_name
@@ -52,12 +52,7 @@ def _sha(chunks: Iterator[bytes]) -> str:
 
 
 def _array_chunks(array: np.ndarray) -> Iterator[bytes]:
-    if array.size == 0:  # no bytes (and reshape(0, -1) of a (0, n) array would raise)
-        return
-    rows = array.reshape(array.shape[0], -1) if array.ndim > 1 else array.reshape(-1, 1)
-    step = max(1, _CHUNK // max(1, rows[0].nbytes)) if len(rows) else 1
-    for start in range(0, len(rows), step):
-        yield np.ascontiguousarray(rows[start : start + step]).tobytes()
+    return array_chunks(array, _CHUNK)
 
 
 def tensor_digests(path: Path, note: Callable[[str], None] | None = None) -> list[TensorDigest]:
@@ -100,6 +95,8 @@ def _layout_digests(directory: Path, layout: Layout) -> list[TensorDigest]:
 
         return gguf_digests(directory / layout.weights[0])
     if layout.kind == PTH:
+        if layout.joined is not None:  # raw pieces of one checkpoint, read as one file
+            return _pth_digests([directory / name for name in layout.weights])
         if len(layout.weights) > 1:
             raise InputError(f"{directory} holds {len(layout.weights)} checkpoint shards; only single-file "
                              f"checkpoints are supported")
@@ -110,8 +107,8 @@ def _layout_digests(directory: Path, layout: Layout) -> list[TensorDigest]:
     return _hf_digests(read_config(directory, layout), files)
 
 
-def _pth_digests(path: Path) -> list[TensorDigest]:
-    with Checkpoint(path) as checkpoint:
+def _pth_digests(path: Path | list[Path]) -> list[TensorDigest]:
+    with open_checkpoint(path if isinstance(path, list) else [path]) as checkpoint:
         return [
             TensorDigest(name, t.storage.dtype.safetensors_dtype, t.shape, _sha(checkpoint.iter_bytes(t)))
             for name, t in checkpoint.tensors.items()
