@@ -353,3 +353,11 @@ def test_run_refuses_a_tokenizer_that_is_not_the_ggufs_vocabulary(converted, tmp
     (folder / "tokenizer.model").unlink()
     result = run_mdist("run", str(folder), "--prompt", "hi", "--max-tokens", "2")
     assert result.returncode == 2 and "tokenizer.model" in result.stderr
+
+
+def test_hostile_gguf_on_the_command_line_is_one_line_exit_2(tmp_path: Path) -> None:
+    path = _write(tmp_path / "m", HOSTILE["huge array"][0], "model.gguf") if (tmp_path / "m").mkdir() is None else None
+    for args in (("digest", str(path)), ("run", str(path), "--prompt", "hi")):
+        result = run_mdist(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stderr.startswith("mdist: error:") and len(result.stderr.strip().splitlines()) == 1
