@@ -29,6 +29,7 @@ from mdist.errors import InputError, UnsafeContentError
 from mdist.jsonio import read_json_file
 from mdist.modelconfig import MistralConfig, read_json
 from mdist.paths import check_component, walk
+from mdist.tokenizer_files import TOKENIZER_NAMES, tokenizer_file
 from mdist.verify.manifest import Manifest, identify, load_registry
 
 STATE_DIR = ".mdist"  # mdist's own resume, status and derived-file records; never part of a release
@@ -45,7 +46,7 @@ MISTRAL_WEIGHTS = "consolidated.safetensors"
 HF_INDEX = "model.safetensors.index.json"
 HF_SINGLE = "model.safetensors"
 TOKENIZER = "tokenizer.model"
-SIDE_NAMES = ("params.json", "config.json", HF_INDEX, TOKENIZER, STATE_DIR)  # read (or written) by commands
+SIDE_NAMES = ("params.json", "config.json", HF_INDEX, *TOKENIZER_NAMES, STATE_DIR)  # read (or written) by commands
 _PTH_NAME = re.compile(r"consolidated\.[0-9]{2}\.pth")  # used with fullmatch: `$` would accept a final newline
 # Anything a loader (ours, transformers, llama.cpp, torch) might pick up as weights.
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".gguf", ".ggml", ".npz", ".h5",
@@ -167,7 +168,8 @@ class FolderContents:
 
     @property
     def tokenizer(self) -> str | None:
-        return TOKENIZER if TOKENIZER in self.files else None
+        """The tokenizer `run` reads (mdist.tokenizer_files; None when ambiguous: `run` refuses those)."""
+        return tokenizer_file(self.files, strict=False)
 
     def in_release(self, name: str) -> bool:
         joined = self.joined_name(name)

@@ -287,7 +287,8 @@ def test_preferences() -> None:
     assert mf.PREFERENCE == {"run": ("mistral", "hf", "pth", "gguf"), "digest": ("pth", "mistral", "hf", "gguf"),
                              "convert": ("pth", "mistral")}
     assert mf.SIDE_NAMES == ("params.json", "config.json", "model.safetensors.index.json", "tokenizer.model",
-                             ".mdist")
+                             "tokenizer.model.v1", "tokenizer.model.v2", "tokenizer.model.v3", "tokenizer.model.v7",
+                             "tekken.json", ".mdist")
 
 
 def layouts(tmp_path: Path, names: dict[str, bytes]) -> tuple[list[mf.Layout], list[str]]:
