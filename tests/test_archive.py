@@ -60,8 +60,9 @@ class Served:
     middle of every body; ranges: the Range header of every GET; sent: body bytes written; per_request:
     body bytes written for each GET (a killed client's request may still count a chunk after it died)."""
 
-    def __init__(self, files: dict[str, bytes], rate: float | None = None, tamper: bool = False) -> None:
-        self.files, self.rate, self.tamper = files, rate, tamper
+    def __init__(self, files: dict[str, bytes], rate: float | None = None, tamper: bool = False,
+                 honour_range: bool = True) -> None:
+        self.files, self.rate, self.tamper, self.honour_range = files, rate, tamper, honour_range
         self.ranges: list[str | None] = []
         self.sent = 0
         self.per_request: list[int] = []
@@ -85,7 +86,7 @@ class _Handler(BaseHTTPRequestHandler):
         served.per_request.append(0)
         index = len(served.per_request) - 1
         match = re.fullmatch(r"bytes=(\d+)-", header or "")
-        start = int(match.group(1)) if match else 0
+        start = int(match.group(1)) if match and served.honour_range else 0
         if start >= len(body) and start:
             self.send_response(416)
             self.send_header("Content-Range", f"bytes */{len(body)}")
@@ -207,6 +208,29 @@ def test_interrupted_then_resumed(tmp_path: Path, env: dict, signum: int) -> Non
     assert not (out / ".mdist" / "archive-partial").exists()
 
 
+def put_partial(out: Path, url: str, data: bytes) -> Path:
+    """What an earlier run left: the partial download of `url` (keyed by URL and md5)."""
+    key = hashlib.sha256(f"{url}|{TINY_MD5}".encode()).hexdigest()[:16]
+    partial = out / ".mdist" / "archive-partial" / f"{key}.tar.incomplete"
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(data)
+    return partial
+
+
+@pytest.mark.parametrize("honour_range", [True, False])
+def test_a_complete_partial_or_a_server_ignoring_range(tmp_path: Path, env: dict, honour_range: bool) -> None:
+    """Killed after the download but before the extraction: the rerun learns from a 416 that it has
+    everything and downloads nothing. A server that ignores Range sends it all again: started over."""
+    out = tmp_path / "got"
+    with serve(Served({"/tiny.tar": TINY}, honour_range=honour_range)) as served:
+        put_partial(out, served.url + "/tiny.tar", TINY if honour_range else TINY[:5000])
+        result = fetch(served.url + "/tiny.tar", out, "--md5", TINY_MD5, "--json", env=env)
+        assert result.returncode == 0, result.stderr
+        assert served.ranges == [f"bytes={len(TINY) if honour_range else 5000}-"]
+        assert served.sent == (0 if honour_range else len(TINY))
+    assert all((out / name).read_bytes() == data for name, data in FILES.items())
+
+
 def test_an_altered_byte_is_exit_1_and_nothing_extracted(tmp_path: Path, env: dict) -> None:
     out = tmp_path / "got"
     with serve(Served({"/tiny.tar": TINY}, tamper=True)) as served:
@@ -224,10 +248,7 @@ def test_a_resumed_partial_with_wrong_bytes_is_downloaded_again(tmp_path: Path, 
     more from the start, then the md5 matches."""
     out = tmp_path / "got"
     with serve(Served({"/tiny.tar": TINY})) as served:
-        key = hashlib.sha256(f"{served.url}/tiny.tar|{TINY_MD5}".encode()).hexdigest()[:16]
-        partial = out / ".mdist" / "archive-partial" / f"{key}.tar.incomplete"
-        partial.parent.mkdir(parents=True)
-        partial.write_bytes(b"\0" * 4096)
+        put_partial(out, served.url + "/tiny.tar", b"\0" * 4096)
         result = fetch(served.url + "/tiny.tar", out, "--md5", TINY_MD5, env=env)
         assert served.ranges == ["bytes=4096-", None]
     assert result.returncode == 0, result.stderr
