@@ -146,8 +146,10 @@ def parse_size(text: str) -> int:
 @click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(0, 1, min_open=True),
               help="Nucleus sampling threshold.")
 @click.option("--seed", type=int, help="Makes sampling with --temperature > 0 reproducible.")
-@click.option("--chat", is_flag=True, help="Wrap the prompt in Mistral's instruct template <s>[INST] ... [/INST].")
-@click.option("--safe-prompt", is_flag=True, help="Prepend Mistral's guard-rail system prompt (implies --chat).")
+@click.option("--chat", is_flag=True, help="Send the prompt as one user message in Mistral's instruct template "
+              "<s>[INST] ... [/INST], encoded by mistral-common for the folder's tokenizer ([INST] is a control "
+              "token from v3 on).")
+@click.option("--safe-prompt", is_flag=True, help="Add Mistral's guardrail system prompt (implies --chat).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (text, token ids, timings).")
 def run(model: Path, prompt: str, max_tokens: int, temperature: float, top_p: float, seed: int | None,
         chat: bool, safe_prompt: bool, as_json: bool) -> None:

@@ -33,10 +33,11 @@ def run_prompt(
     started = time.perf_counter()
     model = Model.load(model_path)
     assert model.path is not None
-    tokenizer = Tokenizer(model.path / "tokenizer.model")
+    tokenizer = Tokenizer.of_folder(model.path)
     if tokenizer.vocab_size != model.config.vocab_size:
         raise InputError(
-            f"tokenizer has {tokenizer.vocab_size} pieces but the model's vocabulary is {model.config.vocab_size}"
+            f"tokenizer {tokenizer.path.name} has {tokenizer.vocab_size} tokens but the model's vocabulary is "
+            f"{model.config.vocab_size}"
         )
     load_seconds = time.perf_counter() - started
     prompt_ids = tokenizer.encode_prompt(prompt, chat=chat, safe_prompt=safe_prompt)
