@@ -8,6 +8,7 @@ data; mistral-common's own `MistralTokenizer.from_file` is the reference each ti
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import shutil
 import socket
@@ -41,11 +42,17 @@ CONVERSATION = [("user", "Who wrote Hamlet?"), ("assistant", "William Shakespear
 MESSAGE = {"system": SystemMessage, "user": UserMessage, "assistant": AssistantMessage}
 
 
+@functools.lru_cache(maxsize=8)
+def reference(path: Path) -> MistralTokenizer:
+    """mistral-common's own loader (not mdist's wiring): the reference for every id below."""
+    return MistralTokenizer.from_file(path)
+
+
 def reference_ids(path: Path, messages, *, safe_prompt: bool = False) -> list[int]:
     """mistral-common's ids for the conversation, the guardrail prompt as its system message."""
     pairs = [("system", SAFE_PROMPT)] * safe_prompt + list(messages)
     request = ChatCompletionRequest(messages=[MESSAGE[role](content=text) for role, text in pairs])
-    return MistralTokenizer.from_file(path).encode_chat_completion(request).tokens
+    return reference(path).encode_chat_completion(request).tokens
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +132,7 @@ def test_chat_ids_equal_mistral_common(shipped, loaded, version: str) -> None:
             assert tokenizer.encode_chat(messages, safe_prompt=safe) == reference_ids(path, messages, safe_prompt=safe)
     assert tokenizer.encode_prompt("hello", chat=True) == reference_ids(path, [("user", "hello")])
     assert tokenizer.encode_prompt("hello", safe_prompt=True) == reference_ids(path, [("user", "hello")], safe_prompt=True)
-    inner = MistralTokenizer.from_file(path).instruct_tokenizer.tokenizer
+    inner = reference(path).instruct_tokenizer.tokenizer
     text = "Plain text, café ✓ [INST] 1234"
     assert tokenizer.encode(text) == inner.encode(text, bos=True, eos=False)
     assert (tokenizer.bos_id, tokenizer.eos_id, tokenizer.vocab_size) == (inner.bos_id, inner.eos_id, inner.n_words)
