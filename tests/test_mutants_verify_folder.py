@@ -130,7 +130,7 @@ def test_an_error_in_one_file_cancels_the_others(tmp_path: Path, monkeypatch) ->
     events: list[threading.Event] = []
     original = hashing.hash_file
 
-    def hash_file(path, algorithms, on_bytes, cancel):
+    def hash_file(path, algorithms, on_bytes, cancel, pieces=None):
         events.append(cancel)
         if path.name == "bad":
             raise OSError("boom")
@@ -148,7 +148,7 @@ def test_an_error_stops_the_other_workers_before_it_is_raised(tmp_path: Path, mo
 
     events: list[str] = []
 
-    def hash_file(path, algorithms, on_bytes, cancel):
+    def hash_file(path, algorithms, on_bytes, cancel, pieces=None):
         if path.name == "bad":
             time.sleep(0.1)
             raise OSError("boom")
@@ -172,7 +172,7 @@ def test_an_error_stops_the_other_workers_before_it_is_raised(tmp_path: Path, mo
 def test_files_queued_behind_an_error_are_never_started(tmp_path: Path, monkeypatch) -> None:
     started: list[str] = []
 
-    def hash_file(path, algorithms, on_bytes, cancel):
+    def hash_file(path, algorithms, on_bytes, cancel, pieces=None):
         started.append(path.name)
         if path.name == "bad":
             raise OSError("boom")
@@ -188,7 +188,7 @@ def test_files_queued_behind_an_error_are_never_started(tmp_path: Path, monkeypa
 
 def test_hash_files_passes_the_shared_cancel_event(tmp_path: Path, monkeypatch) -> None:
     seen = []
-    monkeypatch.setattr(hashing, "hash_file", lambda path, algorithms, on_bytes, cancel: seen.append(cancel) or {})
+    monkeypatch.setattr(hashing, "hash_file", lambda path, algorithms, on_bytes, cancel, pieces=None: seen.append(cancel) or {})
     files = {write(tmp_path / f"f{i}", b"x"): ("sha256",) for i in range(3)}
     hashing.hash_files(files)
     assert len(seen) == 3 and all(isinstance(e, threading.Event) and not e.is_set() for e in seen)
@@ -299,7 +299,7 @@ def test_only_files_with_a_published_hash_are_hashed(tmp_path: Path, monkeypatch
     jobs_seen: list[dict] = []
     original = vf.hash_files
 
-    def hash_files(jobs, on_bytes=None):
+    def hash_files(jobs, on_bytes=None, pieces=None):
         jobs_seen.append(dict(jobs))
         return original(jobs, on_bytes=on_bytes)
 
@@ -484,7 +484,7 @@ def test_a_cache_snapshot_against_a_manifest_checks_both(tmp_path: Path) -> None
                   "config.json": FileEntry("config.json", len(SMALL), None, md5(b"other"))})
     jobs_seen = []
     original = vf.hash_files
-    vf.hash_files = lambda jobs, on_bytes=None: jobs_seen.append(dict(jobs)) or original(jobs, on_bytes=on_bytes)
+    vf.hash_files = lambda jobs, on_bytes=None, pieces=None: jobs_seen.append(dict(jobs)) or original(jobs, on_bytes=on_bytes, pieces=pieces)
     try:
         report = vf.verify_folder(snap, m)
     finally:

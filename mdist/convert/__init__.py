@@ -149,6 +149,19 @@ def _is_same_file(target: Path, side_dir: Path) -> bool:
     return target.name in _SIDE_FILES and target.parent.resolve() == side_dir.resolve()
 
 
+_TORCH_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
+
+
+def _weights_dtype(tensors: list[TensorSource]) -> str:
+    """The dtype most weight bytes have, as config.json's torch_dtype: transformers loads in it
+    (a float32 checkpoint announced as bfloat16 would be rounded on load)."""
+    by_dtype: dict[str, int] = {}
+    for tensor in tensors:
+        by_dtype[tensor.dtype] = by_dtype.get(tensor.dtype, 0) + tensor.nbytes
+    main = max(by_dtype, key=by_dtype.__getitem__) if by_dtype else "BF16"
+    return _TORCH_DTYPES.get(main, "bfloat16")
+
+
 def _copy_side_files(side_dir: Path, out: Path) -> list[Path]:
     copied = []
     for name in _SIDE_FILES:
@@ -168,7 +181,9 @@ def _write_hf_side_files(
         write_bytes_atomic(out / name, (json.dumps(payload, indent=2) + "\n").encode())
         written.append(out / name)
 
-    dump("config.json", config.to_hf_config())
+    hf_config = config.to_hf_config()
+    hf_config["torch_dtype"] = _weights_dtype([t for _, tensors in shards for t in tensors])
+    dump("config.json", hf_config)
     dump("generation_config.json", {"bos_token_id": 1, "eos_token_id": 2})
     if (side_dir / "tokenizer.model").is_file():
         if not _is_same_file(out / "tokenizer.model", side_dir):

@@ -249,6 +249,10 @@ def _check_shapes(tensors: dict[str, np.ndarray], c: MistralConfig) -> None:
                          "num_local_experts (config.json)" if moe_weights else
                          f"the config says {c.n_experts} experts but the weights have a dense feed-forward")
     experts = f" (the config says {c.n_experts} experts)" if c.is_moe else ""
+    router = tensors.get("layers.0.feed_forward.gate.weight")
+    if c.is_moe and router is not None and router.ndim == 2 and router.shape[0] != c.n_experts:
+        raise InputError(f"the config says {c.n_experts} experts but the weights hold {router.shape[0]} "
+                         f"(layers.0.feed_forward.gate.weight routes to {router.shape[0]})")
     for name, shape in expected.items():
         if name not in tensors:
             raise InputError(f"weights lack tensor {name}{experts}")

@@ -105,9 +105,21 @@ def verify_folder(directory: Path, manifest: Manifest | None = None, *, strict: 
     listed = manifest.files if manifest else {}
 
     jobs: dict[Path, tuple[str, ...]] = {}
+    pieces = {joined: parts for joined, parts in contents.pieces.items() if joined in listed}
+    piece_jobs = {_pieces_key(directory, joined): [directory / p for p in parts] for joined, parts in pieces.items()}
+    for joined, parts in pieces.items():  # checked as the file they join into, never joined on disk
+        entry, size = listed[joined], sum(present[p] for p in parts)
+        if entry.size is not None and entry.size != size:
+            result = FileResult(joined, MISMATCH, f"its {len(parts)} pieces join into {size} bytes, expected "
+                                                  f"{entry.size}", str(entry.size), str(size))
+            report.files += _piece_results(result, parts, joined in present)
+            del piece_jobs[_pieces_key(directory, joined)]
+        else:
+            jobs[_pieces_key(directory, joined)] = tuple(a for a in ("sha256", "md5") if getattr(entry, a))
     for path, entry in listed.items():
         if path not in present:
-            report.files.append(FileResult(path, MISSING))
+            if path not in pieces:
+                report.files.append(FileResult(path, MISSING))
             continue
         if entry.size is not None and entry.size != present[path]:
             report.files.append(FileResult(path, MISMATCH, f"size {present[path]}, expected {entry.size}",
@@ -120,8 +132,15 @@ def verify_folder(directory: Path, manifest: Manifest | None = None, *, strict: 
         algorithm = "sha256" if len(blob) == 64 else GIT_SHA1
         jobs[directory / path] = tuple(dict.fromkeys(jobs.get(directory / path, ()) + (algorithm,)))
     if on_start:
-        on_start(sum(present[str(p.relative_to(directory).as_posix())] for p in jobs))
-    digests = hash_files(jobs, on_bytes=on_bytes) if jobs else {}
+        on_start(sum(sum(present[str(q.relative_to(directory).as_posix())] for q in piece_jobs.get(p, [p]))
+                     for p in jobs))
+    digests = hash_files(jobs, on_bytes=on_bytes, pieces=piece_jobs) if jobs else {}
+    for joined, parts in pieces.items():
+        key = _pieces_key(directory, joined)
+        if key in jobs:
+            result = _judge(directory / joined, listed[joined], digests.get(key, {}))
+            result.detail = f"{result.detail}; of its {len(parts)} pieces joined (never written)"
+            report.files += _piece_results(result, parts, joined in present)
 
     judged = {r.path for r in report.files}
     odd_names = _odd_names(present)
@@ -135,6 +154,21 @@ def verify_folder(directory: Path, manifest: Manifest | None = None, *, strict: 
     report.files.sort(key=lambda r: r.path)
     report.not_checked = [r.path for r in report.files if r.status == UNCHECKABLE]
     return report
+
+
+def _pieces_key(directory: Path, joined: str) -> Path:
+    """The hashing job of a file's raw pieces (a name no file has: the joined file may exist too)."""
+    return directory / f"{joined}-split*"
+
+
+def _piece_results(joined: FileResult, parts: tuple[str, ...], joined_present: bool) -> list[FileResult]:
+    """The joined file's verdict, for each piece (and for the joined name unless that file is there,
+    judged on its own)."""
+    results = [] if joined_present else [joined]
+    for number, part in enumerate(parts):
+        results.append(FileResult(part, joined.status, f"piece {number} of {joined.path}: {joined.detail}",
+                                  joined.expected, joined.actual))
+    return results
 
 
 def _odd_names(present: dict[str, int]) -> dict[str, str]:
