@@ -52,14 +52,14 @@ REPO = Path(__file__).resolve().parents[1]
 # database by every later run, which would then "kill" every mutant it reaches: it is left out here.
 NOT_FLAKY = "not test_fuzzed_manifests"
 
-# The functions of mdist/sources/hub.py that verify what the hub sends (module hub_verify), and those of
-# mdist/verify/hub_cache.py (all of it).
+# The functions of mdist/sources/hub.py that verify what the hub sends (module hub_verify).
 HUB_VERIFICATION = ["git_blob_sha1", "_check_commit", "_remote_file", "_present", "_download_verified",
                     "_hash_regular", "_digests", "_mismatch", "_own_blob", "_release_files", "_check_manifest",
-                    "_hash_all", "_discard", "cached_snapshot", "verify_cached", "_hub_check", "_reachable"]
+                    "_hash_all", "_discard"]
 
 # Modules in priority order: (key, files to mutate, pytest arguments choosing the fast tests, more
-# [tool.mutmut] settings). Each module's own tests/test_mutants_*.py comes first: fast, in process.
+# [tool.mutmut] settings; and "skip_functions" / "keep_functions": {file: [function or Class.method names]},
+# the functions of a file left out / the only ones mutated, see no_mutate()). Each module's own tests/test_mutants_*.py comes first: fast, in process.
 MODULES: list[tuple[str, list[str], list[str], dict]] = [
     ("paths", ["mdist/paths.py"], [
         "tests/test_mutants_paths.py", "tests/test_documents_hostile.py", "tests/test_hub_attacks.py",
@@ -88,8 +88,8 @@ MODULES: list[tuple[str, list[str], list[str], dict]] = [
         "tests/test_mutants_torrent_meta.py", "tests/test_torrent_attacks.py", "-k",
         "not test_torrent_attacks or malformed_info_dict or forged_state_and_unsafe or accepted_paths"
         " or linear_time or more_files_than or never_shares"],
-     {"do_not_mutate_patterns": [r"^    def of\(", r"^def (magnet_link|folder_mapping|_bencode_key|"
-                                 r"release_torrent_bytes|magnet_peers)\("]}),
+     {"skip_functions": {"mdist/sources/torrent_meta.py": [
+         "InfoHashes.of", "magnet_link", "folder_mapping", "_bencode_key", "release_torrent_bytes", "magnet_peers"]}}),
     ("atomic", ["mdist/atomic.py"], ["tests/test_mutants_atomic.py", "tests/test_interrupts.py"], {}),
     ("safetensors_writer", ["mdist/convert/safetensors_writer.py"], [
         "tests/test_mutants_safetensors_writer.py", "tests/test_documents_hostile.py", "tests/test_convert.py",
@@ -105,7 +105,7 @@ MODULES: list[tuple[str, list[str], list[str], dict]] = [
         "tests/test_mutants_hub_verify.py", "tests/test_hf_cache.py", "tests/test_hub_attacks.py",
         "tests/test_hub.py", "tests/test_hub_interrupt.py", "-k",
         "not test_hub.py or tampered or clear_errors or pinning"],
-     {"do_not_mutate_patterns": [r"^@", r"^class ", r"^def (?!(" + "|".join(HUB_VERIFICATION) + r")\()"]}),
+     {"keep_functions": {"mdist/sources/hub.py": HUB_VERIFICATION}}),
 ]
 
 # Surviving mutants that no test can kill: mutant name -> (why, a fragment of the mutated source that
@@ -234,6 +234,23 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "mdist.model_folder.x__published_json_differs__mutmut_9": (
         "the name only words the InputError, which is caught: either way the path is returned",
         "read_json_file(directory / path, )"),
+    # mdist/sources/torrent_meta.py
+    "mdist.sources.torrent_meta.x_create_torrent__mutmut_40": (
+        "flag 1 is libtorrent's optimize_alignment, deprecated and without effect in libtorrent 2 (the same "
+        "bytes, checked)", '{"hybrid": 1, "v1"'),
+    "mdist.sources.torrent_meta.x__refuse_unshareable__mutmut_13": (
+        "at the top, child becomes '/NAME': check_not_state(['', NAME]) judges as check_not_state([NAME]) "
+        "(no state folder or prefix begins with '')", 'if (rel) or True else entry.name'),
+    "mdist.sources.torrent_meta.x__refuse_unshareable__mutmut_19": ("DirEntry.stat takes follow_symlinks=None "
+                                                                    "as false", "entry.stat(follow_symlinks=None)"),
+    "mdist.sources.torrent_meta.x__is_tool_state__mutmut_9": (
+        "['.'] is only the folder itself, and _is_state(['.']) is false", 'parts != ["XX.XX"]'),
+    "mdist.sources.torrent_meta.x__check_shareable__mutmut_10": ('"file list" is check_path_set\'s default',
+                                                                 'for path in paths], )'),
+    "mdist.sources.torrent_meta.x__check_pieces__mutmut_18": (
+        "for a length of at least 2, length & (length - 2) is 0 exactly when length & (length - 1) is (an odd "
+        "length shares bit 0 with length - 2; an even one that is no power of two keeps its top bit); the "
+        "length is at least 16 KiB here", "length & (length - 2)"),
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
@@ -318,6 +335,57 @@ def pytest_collection_modifyitems(session, config, items):
 '''
 
 
+def no_mutate(code: str, skip: set[str] | None = None, keep: set[str] | None = None) -> str:
+    """The source with `# pragma: no mutate block` on the functions left out (mutmut 3.8 then makes no
+    mutant of them; its do_not_mutate_patterns only guard lines against removal): the top-level functions
+    and methods named in `skip`, or all but those named in `keep` (a class is kept when one of its methods
+    is). Only the scratch copy is changed."""
+    import libcst as cst
+
+    class Mark(cst.CSTTransformer):
+        def __init__(self) -> None:
+            self.names: list[str] = []
+            self.marked: set[str] = set()
+
+        def visit_ClassDef(self, node: cst.ClassDef) -> bool:
+            self.names.append(node.name.value)
+            return True
+
+        def leave_ClassDef(self, original: cst.ClassDef, node: cst.ClassDef) -> cst.ClassDef:
+            name = self.names.pop()
+            if keep is not None and not self.names and not any(k.startswith(name + ".") for k in keep):
+                return self.mark(node, name)
+            return node
+
+        def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
+            self.names.append(node.name.value)
+            return False
+
+        def leave_FunctionDef(self, original: cst.FunctionDef, node: cst.FunctionDef) -> cst.FunctionDef:
+            name = ".".join(self.names)
+            self.names.pop()
+            if len(self.names) > 1 or (keep is not None and len(self.names) == 1):
+                return node  # nested, or a method of a class left out (or kept) as a whole
+            if (skip is not None and name in skip) or (keep is not None and name not in keep):
+                return self.mark(node, name)
+            return node
+
+        def mark(self, node, name: str):
+            header = node.body.header
+            if header.comment is not None:
+                raise ValueError(f"{name}: a comment after its colon, no room for the pragma")
+            self.marked.add(name)
+            return node.with_changes(body=node.body.with_changes(header=header.with_changes(
+                whitespace=cst.SimpleWhitespace("  "), comment=cst.Comment("# pragma: no mutate block"))))
+
+    marker = Mark()
+    result = cst.parse_module(code).visit(marker).code
+    missing = (skip or set()) - marker.marked
+    if missing:
+        raise ValueError(f"no such function to leave out: {', '.join(sorted(missing))}")
+    return result
+
+
 def toml_list(values: list[str]) -> str:
     return "[" + ", ".join(json.dumps(v) for v in values) + "]"
 
@@ -341,6 +409,11 @@ def prepare(work: Path, files: list[str], tests: list[str], settings: dict, ref:
         shutil.copytree(REPO / "checksums", work / "checksums", ignore=ignore)
         shutil.copy2(REPO / "README.md", work / "README.md")
     shutil.copytree(work / "checksums", work / "mdist" / "checksums", ignore=ignore, dirs_exist_ok=True)
+    settings = dict(settings)
+    for key in ("skip_functions", "keep_functions"):
+        for file, names in settings.pop(key, {}).items():
+            target = work / file
+            target.write_text(no_mutate(target.read_text(), **{key.split("_")[0]: set(names)}))
     head = subprocess.run(["git", "rev-parse", "--short", ref or "HEAD"], cwd=REPO, capture_output=True,
                           text=True).stdout.strip()
     (work / "SOURCE").write_text(f"commit {head}\n" if ref else f"work tree (HEAD {head} and uncommitted changes)\n")
@@ -432,13 +505,29 @@ def mutant_diff(work: Path, name: str) -> str:
     return "\n".join(lines) or result.stdout.strip()
 
 
-def report(key: str, work: Path, files: list[str], seconds: float, exit_code: int) -> dict:
+def function_of(name: str) -> str:
+    """The function (or Class.method) a mutant's name points at: x_f__mutmut_3 -> f, xǁCǁm__mutmut_1 -> C.m."""
+    mangled = name.rpartition("__mutmut_")[0].rpartition(".")[2]
+    return mangled[2:] if mangled.startswith("x_") else ".".join(mangled.split("ǁ")[1:])
+
+
+def left_out(file: str, name: str, settings: dict) -> bool:
+    """Whether the module's settings leave this mutant's function out (a run prepared before they did
+    still lists its mutants, as "no tests")."""
+    function = function_of(name)
+    skip = settings.get("skip_functions", {}).get(file)
+    keep = settings.get("keep_functions", {}).get(file)
+    return bool((skip and function in skip) or (keep is not None and function not in keep))
+
+
+def report(key: str, work: Path, files: list[str], seconds: float, exit_code: int, settings: dict | None = None) -> dict:
     statuses: dict[str, str] = {}
     for file in files:
         meta = work / "mutants" / (file + ".meta")
         if meta.exists():
             for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
-                statuses[name] = STATUS.get(code, f"exit {code}")
+                if not left_out(file, name, settings or {}):
+                    statuses[name] = STATUS.get(code, f"exit {code}")
     counts: dict[str, int] = {}
     for status in statuses.values():
         counts[status] = counts.get(status, 0) + 1
@@ -497,7 +586,7 @@ def main() -> int:
         with open(args.workdir / f"{key}.log", "a" if args.resume else "w") as log:
             code = run_mutmut(work, args.budget, log)
         seconds = time.monotonic() - start
-        result = report(key, work, files, seconds, code)
+        result = report(key, work, files, seconds, code, settings)
         result["source"] = (work / "SOURCE").read_text().strip() if (work / "SOURCE").exists() else "?"
         results.append(result)
         note = " (budget reached: unfinished)" if code == 124 or result["counts"].get("not checked") else ""

@@ -307,3 +307,93 @@ def test_a_folder_name_that_fetchers_refuse_cannot_be_shared(tmp_path: Path) -> 
     (state / "a").write_bytes(b"a")
     with pytest.raises(InputError, match="'.git' is inside a tool-state folder"):
         tm.create_torrent(state)
+
+
+def test_tool_state_is_never_inspected(tmp_path: Path) -> None:
+    """Links and special files inside tool state are not shared, so never refused (libtorrent skips them too)."""
+    import os
+
+    folder = release(tmp_path, "a", "zz/b")
+    (folder / ".git").mkdir()
+    (folder / ".git" / "link").symlink_to(folder / "a")  # inside a tool-state folder: not walked
+    (folder / ".cache").mkdir()
+    (folder / ".cache" / "huggingface").symlink_to(tmp_path)  # a tool-state name itself, two levels down
+    os.mkfifo(folder / ".mdist")
+    assert shared(tm.create_torrent(folder)) == ["a", "zz/b"]
+    (folder / "zz" / "link").symlink_to(folder / "a")  # after the tool state in name order: still checked
+    with pytest.raises(InputError) as caught:
+        tm.create_torrent(folder)
+    assert str(caught.value) == f"{folder / 'zz' / 'link'} is a symbolic link; refusing to share it"
+    (folder / "zz" / "link").unlink()
+    os.mkfifo(folder / "zz" / "fifo")
+    with pytest.raises(InputError) as caught:
+        tm.create_torrent(folder)
+    assert str(caught.value) == f"{folder / 'zz' / 'fifo'} is not a regular file or folder; refusing to share it"
+
+
+def test_the_shared_file_count_limit(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(tm, "MAX_FILES", 3)
+    folder = release(tmp_path, "a", "b/c", "b/d/e")  # 3 files (and 2 folders, which do not count)
+    assert tm._refuse_unshareable(folder) is None
+    (folder / "f").write_bytes(b"f")
+    with pytest.raises(InputError) as caught:
+        tm._refuse_unshareable(folder)
+    assert str(caught.value) == f"cannot share {folder}: more than 3 files"
+
+
+def test_an_entry_that_cannot_be_inspected(tmp_path: Path, monkeypatch) -> None:
+    class Entry:
+        name, path = "a", str(tmp_path / "a")
+
+        def stat(self, follow_symlinks=True):
+            raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tm, "walk", lambda directory, skip: iter([("", [Entry()])]))
+    with pytest.raises(InputError) as caught:
+        tm._refuse_unshareable(tmp_path)
+    assert str(caught.value) == f"cannot inspect {tmp_path / 'a'}: Permission denied"
+
+
+def test_shared_paths_are_checked_below_the_root(tmp_path: Path) -> None:
+    folder = release(tmp_path, "sub1/x", "sub2/x", "a/b/c")  # same names in other folders: fine
+    assert shared(tm.create_torrent(folder)) == ["a/b/c", "sub1/x", "sub2/x"]
+    (folder / "sub1" / "X").write_bytes(b"X")
+    with pytest.raises(InputError) as caught:
+        tm.create_torrent(folder)
+    assert str(caught.value) == (f"cannot share {folder.resolve()}: file list: 'sub1/x' and 'sub1/X' name the same "
+                                 f"file") or str(caught.value) == (f"cannot share {folder.resolve()}: file list: "
+                                                                   f"'sub1/X' and 'sub1/x' name the same file")
+
+
+def test_root_name() -> None:
+    assert tm.root_name({b"name": b"r"}) == "r" and tm.root_name({b"name.utf-8": b"r"}) == "r"
+    with pytest.raises(InputError) as caught:
+        tm.root_name({})
+    assert str(caught.value) == "torrent metadata is malformed: name is missing"
+    with pytest.raises(UnsafeContentError) as caught:
+        tm.root_name({b"name": b"r", b"name.utf-8": b"s"})
+    assert str(caught.value) == "torrent refused: name differs from its name.utf-8 twin"
+    with pytest.raises(UnsafeContentError) as caught:
+        tm.root_name({b"name": b"a/b"})
+    assert str(caught.value) == "torrent refused: name: 'a/b' holds a separator or control character"
+    with pytest.raises(InputError) as caught:
+        tm.root_name({b"name": 5})
+    assert str(caught.value) == "torrent metadata is malformed: name is not a byte string"
+
+
+def test_attr_that_is_not_bytes() -> None:
+    malformed({**V1, b"name": b"x", b"length": 0, b"attr": 5}, "the file attr is not a byte string")
+    malformed(v1([b"a"]) | {b"files": [{b"length": 1, b"path": [b"a"], b"attr": 5}]},
+              "files[0] attr is not a byte string")
+    malformed(v2({b"a": {b"": {b"length": 0, b"attr": 5}}}), "file tree entry 'a' attr is not a byte string")
+
+
+def test_the_v2_node_count_limit(monkeypatch) -> None:
+    monkeypatch.setattr(tm, "MAX_FILES", 2)  # at most 8 nodes: the root, folders and the file's own node
+    def chain(folders: int) -> dict:
+        tree: dict = LEAF
+        for i in range(folders):
+            tree = {b"d%d" % i: tree}
+        return tree
+    assert tm.check_info_dict(v2(chain(7))) == ["/".join(f"d{i}" for i in reversed(range(7)))]  # 1 + 6 + 1 = 8
+    refused(v2(chain(8)), "torrent refused: more than 2 files")
