@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import os
 import shutil
 import socket
 import warnings
@@ -20,7 +21,7 @@ import pytest
 import sentencepiece
 import torch
 
-from conftest import FIXTURE, run_mdist
+from conftest import FIXTURE, random_mistral, run_mdist
 from mdist.errors import InputError
 from mdist.runner import StreamDecoder, Tokenizer
 from mdist.runner.chat import SAFE_PROMPT
@@ -310,6 +311,13 @@ def test_oversized_tekken_is_refused_before_reading(tmp_path: Path) -> None:
         Tokenizer(path)
 
 
+@pytest.mark.parametrize("name", ["tekken.json", "tokenizer.model.v3"])
+def test_a_fifo_tokenizer_is_refused_without_blocking(tmp_path: Path, name: str) -> None:
+    os.mkfifo(tmp_path / name)
+    with pytest.raises(InputError, match="not a regular file"):
+        Tokenizer(tmp_path / name)
+
+
 @pytest.mark.parametrize("case", ["empty", "random bytes", "truncated", "a JSON file", "oversized"])
 def test_hostile_sentencepiece_is_one_input_error(tmp_path: Path, case: str) -> None:
     path = tmp_path / "tokenizer.model.v3"
@@ -388,3 +396,40 @@ def test_run_chat_on_the_fixture_feeds_the_old_tokens_and_generates_what_transfo
         expected = out[0, len(prompt):].tolist()
         assert payload["token_ids"] == expected[: len(payload["token_ids"])] and len(payload["token_ids"]) > 0
         assert payload["token_ids"] == expected or payload["stopped_by"] == "eos"
+
+
+@pytest.mark.parametrize("version, vocab", [("v3", 32768), ("tekken", 131072)])
+def test_run_chat_with_v3_and_tekken_feeds_mistral_common_ids(tmp_path: Path, shipped, version: str,
+                                                              vocab: int) -> None:
+    """A random model with the real vocabulary size: run --chat reads tokenizer.model.v3 / tekken.json,
+    feeds exactly mistral-common's ids and generates what transformers generates from them."""
+    from mdist.convert import convert
+    from transformers import AutoModelForCausalLM
+
+    src = random_mistral(tmp_path / "src", dim=32, n_layers=1, head_dim=8, hidden_dim=48, n_heads=4, n_kv_heads=2,
+                         vocab_size=vocab, tokenizer=False)
+    convert(src, tmp_path / "m")
+    convert(src, tmp_path / "hf", layout="hf")
+    shutil.copy(shipped[version], tmp_path / "m" / shipped[version].name)
+    result = run_mdist("run", str(tmp_path / "m"), "--prompt", "Who are you? [INST]", "--chat", "--max-tokens", "6",
+                       "--json")
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    prompt = reference_ids(shipped[version], [("user", "Who are you? [INST]")])
+    assert payload["prompt_token_ids"] == prompt and prompt[:2] == [1, 3] and prompt.count(3) == 1
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32,
+                                                 attn_implementation="eager").eval()
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False, pad_token_id=0,
+                             eos_token_id=2)
+    expected = out[0, len(prompt):].tolist()
+    assert payload["token_ids"] == expected[: len(payload["token_ids"])] and payload["token_ids"]
+
+
+@pytest.mark.parametrize("name", ["tokenizer.model.v3", "tekken.json"])
+def test_a_linked_tokenizer_is_never_followed(tmp_path: Path, shipped, converted, name: str) -> None:
+    model = copy_converted(converted, tmp_path / "m")
+    (model / "tokenizer.model").unlink()
+    (model / name).symlink_to(shipped["v3" if name.startswith("tokenizer") else "tekken"])
+    result = run_mdist("run", str(model), "--prompt", "hi", "--max-tokens", "1")
+    assert f"{name} is a symbolic link or special file" in error_line(result)

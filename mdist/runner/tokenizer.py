@@ -63,7 +63,7 @@ class Tokenizer:
 
     def __init__(self, path: Path) -> None:
         path = Path(path)
-        if not path.is_file():
+        if not os.path.lexists(path):  # anything else there (a FIFO, a folder) is refused when opened
             raise InputError(f"tokenizer {path} is missing")
         with quiet():
             if path.suffix == ".json":
