@@ -175,9 +175,13 @@ def run(model: Path, prompt: str, max_tokens: int, temperature: float, top_p: fl
     click.echo(
         f"prompt tokens {result['prompt_tokens']}, generated {result['generated_tokens']} "
         f"(stopped by {result['stopped_by']}); load {result['load_seconds']:.2f}s, "
-        f"prefill {result['prefill_tok_s']:.1f} tok/s, decode {result['decode_tok_s']:.1f} tok/s",
+        f"prefill {result['prefill_tok_s']:.1f} tok/s, decode {result['decode_tok_s']:.1f} tok/s"
+        + (f" ({result['seconds_per_token']:.2f} s/token)" if result["seconds_per_token"] else ""),
         err=True,
     )
+    if result["disk_bound"]:
+        click.echo(f"weights ({result['weights_bytes'] / 1e9:.1f} GB) exceed RAM ({result['ram_bytes'] / 1e9:.1f} GB): "
+                   f"every token reads them from disk, so decoding is disk-bound", err=True)
 
 
 def _stream_stdout(text: str) -> None:

@@ -366,3 +366,16 @@ def test_mistral_layout_safetensors_shards(tmp_path: Path) -> None:
     result = run_mdist("run", str(shards), "--prompt", "a", "--max-tokens", "1")
     assert result.returncode == 2
     assert "consolidated-00002-of-00002.safetensors is missing" in result.stderr
+
+
+def test_weights_larger_than_ram_are_said_to_be_disk_bound() -> None:
+    from types import SimpleNamespace
+
+    from mdist.runner.session import _weights_versus_ram
+
+    ram = __import__("os").sysconf("SC_PAGE_SIZE") * __import__("os").sysconf("SC_PHYS_PAGES")
+    huge = np.lib.stride_tricks.as_strided(np.zeros(1, np.uint16), shape=(ram // 2 + 1,), strides=(0,))  # no memory
+    small = np.zeros(8, np.uint16)
+    big_model = SimpleNamespace(weights=SimpleNamespace(stored={"a": huge, "b": small}))
+    assert _weights_versus_ram(big_model) == {"weights_bytes": huge.nbytes + 16, "ram_bytes": ram, "disk_bound": True}
+    assert _weights_versus_ram(SimpleNamespace(weights=SimpleNamespace(stored={"b": small})))["disk_bound"] is False

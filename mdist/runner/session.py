@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -72,4 +73,17 @@ def run_prompt(
         "decode_tok_s": round(stats.decode_tok_s, 2),
         "model": str(model.path),
         "weights_cached_f32": model.weights.cached,
+        "seconds_per_token": round(1 / stats.decode_tok_s, 4) if stats.decode_tok_s else None,
+        **_weights_versus_ram(model),
     }
+
+
+def _weights_versus_ram(model: Model) -> dict[str, Any]:
+    """Stored weight bytes against physical memory: weights larger than RAM are read from disk
+    for every token (Mixtral 8x7B is 87 GiB), so decoding is disk-bound, not compute-bound."""
+    weights = int(sum(array.nbytes for array in model.weights.stored.values()))
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        ram = 0
+    return {"weights_bytes": weights, "ram_bytes": ram, "disk_bound": bool(ram) and weights > ram}
