@@ -37,6 +37,38 @@ def copy_bandwidth_gb_s() -> float:
     return 3 * a.nbytes * 2 / (time.perf_counter() - started) / 1e9
 
 
+def one_matrix(rows: int = 14336, cols: int = 4096, repeats: int = 30) -> dict:
+    """The Q8_0 and bf16 kernels on one 7B-shaped matrix, interleaved: median wall and CPU time
+    (CPU time: what the kernel costs, less sensitive to other processes on the same cores)."""
+    from gguf import GGMLQuantizationType, quants
+
+    from mdist.runner.kernels import bf16_gemv, q8_0_gemv
+
+    rng = np.random.default_rng(0)
+    weights = rng.standard_normal((rows, cols), dtype=np.float32) * 0.02
+    q8, bf16 = quants.quantize(weights, GGMLQuantizationType.Q8_0), (weights.view(np.uint32) >> 16).astype(np.uint16)
+    del weights
+    x, out = rng.standard_normal((1, cols), dtype=np.float32), np.empty((1, rows), dtype=np.float32)
+    kernels = {"q8_0": (q8_0_gemv(), q8), "bf16": (bf16_gemv(), bf16)}
+    wall: dict[str, list[float]] = {k: [] for k in kernels}
+    cpu: dict[str, list[float]] = {k: [] for k in kernels}
+    for i in range(repeats + 1):
+        for kind, (kernel, w) in kernels.items():
+            started, started_cpu = time.perf_counter(), time.process_time()
+            kernel(w, x, out)
+            if i:  # the first call compiles or loads the kernel
+                wall[kind].append(time.perf_counter() - started)
+                cpu[kind].append(time.process_time() - started_cpu)
+    result: dict = {}
+    for kind, (_, w) in kernels.items():
+        result[f"{kind}_ms"] = round(float(np.median(wall[kind])) * 1e3, 2)
+        result[f"{kind}_cpu_ms"] = round(float(np.median(cpu[kind])) * 1e3, 2)
+        result[f"{kind}_GB_s"] = round(w.nbytes / float(np.median(wall[kind])) / 1e9, 2)
+    result["q8_0_vs_bf16_speed"] = round(result["bf16_ms"] / result["q8_0_ms"], 3)
+    result["q8_0_vs_bf16_speed_cpu"] = round(result["bf16_cpu_ms"] / result["q8_0_cpu_ms"], 3)
+    return result
+
+
 def decode(path: Path, tokens: int) -> dict:
     from mdist.runner import Model
 
@@ -61,10 +93,14 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=6)
     parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--matrix-only", action="store_true", help="only the one-matrix kernel comparison")
     parser.add_argument("--decode-only", nargs=2, metavar=("GGUF", "TOKENS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.decode_only:  # in a child: each model's memory map and RSS measured on its own
         print(json.dumps(decode(Path(args.decode_only[0]), int(args.decode_only[1]))))
+        return
+    if args.matrix_only:
+        print_result("gguf_matrix", one_matrix())
         return
     config = dict(MISTRAL_7B, n_layers=args.layers)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="mdist-gguf-"))
@@ -93,6 +129,7 @@ def main() -> None:
             out = subprocess.run([sys.executable, __file__, "--decode-only", str(path), str(args.tokens)],
                                  check=True, capture_output=True, text=True).stdout
             results[f"decode_{kind}"] = json.loads(out.strip().splitlines()[-1])
+        results["one_matrix"] = one_matrix()
         bandwidth = copy_bandwidth_gb_s()
         q8_bytes = files["q8_0"].stat().st_size
         results["copy_bandwidth_GB_s"] = round(bandwidth, 2)
