@@ -319,12 +319,14 @@ def test_tool_state_is_never_inspected(tmp_path: Path) -> None:
     (folder / ".cache").mkdir()
     (folder / ".cache" / "huggingface").symlink_to(tmp_path)  # a tool-state name itself, two levels down
     os.mkfifo(folder / ".mdist")
+    for state in (".git", "zz/.hg"):  # deeper than walk goes, but never walked
+        (folder / state / "/".join(["d"] * 70)).mkdir(parents=True)
     assert shared(tm.create_torrent(folder)) == ["a", "zz/b"]
-    (folder / "zz" / "link").symlink_to(folder / "a")  # after the tool state in name order: still checked
+    (folder / "zlink").symlink_to(folder / "a")  # after the tool state in name order: still checked
     with pytest.raises(InputError) as caught:
         tm.create_torrent(folder)
-    assert str(caught.value) == f"{folder / 'zz' / 'link'} is a symbolic link; refusing to share it"
-    (folder / "zz" / "link").unlink()
+    assert str(caught.value) == f"{folder / 'zlink'} is a symbolic link; refusing to share it"
+    (folder / "zlink").unlink()
     os.mkfifo(folder / "zz" / "fifo")
     with pytest.raises(InputError) as caught:
         tm.create_torrent(folder)
