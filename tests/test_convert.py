@@ -215,3 +215,15 @@ def test_tensors_over_one_chunk_stream_like_torch_when_deflated(tmp_path: Path) 
         for info in src.infolist():
             dst.writestr(info.filename, src.read(info), compress_type=zipfile.ZIP_DEFLATED, compresslevel=1)
     _assert_streams_match_torch(deflated, torch.load(plain, weights_only=True))
+
+
+@pytest.mark.parametrize("layout", ["mistral", "hf"])
+def test_mistral_common_tokenizer_files_are_copied(tmp_path: Path, layout: str) -> None:
+    """A v3 SentencePiece file or tekken.json (Mistral 7B v0.3, Nemo) goes beside the output, unchanged."""
+    src = random_mistral(tmp_path / "src", tokenizer=False)
+    (src / "tokenizer.model.v3").write_bytes((FIXTURE / "tokenizer.model").read_bytes())
+    out = tmp_path / "out"
+    result = run_mdist("convert", str(src), "--layout", layout, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert (out / "tokenizer.model.v3").read_bytes() == (FIXTURE / "tokenizer.model").read_bytes()
+    assert not (out / "tokenizer.model").exists()

@@ -140,6 +140,7 @@ def _extra_targets(layout: str, out: Path, side_dir: Path) -> list[Path]:
         names = [HF_INDEX, "config.json", "generation_config.json"]
         if (side_dir / "tokenizer.model").is_file():
             names += _HF_TOKENIZER_FILES
+        names += [name for name in _OTHER_TOKENIZERS if (side_dir / name).is_file()]
         return [out / name for name in names]
     return [out / f for f in _SIDE_FILES if (side_dir / f).is_file()]
 
@@ -149,6 +150,7 @@ def _is_same_file(target: Path, side_dir: Path) -> bool:
     return target.name in _SIDE_FILES and target.parent.resolve() == side_dir.resolve()
 
 
+_OTHER_TOKENIZERS = tuple(name for name in _SIDE_FILES if name not in ("params.json", "tokenizer.model"))
 _TORCH_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
 
 
@@ -185,6 +187,10 @@ def _write_hf_side_files(
     hf_config["torch_dtype"] = _weights_dtype([t for _, tensors in shards for t in tensors])
     dump("config.json", hf_config)
     dump("generation_config.json", {"bos_token_id": 1, "eos_token_id": 2})
+    for name in _OTHER_TOKENIZERS:  # mistral-common's files (v3, tekken): copied as they are
+        if (side_dir / name).is_file() and not _is_same_file(out / name, side_dir):
+            copy_file_atomic(side_dir / name, out / name, max_bytes=MAX_SIDE_FILE_BYTES)
+            written.append(out / name)
     if (side_dir / "tokenizer.model").is_file():
         if not _is_same_file(out / "tokenizer.model", side_dir):
             copy_file_atomic(side_dir / "tokenizer.model", out / "tokenizer.model", max_bytes=MAX_SIDE_FILE_BYTES)

@@ -20,9 +20,10 @@ from mdist.convert.pickle_reader import TensorRef
 from mdist.convert.safetensors_reader import dtype_name, open_safetensors
 from mdist.errors import CheckpointError, InputError
 from mdist.model_folder import MISTRAL, PTH, Layout, inspect_folder, model_path
+from mdist.tokenizer_files import TOKENIZER_NAMES
 
 CHUNK_BYTES = 16 << 20
-SIDE_FILES = ("params.json", "tokenizer.model")
+SIDE_FILES = ("params.json", *TOKENIZER_NAMES)  # copied beside the output (tokenizer.model.v3, tekken.json too)
 
 
 @dataclass(frozen=True)
