@@ -350,8 +350,12 @@ def _term_as_interrupt() -> None:
 @click.option("--tracker", "trackers", multiple=True, metavar="URL", help="Extra tracker (repeatable).")
 @click.option("--web-seed", "web_seeds", multiple=True, metavar="URL", help="Extra BEP 19 web seed (repeatable).")
 @click.option("--listen", metavar="IP:PORT", help="Listen address (default: all interfaces, any port).")
-@click.option("--no-dht", is_flag=True, help="No DHT, local discovery, UPnP or NAT-PMP (tests, private networks).")
+@click.option("--no-dht", is_flag=True, help="No DHT, UPnP or NAT-PMP, and no local discovery unless --lsd or --fleet "
+                                            "(tests, private networks).")
 @click.option("--seed", "keep_seeding", is_flag=True, help="Keep seeding after completion until Ctrl-C.")
+@click.option("--fleet", is_flag=True, help="One host of a fleet fed by `mdist seed --fleet` (implies --seed; "
+                                          "see docs/fleet.md).")
+@click.option("--lsd/--no-lsd", default=None, help="Local service discovery (default: on with --fleet, else as DHT).")
 @click.option("--timeout", default=300.0, show_default=True, type=click.FloatRange(1),
               help="Give up after this many seconds without progress.")
 @click.option("--swarm-grace", default=30.0, show_default=True, type=click.FloatRange(1),
@@ -372,7 +376,7 @@ def fetch(source: str, out: Path | None, peers: tuple[str, ...], trackers: tuple
           web_seeds: tuple[str, ...], listen: str | None, no_dht: bool, keep_seeding: bool, timeout: float,
           swarm_grace: float, prefer: str, md5: str | None, keep_archive: bool, endpoint: str | None,
           to_hf_cache: bool, include: tuple[str, ...],
-          exclude: tuple[str, ...], as_json: bool) -> None:
+          exclude: tuple[str, ...], as_json: bool, fleet: bool, lsd: bool | None) -> None:
     """Fetch a model and verify every file before calling it done.
 
     SOURCE is a magnet link, a .torrent file, hf://OWNER/REPO[@REVISION], an http(s) URL of a
@@ -391,7 +395,7 @@ def fetch(source: str, out: Path | None, peers: tuple[str, ...], trackers: tuple
     request = FetchRequest(
         source=source, prefer=prefer,
         swarm=FetchOptions(out=out, peers=list(peers), trackers=list(trackers), web_seeds=list(web_seeds),
-                           listen=listen, no_dht=no_dht, seed=keep_seeding, timeout=timeout),
+                           listen=listen, no_dht=no_dht, seed=keep_seeding, timeout=timeout, fleet=fleet, lsd=lsd),
         swarm_grace=swarm_grace,
         hub=HubOptions(out=out, endpoint=endpoint, to_hf_cache=to_hf_cache, include=list(include),
                        exclude=list(exclude), quiet=as_json),
@@ -423,13 +427,17 @@ def fetch(source: str, out: Path | None, peers: tuple[str, ...], trackers: tuple
               help="--fetch-metadata gives up after this many seconds without progress.")
 @click.option("--torrent-version", type=click.Choice(["hybrid", "v1", "v2"]),
               help="For a new torrent: hybrid (default), v1 or v2.")
-@click.option("--no-dht", is_flag=True, help="No DHT, local discovery, UPnP or NAT-PMP.")
+@click.option("--no-dht", is_flag=True, help="No DHT, UPnP or NAT-PMP, and no local discovery unless --lsd or --fleet.")
 @click.option("--manifest", "manifest_name", help="Verify against this release (default: recognise it).")
 @click.option("--force", is_flag=True, help="Seed even if `mdist verify` rejects the folder.")
 @click.option("--upload-limit", default="0", help="Upload rate limit per second, e.g. 2MB (0: none).")
+@click.option("--fleet", is_flag=True, help="The origin of a fleet: every host runs the command printed "
+                                          "(`mdist fetch MAGNET --fleet`); see docs/fleet.md.")
+@click.option("--lsd/--no-lsd", default=None, help="Local service discovery (default: on with --fleet, else as DHT).")
 def seed(directory: Path, listen: str | None, trackers: tuple[str, ...], web_seeds: tuple[str, ...],
          torrent_out: Path | None, new_torrent: bool, fetch_metadata: bool, peers: tuple[str, ...], timeout: float,
-         torrent_version: str | None, no_dht: bool, manifest_name: str | None, force: bool, upload_limit: str) -> None:
+         torrent_version: str | None, no_dht: bool, manifest_name: str | None, force: bool, upload_limit: str,
+         fleet: bool, lsd: bool | None) -> None:
     """Share a verified model folder; print its magnet link first, then seed until Ctrl-C.
 
     A folder fetched by torrent is shared with that same torrent (.mdist/release.torrent): the
@@ -447,7 +455,7 @@ def seed(directory: Path, listen: str | None, trackers: tuple[str, ...], web_see
     options = SeedOptions(listen=listen, trackers=list(trackers), web_seeds=list(web_seeds), peers=list(peers),
                           torrent_out=torrent_out, version=torrent_version, no_dht=no_dht,
                           manifest_name=manifest_name, force=force, new_torrent=new_torrent,
-                          fetch_metadata=fetch_metadata, timeout=timeout,
+                          fetch_metadata=fetch_metadata, timeout=timeout, fleet=fleet, lsd=lsd,
                           upload_limit=0 if upload_limit.strip() == "0" else parse_size(upload_limit))
     run_seed(directory, options, echo=lambda line: (click.echo(line), sys.stdout.flush()),
              note=lambda line: click.echo(line, err=True))

@@ -57,7 +57,8 @@ def _check_options(request: FetchRequest, source: Source) -> None:
           ("--endpoint", hub.endpoint))),
         (source.kind == "torrent", "BitTorrent sources",
          (("--peer", swarm.peers), ("--tracker", swarm.trackers), ("--web-seed", swarm.web_seeds),
-          ("--listen", swarm.listen), ("--seed", swarm.seed))),
+          ("--listen", swarm.listen), ("--seed", swarm.seed), ("--fleet", swarm.fleet),
+          ("--lsd/--no-lsd", swarm.lsd is not None))),
         (source.kind == "archive" or source.archive is not None, "archive sources",
          (("--md5", archive.md5), ("--keep-archive", archive.keep_archive))),
     )

@@ -27,7 +27,7 @@ from mdist.sources.resolve import compose_magnet
 from mdist.sources.torrent_fetch import (RELEASE_TORRENT, Patience, SilentReporter, check_torrent_bytes,
                                          fetch_metadata, load_source, read_release_torrent, write_release_torrent)
 from mdist.sources.torrent_meta import InfoHashes, magnet_peers, release_torrent_bytes
-from mdist.sources.torrent_seed import Seeder, write_torrent
+from mdist.sources.torrent_seed import FleetWatch, Seeder, write_torrent
 from mdist.verify.folder import verify_folder
 from mdist.verify.manifest import Manifest, find_manifest
 
@@ -49,6 +49,8 @@ class SeedOptions:
     new_torrent: bool = False
     fetch_metadata: bool = False
     timeout: float = 300.0  # for --fetch-metadata: seconds without progress
+    fleet: bool = False  # the origin of a fleet (docs/fleet.md)
+    lsd: bool | None = None  # local service discovery; None: on with --fleet or DHT
 
 
 @dataclass
@@ -178,7 +180,8 @@ def run_seed(directory: Path, options: SeedOptions, *, echo: Callable[[str], Non
     plan = choose_torrent(directory, release, options, note, saved)
     with Seeder(directory, listen=endpoint, trackers=options.trackers, web_seeds=options.web_seeds,
                 no_dht=options.no_dht, version=options.version or "hybrid", torrent=plan.torrent,
-                upload_limit=options.upload_limit, leave_out=plan.leave_out) as seeder:
+                upload_limit=options.upload_limit, leave_out=plan.leave_out, fleet=options.fleet,
+                lsd=options.lsd) as seeder:
         info = seeder.start()
         served = seeder.release_torrent() if plan.keep else info.torrent  # with the v2 layers the check made
         if plan.keep:  # the data passed libtorrent's check against it: keep it for next time
@@ -188,8 +191,24 @@ def run_seed(directory: Path, options: SeedOptions, *, echo: Callable[[str], Non
         note(f"seeding {directory} on port {info.port}: {plan.what} (btih {info.hashes.v1 or '-'}, "
              f"btmh {('1220' + info.hashes.v2) if info.hashes.v2 else '-'}){_published(release, info.hashes)}; "
              f"Ctrl-C to stop")
+        note(f"{'on each host' if options.fleet else 'to fetch it'}: {host_command(info.magnet, options)}")
         echo(info.magnet)  # last: whoever waits for the magnet has every note already
-        seeder.serve_forever()
+        seeder.serve_forever(FleetWatch(seeder, note) if options.fleet else None)
+
+
+def host_command(magnet: str, options: SeedOptions) -> str:
+    """The exact command that fetches what this seeder serves (the magnet names its trackers, and
+    the origin with x.pe when --listen gave an address)."""
+    import shlex
+
+    words = ["mdist", "fetch", magnet]
+    if options.fleet:
+        words.append("--fleet")
+    if options.no_dht:
+        words.append("--no-dht")
+    if options.lsd is not None and options.lsd != (options.fleet or not options.no_dht):
+        words.append("--lsd" if options.lsd else "--no-lsd")
+    return shlex.join(words)
 
 
 def _published(release: Manifest | None, hashes: InfoHashes) -> str:

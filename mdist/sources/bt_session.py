@@ -36,15 +36,56 @@ def parse_endpoint(text: str) -> Endpoint:
     return Endpoint(host, int(port))
 
 
-def make_session(listen: Endpoint | None = None, *, no_dht: bool = False):
-    """A session listening on `listen` (default: all interfaces, any port)."""
+# Fleet mode (`--fleet`, docs/fleet.md): one origin feeds many cooperating hosts. Every value here
+# was measured with bench/bench_fleet.py in network namespaces; docs/fleet.md has the numbers.
+FLEET_COMMON = {
+    # hosts of one fleet trust each other: no tit-for-tat, every interested peer is unchoked
+    "unchoke_slots_limit": -1,
+    "connections_limit": 500,
+}
+FLEET_ROLES = {
+    "origin": {**FLEET_COMMON},
+    "host": {**FLEET_COMMON},
+}
+FLEET_TORRENT_FLAGS = {"origin": {"super_seeding": True}, "host": {}}
+TUNING_ENV = "MDIST_FLEET_TUNING"  # JSON: libtorrent settings (and "super_seeding") over the above, for benchmarks
+
+
+def fleet_tuning(role: str) -> tuple[dict, dict]:
+    """(session settings, torrent flags) of a fleet role, with MDIST_FLEET_TUNING applied on top."""
+    import json
+    import os
+
+    settings, flags = dict(FLEET_ROLES[role]), dict(FLEET_TORRENT_FLAGS[role])
+    text = os.environ.get(TUNING_ENV, "").strip()
+    if text:
+        try:
+            extra = json.loads(text)
+        except ValueError:
+            raise InputError(f"{TUNING_ENV} is not a JSON object") from None
+        if not isinstance(extra, dict):
+            raise InputError(f"{TUNING_ENV} is not a JSON object")
+        for key, value in extra.items():
+            (flags if key in ("super_seeding",) else settings)[key] = value
+    return settings, flags
+
+
+def make_session(listen: Endpoint | None = None, *, no_dht: bool = False, lsd: bool | None = None,
+                 fleet: str | None = None):
+    """A session listening on `listen` (default: all interfaces, any port).
+
+    Local service discovery follows DHT unless `lsd` says otherwise; a fleet role ("origin" or
+    "host") turns it on by default, since hosts on one segment must find each other without a
+    tracker."""
     lib = lt()
     category = lib.alert_category
     interfaces = str(listen) if listen else "0.0.0.0:0,[::]:0"
+    if lsd is None:
+        lsd = bool(fleet) or not no_dht
     settings = {
         "listen_interfaces": interfaces,
         "enable_dht": not no_dht,
-        "enable_lsd": not no_dht,
+        "enable_lsd": lsd,
         "enable_upnp": not no_dht,
         "enable_natpmp": not no_dht,
         "alert_mask": category.error | category.status | category.storage | category.tracker | category.peer,
@@ -56,7 +97,15 @@ def make_session(listen: Endpoint | None = None, *, no_dht: bool = False):
         # uTP yields to other traffic by design; over loopback and fast links TCP is several times faster
         "enable_outgoing_utp": False,
     }
-    session = lib.session(settings)
+    if fleet == "origin":  # FleetWatch counts the blocks sent: when has every piece left the origin?
+        settings["alert_mask"] |= category.upload
+        settings["alert_queue_size"] = 1 << 17
+    if fleet:
+        settings.update(fleet_tuning(fleet)[0])
+    try:
+        session = lib.session(settings)
+    except (KeyError, TypeError, RuntimeError) as exc:
+        raise InputError(f"libtorrent refused a setting ({exc}); check {TUNING_ENV}") from None
     return session
 
 

@@ -103,6 +103,8 @@ class FetchOptions:
     timeout: float = 300.0
     seed: bool = False
     swarm_grace: float | None = None  # give up this soon when no peer at all was found (set with a fallback)
+    fleet: bool = False  # a host of a fleet (docs/fleet.md): fleet settings, and seeding afterwards
+    lsd: bool | None = None  # local service discovery; None: on with --fleet or DHT
 
 
 @dataclass
@@ -303,7 +305,8 @@ def fetch_torrent(source: str, options: FetchOptions, reporter: Reporter | None 
     for url in options.trackers:
         params.trackers = list(params.trackers) + [url]
     requested = InfoHashes.of(params.info_hashes)
-    session = make_session(parse_endpoint(options.listen) if options.listen else None, no_dht=options.no_dht)
+    session = make_session(parse_endpoint(options.listen) if options.listen else None, no_dht=options.no_dht,
+                           lsd=options.lsd, fleet="host" if options.fleet else None)
     extra = magnet_peers(source) if source.startswith("magnet:") else []
     peers = [parse_endpoint(p) for p in [*options.peers, *extra]]
     patience = Patience(options.timeout, options.swarm_grace)
@@ -329,7 +332,7 @@ def fetch_torrent(source: str, options: FetchOptions, reporter: Reporter | None 
         engine = _Engine(session, handle, out, reporter, peers, patience)
         try:
             require_free_space(out, max(0, params.ti.total_size() - present), what="the download")
-            return _download(engine, state_dir, options.seed, on_complete)
+            return _download(engine, state_dir, options.seed or options.fleet, on_complete)
         finally:
             engine.save_resume(wait=True)
             session.remove_torrent(handle)

@@ -11,7 +11,7 @@ from typing import Callable, Collection
 
 from mdist.atomic import write_bytes_atomic
 from mdist.errors import InputError, VerificationError
-from mdist.sources.bt_session import Endpoint, actual_listen_port, lt, make_session
+from mdist.sources.bt_session import Endpoint, actual_listen_port, fleet_tuning, lt, make_session
 from mdist.atomic import refuse_links_on_the_way
 from mdist.sources.torrent_meta import InfoHashes, create_torrent, folder_mapping, magnet_link, release_torrent_bytes
 
@@ -35,8 +35,10 @@ class Seeder:
 
     def __init__(self, directory: Path, *, listen: Endpoint | None = None, trackers: list[str] = (),
                  web_seeds: list[str] = (), no_dht: bool = False, version: str = "hybrid",
-                 torrent: bytes | None = None, upload_limit: int = 0, leave_out: Collection[str] = ()) -> None:
+                 torrent: bytes | None = None, upload_limit: int = 0, leave_out: Collection[str] = (),
+                 fleet: bool = False, lsd: bool | None = None) -> None:
         self.directory = Path(directory).resolve()
+        self.fleet, self.lsd = fleet, lsd
         self.listen, self.trackers, self.web_seeds = listen, list(trackers), list(web_seeds)
         self.no_dht, self.version, self.torrent = no_dht, version, torrent
         self.upload_limit, self.leave_out = upload_limit, leave_out
@@ -57,13 +59,16 @@ class Seeder:
                                                  for i in range(layout.num_files())])
         flags = lib.torrent_flags
         params.flags = (params.flags | flags.upload_mode) & ~(flags.paused | flags.auto_managed)
+        if self.fleet and fleet_tuning("origin")[1].get("super_seeding"):
+            params.flags |= flags.super_seeding  # BEP 16: each piece to one host, until another has it
         return params
 
     def start(self, check_timeout: float = 600.0) -> SeedInfo:
         lib = lt()
         params = self._params()
         torrent = release_torrent_bytes(params)  # the same info dict, with these trackers and web seeds
-        self.session = make_session(self.listen, no_dht=self.no_dht)
+        self.session = make_session(self.listen, no_dht=self.no_dht, lsd=self.lsd,
+                                    fleet="origin" if self.fleet else None)
         port = actual_listen_port(self.session)
         self.handle = self.session.add_torrent(params)
         if self.upload_limit:
@@ -104,11 +109,12 @@ class Seeder:
             self.session.wait_for_alert(100)
         raise InputError("libtorrent did not save the torrent in time")
 
-    def serve_forever(self, on_status: Callable[[object], None] | None = None) -> None:
+    def serve_forever(self, on_status: Callable[[object, list], None] | None = None) -> None:
+        """Serve until interrupted; `on_status(status, alerts)` sees each round's alerts."""
         while True:
-            self.session.pop_alerts()
+            alerts = self.session.pop_alerts()
             if on_status:
-                on_status(self.handle.status())
+                on_status(self.handle.status(), alerts)
             self.session.wait_for_alert(1000)
 
     def stop(self) -> None:
@@ -121,6 +127,58 @@ class Seeder:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class FleetWatch:
+    """What the origin of a fleet tells its user (an `on_status` of serve_forever): when every piece
+    has left the origin in full at least once (so it may stop: the hosts finish from each other) and,
+    every `every` seconds while anything changes, how many hosts are connected and complete and how
+    much the origin sent. A piece has left once some host announced it, or all its blocks went to
+    one host (block_uploaded alerts; hosts share only whole, verified pieces) DELIVERY seconds ago:
+    "uploaded" means handed to the socket, and a kill right then loses what is still in buffers
+    (measured: a host stuck at 99.2% without that wait)."""
+
+    def __init__(self, seeder: Seeder, note: Callable[[str], None], every: float = 5.0) -> None:
+        self.seeder, self.note, self.every = seeder, note, every
+        ti = seeder.handle.torrent_file()
+        self.pieces, self.size = ti.num_pieces(), ti.total_size()
+        self.blocks = [(ti.piece_size(i) + BLOCK - 1) // BLOCK for i in range(self.pieces)]
+        self.partial: dict[tuple[str, int], set[int]] = {}  # (host, piece) -> blocks sent to it
+        self.left = [False] * self.pieces
+        self.last_left = 0.0  # when the latest piece's last block was handed to the socket
+        self.copied = False
+        self.last_note = time.monotonic()
+        self.last_line = ""
+
+    def __call__(self, status, alerts: list = ()) -> None:
+        lib = lt()
+        for alert in alerts:
+            if isinstance(alert, lib.block_uploaded_alert) and not self.left[alert.piece_index]:
+                key = (str(alert.endpoint), alert.piece_index)
+                sent = self.partial.setdefault(key, set())
+                sent.add(alert.block_index)
+                if len(sent) == self.blocks[alert.piece_index]:
+                    self.left[alert.piece_index] = True
+                    self.last_left = time.monotonic()
+                    self.partial = {k: v for k, v in self.partial.items() if k[1] != alert.piece_index}
+        peers = [p for p in self.seeder.handle.get_peer_info() if len(p.pieces) == self.pieces]
+        for peer in peers:
+            self.left = [a or b for a, b in zip(self.left, peer.pieces)]
+        count, sent = sum(self.left), status.total_payload_upload / max(1, self.size)
+        if not self.copied and count == self.pieces and time.monotonic() - self.last_left >= DELIVERY:
+            self.copied = True
+            self.note(f"fleet: every piece has left the origin (it sent {sent:.2f}x the model); the hosts "
+                      f"can finish from each other if the origin stops now")
+        line = (f"fleet: {len(peers)} hosts connected, {sum(1 for p in peers if all(p.pieces))} complete; "
+                f"{count} of {self.pieces} pieces have left the origin, which sent {sent:.2f}x the model")
+        now = time.monotonic()
+        if line != self.last_line and now - self.last_note >= self.every:
+            self.note(line)
+            self.last_note, self.last_line = now, line
+
+
+BLOCK = 16 << 10  # BitTorrent's request size
+DELIVERY = 2.0  # seconds for a block handed to the socket to reach its host (queues, buffers)
 
 
 def write_torrent(path: Path, torrent: bytes) -> None:
