@@ -379,3 +379,24 @@ def test_weights_larger_than_ram_are_said_to_be_disk_bound() -> None:
     big_model = SimpleNamespace(weights=SimpleNamespace(stored={"a": huge, "b": small}))
     assert _weights_versus_ram(big_model) == {"weights_bytes": huge.nbytes + 16, "ram_bytes": ram, "disk_bound": True}
     assert _weights_versus_ram(SimpleNamespace(weights=SimpleNamespace(stored={"b": small})))["disk_bound"] is False
+
+
+def test_the_8x7b_mirror_layout_is_recognised_and_held_to_the_published_md5(tmp_path: Path) -> None:
+    """Pieces named as on the hub mirror, beside 8x7B's published params.json: the folder is
+    recognised as the release and the joined bytes are compared with the published md5."""
+    from mdist.verify.manifest import load_registry
+
+    published = next(r for r in load_registry() if r.name == "mixtral-8x7b-v0.1")
+    _, release, _, _ = make_mixtral(tmp_path, experts=4, top_k=1, theta=1e4, seed=43)
+    pieces = _pieces_folder(release, tmp_path / "mirror")
+    (pieces[0].parent / "params.json").write_text(json.dumps(published.files["params.json"].json))
+    result = run_mdist("verify", str(pieces[0].parent), "--json")
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)["report"]
+    assert report["manifest"] == "mixtral-8x7b-v0.1" and report["identified"]
+    files = {f["path"]: f for f in report["files"]}
+    joined = files["consolidated.00.pth"]
+    assert joined["status"] == "mismatch" and joined["expected"] == published.files["consolidated.00.pth"].md5
+    assert joined["actual"] == hashlib.md5((release / "consolidated.00.pth").read_bytes()).hexdigest()
+    assert {files[p.name]["status"] for p in pieces} == {"mismatch"}
+    assert files["params.json"]["status"] == "ok"
