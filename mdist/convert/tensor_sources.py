@@ -29,12 +29,14 @@ _RAW = {"BF16": np.uint16, "F16": np.float16, "F32": np.float32}
 @dataclass(frozen=True)
 class SourceTensor:
     """One tensor: Mistral name, safetensors dtype, C-order shape, and its rows in order, as raw
-    arrays of at most about `max_bytes` each (2-D: rows x last dimension; bf16 as uint16 bits)."""
+    arrays of at most about `max_bytes` each (2-D: rows x last dimension; bf16 as uint16 bits).
+    `file_range` is (fd, offset) when its bytes lie verbatim in an open file, for the kernel to copy."""
 
     name: str
     dtype: str
     shape: tuple[int, ...]
     rows: Callable[[int], Iterator[np.ndarray]]
+    file_range: tuple[int, int] | None = None
 
 
 @dataclass
@@ -67,6 +69,9 @@ def _pth_tensor(checkpoint: Checkpoint, name: str, ref) -> SourceTensor:
         step = max(1, max_bytes // max(1, row_bytes)) * row_bytes
         pending = bytearray()
         for chunk in checkpoint.iter_bytes(ref, chunk_bytes=step):
+            if not pending and len(chunk) % row_bytes == 0:  # the usual case: whole rows, no copy
+                yield np.frombuffer(chunk, dtype=raw).reshape(-1, width)
+                continue
             pending += chunk
             whole = len(pending) - len(pending) % row_bytes
             if whole:
@@ -75,7 +80,7 @@ def _pth_tensor(checkpoint: Checkpoint, name: str, ref) -> SourceTensor:
         if pending:
             raise InputError(f"tensor {name}: its bytes are not whole rows")
 
-    return SourceTensor(name, dtype, tuple(ref.shape), rows)
+    return SourceTensor(name, dtype, tuple(ref.shape), rows, checkpoint.file_range(ref))
 
 
 def _array_tensor(name: str, array: np.ndarray, order: np.ndarray | None) -> SourceTensor:
