@@ -44,8 +44,6 @@ def config_of(gguf: GGUFFile) -> MistralConfig:
     if meta.get("general.architecture") != gl.ARCH:
         raise InputError(f"{gguf.path.name}: architecture {str(meta.get('general.architecture'))[:40]!r}; "
                          f"mdist runs llama-architecture GGUFs (Mistral)")
-    if "llama.expert_count" in meta:
-        raise InputError(f"{gguf.path.name} is a mixture of experts; mdist does not run MoE GGUFs yet")
 
     def key(name: str, default: Any = None) -> Any:
         value = meta.get(f"llama.{name}", default)
@@ -63,6 +61,7 @@ def config_of(gguf: GGUFFile) -> MistralConfig:
         norm_eps=key("attention.layer_norm_rms_epsilon"), vocab_size=vocab,
         sliding_window=meta.get("llama.attention.sliding_window"),
         rope_theta=key("rope.freq_base", 10000.0),
+        n_experts=meta.get("llama.expert_count", 0), n_experts_per_tok=meta.get("llama.expert_used_count", 0),
     )
 
 
@@ -148,13 +147,29 @@ def load_gguf(directory: Path, file_name: str, f32_budget_bytes: int = DEFAULT_F
     q8: dict[str, np.ndarray] = {}
     shapes: dict[str, tuple[int, ...]] = {}
     for tensor in gguf.tensors.values():
-        (name,) = gl.mistral_names(tensor.name)
-        if tensor.type_name == "Q8_0" and len(tensor.shape) == 2:
-            q8[name] = gguf.raw(tensor)
-        elif tensor.type_name in _RUNNABLE:
-            tensors[name] = gguf.raw(tensor).view(_RUNNABLE[tensor.type_name]).reshape(tensor.shape)
-        else:
+        if tensor.type_name != "Q8_0" and tensor.type_name not in _RUNNABLE:
             raise InputError(f"{gguf.path.name}: tensor {tensor.name} is {tensor.type_name}; mdist runs F32, F16, "
                              f"BF16 and Q8_0 GGUFs")
-        shapes[name] = tensor.shape
+        for name, shape, raw in _views(gguf, tensor, config.n_experts):
+            if tensor.type_name == "Q8_0" and len(shape) == 2:
+                q8[name] = raw
+            elif tensor.type_name in _RUNNABLE:
+                tensors[name] = raw.view(_RUNNABLE[tensor.type_name]).reshape(shape)
+            else:
+                raise InputError(f"{gguf.path.name}: tensor {tensor.name} is Q8_0 with {len(shape)} dimensions; "
+                                 f"mdist runs Q8_0 matrices")
+            shapes[name] = shape
     return config, GGUFWeightStore(tensors, q8, f32_budget_bytes), shapes
+
+
+def _views(gguf: GGUFFile, tensor: Any, experts: int) -> list[tuple[str, tuple[int, ...], np.ndarray]]:
+    """(Mistral name, shape, raw rows) of a tensor; a stacked expert tensor (llama.cpp's
+    blk.N.ffn_*_exps, experts first in C order) as one memory-mapped view per expert."""
+    names = gl.mistral_names(tensor.name, experts)
+    raw = gguf.raw(tensor)
+    if len(names) == 1 and not tensor.name.endswith("_exps.weight"):
+        return [(names[0], tensor.shape, raw)]
+    if len(tensor.shape) != 3 or tensor.shape[0] != experts or len(names) != experts:
+        raise InputError(f"{gguf.path.name}: {tensor.name} has shape {list(tensor.shape)}; expected "
+                         f"{experts} experts stacked")
+    return [(name, tensor.shape[1:], raw[j]) for j, name in enumerate(names)]
