@@ -363,3 +363,21 @@ def test_names_equal_but_for_case_are_refused(tmp_path: Path) -> None:
     (release / "Params.json").write_text("{}")
     verified = run_mdist("verify", str(release), "--json")
     assert verified.returncode == 1 and statuses(verified)["Params.json"] == "refused"
+
+
+def test_a_conversion_whose_source_was_deleted_still_runs(tmp_path: Path) -> None:
+    """`convert SRC --out DIR`, then SRC deleted: DIR's records are stale, but no changed source is
+    left to prefer, so DIR runs like any folder (and verify says nothing vouches for it)."""
+    src = tmp_path / "src"
+    shutil.copytree(FIXTURE, src)
+    out = tmp_path / "out"
+    assert run_mdist("convert", str(src), "--out", str(out)).returncode == 0
+    before = run_mdist("run", str(out), "--prompt", "ROMEO:", "--max-tokens", "6", "--json")
+    assert before.returncode == 0, before.stderr
+    shutil.rmtree(src)
+    after = run_mdist("run", str(out), "--prompt", "ROMEO:", "--max-tokens", "6", "--json")
+    assert after.returncode == 0, after.stderr
+    assert json.loads(after.stdout)["token_ids"] == json.loads(before.stdout)["token_ids"]
+    verified = run_mdist("verify", str(out), "--manifest", "tiny-mistral", "--json")  # nothing vouches for it
+    statuses = {f["path"]: f["status"] for f in json.loads(verified.stdout)["report"]["files"]}
+    assert verified.returncode == 1 and statuses["consolidated.safetensors"] == "stale", statuses

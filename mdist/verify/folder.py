@@ -211,9 +211,12 @@ def _judge_extra(path: str, manifest: Manifest | None, contents) -> FileResult:
         if is_weight_file(path):
             return FileResult(path, REFUSED, "written by mdist, but from files that are not part of this release")
         return FileResult(path, UNEXPECTED, "written by mdist from files that are not part of this release")
-    if path in contents.derived.stale:  # ours, but copied or edited since: never loaded, so not failing
+    if path in contents.derived.stale and (contents.release is not None or contents.outdated(path)):
+        # ours, but copied or edited since: never loaded, so not failing
         return FileResult(path, STALE, "derived by mdist, but it or its source changed since (a copy, an edit): "
                                        "never loaded; `mdist run` converts again, `mdist convert --force` too")
+    if path in contents.derived.stale:  # its sources are gone: loaded like any file, vouched for by nothing
+        return FileResult(path, UNEXPECTED, "derived by mdist from files that are no longer here: not checked")
     if manifest is None:
         return FileResult(path, UNEXPECTED, "no manifest")
     if is_weight_file(path):
