@@ -251,6 +251,22 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
         "for a length of at least 2, length & (length - 2) is 0 exactly when length & (length - 1) is (an odd "
         "length shares bit 0 with length - 2; an even one that is no power of two keeps its top bit); the "
         "length is at least 16 KiB here", "length & (length - 2)"),
+    "mdist.sources.torrent_meta.x__name_text__mutmut_8": ("codec names are case-insensitive", '.decode("UTF-8")'),
+    "mdist.sources.torrent_meta.x__refuse_symlink__mutmut_12": (
+        "the default attr is only asked whether it holds b'l' or b'p': b'XXXX' does not, as b'' does not",
+        'entry.get(b"attr", b"XXXX")'),
+    # mdist/convert/checkpoint.py
+    "mdist.convert.checkpoint.xǁCheckpointǁiter_bytes__mutmut_18": (
+        "a one-dimensional view reshaped to (n, -1) is (n, 1), as reshape(-1, 1) (0-d views are contiguous: "
+        "never here)", "if (view.ndim > 1) or True else"),
+    "mdist.convert.checkpoint.xǁCheckpointǁiter_bytes__mutmut_26": (
+        "a one-dimensional view reshaped to (n, -1) is (n, 1), as reshape(-1, 1)", "if view.ndim >= 1 else"),
+    "mdist.convert.checkpoint.xǁCheckpointǁiter_bytes__mutmut_25": (
+        "numpy (2.3) takes any negative size in reshape as the one to infer, as -1", "view.shape[0], -2)"),
+    "mdist.convert.checkpoint.xǁCheckpointǁiter_bytes__mutmut_33": (
+        "numpy (2.3) takes any negative size in reshape as the one to infer, as -1", "view.reshape(-2, 1)"),
+    "mdist.convert.checkpoint.xǁCheckpointǁarray__mutmut_51": ("as_strided takes writeable=None as false",
+                                                              "writeable=None"),
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",

@@ -368,3 +368,53 @@ def test_interpret_state_dict_results() -> None:
         room -= size + 6
     padded = b"\x80\x02" + b"".join(pieces) + b"}."  # exactly the limit: read
     assert len(padded) == pr.MAX_PICKLE_BYTES and pr.interpret_state_dict(padded, lookup) == {}
+
+
+def test_strided_views_stream_whole_rows(tmp_path) -> None:
+    """A non-contiguous view is copied a few whole rows at a time (never the whole tensor at once)."""
+    import torch
+
+    base = torch.arange(48, dtype=torch.float32).reshape(6, 8)
+    state = {"transposed": base.t(), "cols": base[:, ::2], "skip": base.reshape(-1)[::3],
+             "bytes": torch.arange(40, dtype=torch.uint8)[::2], "cube": torch.arange(24.0).reshape(2, 3, 4).permute(2, 0, 1)}
+    torch.save(state, tmp_path / "m.pth")
+    with ck.Checkpoint(tmp_path / "m.pth") as checkpoint:
+        def chunks(name: str, size: int) -> list[int]:
+            data = list(checkpoint.iter_bytes(checkpoint.tensors[name], size))
+            assert b"".join(data) == state[name].contiguous().numpy().tobytes(), name
+            return [len(c) for c in data]
+
+        assert chunks("transposed", 48) == [48] * 4  # 8 rows of 6 x 4 bytes, two at a time
+        assert chunks("transposed", 40) == [24] * 8
+        assert chunks("cols", 40) == [32, 32, 32]  # rows of 16 bytes, two at a time
+        assert chunks("cols", 10) == [16] * 6  # a row over the chunk size: one row at a time
+        assert chunks("skip", 12) == [12] * 5 + [4]  # one-dimensional: elements, three at a time
+        assert chunks("bytes", 10) == [10, 10]  # one-byte elements: ten at a time
+        assert chunks("cube", 48) == [48, 48]  # 3-d: rows of 2 x 3 elements, two at a time
+
+
+def test_array_of_any_tensor(tmp_path, monkeypatch) -> None:
+    import numpy as np
+    import torch
+
+    state = {"one": torch.tensor([7.5]), "scalar": torch.tensor(2.5), "empty": torch.zeros(0, 3),
+             "half": torch.arange(6, dtype=torch.float16).reshape(2, 3).t()}
+    torch.save(state, tmp_path / "m.pth")
+    with ck.Checkpoint(tmp_path / "m.pth") as checkpoint:
+        for name, tensor in state.items():
+            array = checkpoint.array(checkpoint.tensors[name])
+            expected = tensor.numpy().view({4: np.uint32, 2: np.uint16}[tensor.element_size()])
+            assert array.dtype == expected.dtype and array.shape == expected.shape, name
+            assert np.array_equal(array, expected), name
+            assert not array.flags.writeable or name == "empty"
+    path = deflated_archive(tmp_path / "d.pth", deflate(RAW), ranges=((3, 100),))
+    view = pr.TensorRef(pr.StorageRef("0", U8, len(RAW)), 3, (50,), (2,))
+    monkeypatch.setattr(ck, "MAX_INFLATED_VIEW_BYTES", len(RAW))  # a strided view of exactly the limit: read
+    with ck.Checkpoint(path) as checkpoint:
+        assert checkpoint.array(view).tobytes() == RAW[3:103:2]
+    monkeypatch.setattr(ck, "MAX_INFLATED_VIEW_BYTES", len(RAW) - 1)
+    with ck.Checkpoint(path) as checkpoint:
+        with pytest.raises(CheckpointError) as caught:
+            checkpoint.array(view)
+    assert str(caught.value) == (f"archive/data/0: a strided view of a deflated storage over {len(RAW) - 1} bytes; "
+                                 f"re-save the checkpoint without compression")
