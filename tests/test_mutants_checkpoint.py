@@ -418,3 +418,33 @@ def test_array_of_any_tensor(tmp_path, monkeypatch) -> None:
             checkpoint.array(view)
     assert str(caught.value) == (f"archive/data/0: a strided view of a deflated storage over {len(RAW) - 1} bytes; "
                                  f"re-save the checkpoint without compression")
+
+
+def test_pickle_limits_at_their_edges(monkeypatch) -> None:
+    monkeypatch.setattr(pr, "MAX_OPCODES", 3)
+    assert run(b"\x80\x02N.") is None  # PROTO NONE STOP: 3 opcodes
+    refused_pickle(b"\x80\x02N0N.", "pickle has more than 3 opcodes")
+    monkeypatch.setattr(pr, "MAX_OPCODES", 1 << 21)
+    monkeypatch.setattr(pr, "MAX_OBJECTS", 3)
+    assert run(b"\x80\x02NN0N0.") is None  # three pushes
+    refused_pickle(b"\x80\x02NN0N0N0.", "pickle creates more than 3 objects")
+    refused_pickle(b"\x80\x02(N0N01N.", "pickle creates more than 3 objects")  # a MARK counts
+    od = b"\x80\x02" + OD + b"](K\x01K\x02\x86e\x85R."  # OrderedDict([(1, 2)]): walking its list counts too
+    monkeypatch.setattr(pr, "MAX_OBJECTS", 9)  # 8 pushes and MARKs, and the one pair walked
+    assert run(od) == {1: 2}
+    monkeypatch.setattr(pr, "MAX_OBJECTS", 8)
+    refused_pickle(od, "pickle creates more than 8 objects")
+    monkeypatch.setattr(pr, "MAX_OBJECTS", 1 << 20)
+    monkeypatch.setattr(pr, "MAX_MEMO_ENTRIES", 3)
+    three = b"\x80\x02Nq\x00q\x01q\x020"
+    assert run(three + b"h\x02.") is None
+    assert run(three + b"Nq\x010h\x01.") is None  # full, but an entry already there may be put again
+    refused_pickle(three + b"q\x03.", "pickle memo is too large")
+
+
+def test_arrays_are_read_only(tmp_path) -> None:
+    path = deflated_archive(tmp_path / "d.pth", deflate(RAW), ranges=((3, 100),))
+    view = pr.TensorRef(pr.StorageRef("0", U8, len(RAW)), 3, (50,), (2,))
+    with ck.Checkpoint(path) as checkpoint:
+        assert not checkpoint.array(view).flags.writeable
+        assert not checkpoint.array(checkpoint.tensors["t0"]).flags.writeable
