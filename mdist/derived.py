@@ -116,7 +116,7 @@ class DerivedState:
     valid: frozenset[str]  # derived by mdist, unchanged, from unchanged sources: safe to load
     stale: frozenset[str]  # derived by mdist, but it or a source changed: overwrite, never load
     sources: dict[str, tuple[str, ...]] = field(default_factory=dict)  # valid file -> what it was made from
-    stale_sources: dict[str, tuple[str, ...]] = field(default_factory=dict)  # stale file -> what it was made from
+    orphaned: frozenset[str] = frozenset()  # stale only because sources were deleted: itself and the rest unchanged
 
     def known(self, name: str) -> bool:
         return name in self.valid or name in self.stale
@@ -156,7 +156,7 @@ def derived_state(directory: Path) -> DerivedState:
     key = _load_key(create=False) if records else None
     if key is None:
         return NONE
-    valid, stale, made_from, stale_from = set(), set(), {}, {}
+    valid, stale, made_from, orphaned = set(), set(), {}, set()
     for name, record in records.items():
         if not (isinstance(name, str) and isinstance(record, dict) and isinstance(record.get("mac"), str)):
             continue
@@ -173,8 +173,20 @@ def derived_state(directory: Path) -> DerivedState:
             made_from[name] = tuple(sorted(recorded_sources))
         else:
             stale.add(name)
-            stale_from[name] = tuple(sorted(recorded_sources))
-    return DerivedState(frozenset(valid), frozenset(stale), made_from, stale_from)
+            if now == record["identity"] and _only_deleted(directory, recorded_sources):
+                orphaned.add(name)
+    return DerivedState(frozenset(valid), frozenset(stale), made_from, frozenset(orphaned))
+
+
+def _only_deleted(directory: Path, sources: dict) -> bool:
+    """Every recorded source is either gone or exactly as recorded (none edited or replaced)."""
+    for name, recorded in sources.items():
+        if not isinstance(name, str):
+            return False
+        current = _identity(Path(name) if os.path.isabs(name) else directory / name)
+        if current is not None and current != recorded:
+            return False
+    return True
 
 
 def record_derived(directory: Path, outputs: list[Path], sources: list[Path]) -> None:

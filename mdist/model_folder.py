@@ -215,14 +215,10 @@ class FolderContents:
         return self.release is None or all(self.trusted(name) for name in files)
 
     def outdated(self, name: str) -> bool:
-        """A stale derivation whose source is still here, changed: never loaded (`run` converts
-        again). One whose sources are all gone (`convert SRC --out DIR`, then SRC deleted) is a
-        file like any other: only a known release asks more (`trusted`)."""
-        if name not in self.derived.stale:
-            return False
-        sources = self.derived.stale_sources.get(name, ())
-        return not sources or any(os.path.lexists(source if os.path.isabs(source) else self.path / source)
-                                  for source in sources)
+        """A stale derivation that changed, or whose source here changed: never loaded (`run`
+        converts again). One that is stale only because its sources were deleted (`convert SRC
+        --out DIR`, then SRC removed) is a file like any other: only a known release asks more."""
+        return name in self.derived.stale and name not in self.derived.orphaned
 
     def choose(self, purpose: str, note: Callable[[str], None] | None = None) -> Layout:
         """The layout `purpose` uses; refuses a known release that holds foreign weights, and a

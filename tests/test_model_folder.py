@@ -374,10 +374,17 @@ def test_a_conversion_whose_source_was_deleted_still_runs(tmp_path: Path) -> Non
     assert run_mdist("convert", str(src), "--out", str(out)).returncode == 0
     before = run_mdist("run", str(out), "--prompt", "ROMEO:", "--max-tokens", "6", "--json")
     assert before.returncode == 0, before.stderr
-    shutil.rmtree(src)
+    (src / "consolidated.00.pth").unlink()  # the weights gone, the side files unchanged
     after = run_mdist("run", str(out), "--prompt", "ROMEO:", "--max-tokens", "6", "--json")
     assert after.returncode == 0, after.stderr
     assert json.loads(after.stdout)["token_ids"] == json.loads(before.stdout)["token_ids"]
+    (src / "params.json").write_text((src / "params.json").read_text() + " ")  # an existing source edited
+    edited = run_mdist("run", str(out), "--prompt", "ROMEO:", "--max-tokens", "6")
+    assert edited.returncode == 2 and "derived by mdist from files that have changed since" in edited.stderr
+    shutil.rmtree(src)
+    gone = run_mdist("run", str(out), "--prompt", "ROMEO:", "--max-tokens", "6", "--json")
+    assert gone.returncode == 0, gone.stderr
+    assert json.loads(gone.stdout)["token_ids"] == json.loads(before.stdout)["token_ids"]
     verified = run_mdist("verify", str(out), "--manifest", "tiny-mistral", "--json")  # nothing vouches for it
     statuses = {f["path"]: f["status"] for f in json.loads(verified.stdout)["report"]["files"]}
     assert verified.returncode == 1 and statuses["consolidated.safetensors"] == "stale", statuses
