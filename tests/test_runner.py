@@ -223,3 +223,27 @@ def test_bad_input_is_one_clear_line_and_exit_2(tmp_path: Path, fixture_models, 
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("mdist: error:"), result.stderr
+
+
+@pytest.mark.parametrize("params", [
+    {"dim": 64, "n_layers": 2, "vocab_size": 300, "n_groups": 1, "rms_norm": True, "residual_in_fp32": True,
+     "fused_add_norm": True, "pad_vocab_size_multiple": 1, "tie_embeddings": False},
+    {"dim": 64, "n_layers": 2, "vocab_size": 300, "model_type": "mamba"},
+], ids=["state-space keys", "model_type mamba"])
+def test_a_mamba_release_is_digested_but_not_run(tmp_path: Path, params: dict) -> None:
+    """Codestral Mamba is a Mamba 2 model: `run` says so in one line; digest still works."""
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "mamba"
+    folder.mkdir()
+    save_file({"backbone.embeddings.weight": torch.randn(300, 64), "lm_head.weight": torch.randn(300, 64)},
+              folder / "consolidated.safetensors")
+    (folder / "params.json").write_text(json.dumps(params))
+    shutil.copy(FIXTURE / "tokenizer.model", folder / "tokenizer.model")
+    result = run_mdist("run", str(folder), "--prompt", "a", "--max-tokens", "1")
+    assert result.returncode == 2
+    assert result.stderr.startswith("mdist: error: params.json: ") and result.stderr.count("\n") == 1
+    assert "not the Mistral transformer architecture" in result.stderr and "Mamba" in result.stderr
+    digest = run_mdist("digest", str(folder), "--json")
+    assert digest.returncode == 0, digest.stderr
+    assert json.loads(digest.stdout)["paths"][0]["tensors"] == 2
