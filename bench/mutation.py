@@ -255,6 +255,12 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "mdist.sources.torrent_meta.x__refuse_symlink__mutmut_12": (
         "the default attr is only asked whether it holds b'l' or b'p': b'XXXX' does not, as b'' does not",
         'entry.get(b"attr", b"XXXX")'),
+    # mdist/convert/safetensors_writer.py
+    "mdist.convert.safetensors_writer.x_build_header__mutmut_39": ("-(n - 8) and -(n + 8) are equal modulo 8",
+                                                                   "-(len(raw) - 8) % _ALIGN"),
+    "mdist.convert.safetensors_writer.x_build_header__mutmut_47": (
+        "a header held in memory is far shorter than 2^63 bytes: signed and unsigned 64-bit give the same bytes",
+        'struct.pack("<q", len(raw))'),
     # mdist/convert/checkpoint.py
     "mdist.convert.checkpoint.xǁCheckpointǁiter_bytes__mutmut_18": (
         "a one-dimensional view reshaped to (n, -1) is (n, 1), as reshape(-1, 1) (0-d views are contiguous: "
