@@ -400,3 +400,15 @@ def test_the_8x7b_mirror_layout_is_recognised_and_held_to_the_published_md5(tmp_
     assert joined["actual"] == hashlib.md5((release / "consolidated.00.pth").read_bytes()).hexdigest()
     assert {files[p.name]["status"] for p in pieces} == {"mismatch"}
     assert files["params.json"]["status"] == "ok"
+
+
+def test_weights_widened_on_the_fly_give_the_same_logits(tmp_path: Path) -> None:
+    """The path of models larger than the float32 budget (Mixtral 8x7B): bf16 kept as stored, the
+    router widened whole, experts through the decode kernel one token at a time."""
+    model, release, _, _ = make_mixtral(tmp_path, experts=8, top_k=2, theta=1e6, seed=47, bf16=True)
+    expected = reference_logits(model, TOKENS)
+    streamed = Model.load(release, f32_budget_bytes=0)
+    assert not streamed.weights.cached
+    assert_close(streamed.logits(TOKENS), expected)
+    cache = streamed.new_cache(len(TOKENS))
+    assert_close(np.concatenate([streamed.forward(np.array([t]), cache) for t in TOKENS]), expected)

@@ -69,6 +69,7 @@ class WeightStore:
     """
 
     CHUNK_BYTES = 4 << 20
+    SMALL_BYTES = 1 << 20  # widened whole and multiplied in one thread
 
     def __init__(self, tensors: dict[str, np.ndarray], f32_budget_bytes: int = DEFAULT_F32_BUDGET) -> None:
         self.stored = tensors
@@ -101,6 +102,8 @@ class WeightStore:
         weight = self.stored[name]
         if weight.dtype == np.float32:
             return x @ weight.T
+        if weight.nbytes <= self.SMALL_BYTES:  # a router (8 x 4096): waking threads costs more than the work
+            return x @ to_float32(weight).T
         out = np.empty((x.shape[0], weight.shape[0]), dtype=np.float32)
         kernel = bf16_gemv() if weight.dtype == np.uint16 and x.shape[0] <= MAX_TOKENS else None
         if kernel is not None:  # decoding: one pass over the bf16 bytes, widened in registers
