@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_7b import tensor_shapes as dense_shapes  # noqa: E402
 from bench_convert import timed_child  # noqa: E402
 from common import REPO, machine, print_result, rss_anon_mb  # noqa: E402
 
@@ -37,22 +38,15 @@ MIXTRAL_8X7B = dict(dim=4096, n_layers=32, head_dim=128, hidden_dim=14336, n_hea
 
 
 def tensor_shapes(c: dict) -> dict[str, tuple[int, ...]]:
-    shapes = {"tok_embeddings.weight": (c["vocab_size"], c["dim"]), "norm.weight": (c["dim"],),
-              "output.weight": (c["vocab_size"], c["dim"])}
+    """Mistral 7B's tensors (bench_7b) with each dense feed-forward replaced by a router and experts."""
+    shapes = {name: shape for name, shape in dense_shapes(c).items() if ".feed_forward." not in name}
     for i in range(c["n_layers"]):
-        p = f"layers.{i}."
-        shapes.update({
-            p + "attention.wq.weight": (c["n_heads"] * c["head_dim"], c["dim"]),
-            p + "attention.wk.weight": (c["n_kv_heads"] * c["head_dim"], c["dim"]),
-            p + "attention.wv.weight": (c["n_kv_heads"] * c["head_dim"], c["dim"]),
-            p + "attention.wo.weight": (c["dim"], c["n_heads"] * c["head_dim"]),
-            p + "attention_norm.weight": (c["dim"],), p + "ffn_norm.weight": (c["dim"],),
-            p + "feed_forward.gate.weight": (c["moe"]["num_experts"], c["dim"]),
-        })
+        p = f"layers.{i}.feed_forward."
+        shapes[p + "gate.weight"] = (c["moe"]["num_experts"], c["dim"])
         for e in range(c["moe"]["num_experts"]):
-            shapes.update({f"{p}feed_forward.experts.{e}.w1.weight": (c["hidden_dim"], c["dim"]),
-                           f"{p}feed_forward.experts.{e}.w2.weight": (c["dim"], c["hidden_dim"]),
-                           f"{p}feed_forward.experts.{e}.w3.weight": (c["hidden_dim"], c["dim"])})
+            shapes.update({f"{p}experts.{e}.w1.weight": (c["hidden_dim"], c["dim"]),
+                           f"{p}experts.{e}.w2.weight": (c["dim"], c["hidden_dim"]),
+                           f"{p}experts.{e}.w3.weight": (c["hidden_dim"], c["dim"])})
     return shapes
 
 
