@@ -94,9 +94,10 @@ MODULES: list[tuple[str, list[str], list[str], dict]] = [
     ("safetensors_writer", ["mdist/convert/safetensors_writer.py"], [
         "tests/test_mutants_safetensors_writer.py", "tests/test_documents_hostile.py", "tests/test_convert.py",
         "-k", "not test_documents_hostile or writer or round_trip"], {}),
-    ("digest", ["mdist/verify/digest.py"], [
+    # digest.py, and the chunking it shares with conversion (convert/sources.py array_chunks)
+    ("digest", ["mdist/verify/digest.py", "mdist/convert/sources.py"], [
         "tests/test_mutants_digest.py", "tests/test_verify.py", "tests/test_convert.py", "tests/test_hf_cache.py",
-        "-k", "digest or over_one_chunk"], {}),
+        "-k", "digest or over_one_chunk"], {"keep_functions": {"mdist/convert/sources.py": ["array_chunks"]}}),
     # Hub verification: mdist's own check of the HF cache (verify/hub_cache.py, whole), and in
     # sources/hub.py only the functions that check what the hub sends (the commit, the listing's
     # hashes, each file's sha256 / git blob sha1 before it is kept, the release check): the rest of

@@ -152,7 +152,7 @@ def test_refusals(tmp_path: Path, monkeypatch) -> None:
     (tmp_path / "w.bin").write_bytes(b"x")
     with pytest.raises(InputError) as caught:
         tensor_digests(tmp_path / "w.bin")
-    assert str(caught.value) == f"{tmp_path / 'w.bin'}: not a .pth, .safetensors or model folder"
+    assert str(caught.value) == f"{tmp_path / 'w.bin'}: not a .pth, .safetensors, .gguf or model folder"
     sharded = tmp_path / "sharded"
     sharded.mkdir()
     shutil.copy(FIXTURE / "params.json", sharded)
