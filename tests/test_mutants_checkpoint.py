@@ -448,3 +448,95 @@ def test_arrays_are_read_only(tmp_path) -> None:
     with ck.Checkpoint(path) as checkpoint:
         assert not checkpoint.array(view).flags.writeable
         assert not checkpoint.array(checkpoint.tensors["t0"]).flags.writeable
+
+
+# -- tensors and persistent ids, in process --------------------------------------------------------
+
+from pickle_payloads import G, J, S, T  # noqa: E402
+
+REBUILD = G("torch._utils", "_rebuild_tensor_v2")
+HOOKS = OD + b")R"
+
+
+def pid(storage: str = "FloatStorage", key: str = "0", location: bytes | None = None, numel: bytes | None = None,
+        head: bytes | None = None) -> bytes:
+    return T(S("storage") if head is None else head, G("torch", storage), S(key),
+             S("cpu") if location is None else location, J(4) if numel is None else numel) + b"Q"
+
+
+def rebuild(*args: bytes) -> bytes:
+    return b"\x80\x02" + REBUILD + T(*args) + b"R."
+
+
+def good(offset=J(0), size=T(J(2), J(2)), stride=T(J(2), J(1)), grad=b"\x89", hooks=HOOKS, extra=()) -> bytes:
+    return rebuild(pid(), offset, size, stride, grad, hooks, *extra)
+
+
+def test_rebuild_tensor() -> None:
+    expected = pr.TensorRef(pr.StorageRef("0", F32, 4), 0, (2, 2), (2, 1))
+    assert run(good()) == expected
+    assert run(good(extra=(b"N",))) == expected  # metadata None
+    assert run(good(extra=(b"}",))) == expected  # metadata {}
+    assert run(good(offset=J(1), size=T(J(3)), stride=T(J(1)))) == pr.TensorRef(pr.StorageRef("0", F32, 4), 1, (3,),
+                                                                                  (1,))
+    assert run(good(hooks=b"}")) == expected  # a plain dict of hooks
+    for data, message in (
+            (rebuild(pid(), J(0), T(J(2)), T(J(1)), b"\x89"), "malformed _rebuild_tensor_v2 call"),
+            (good(extra=(b"N", b"N")), "malformed _rebuild_tensor_v2 call"),
+            (rebuild(J(0), J(0), T(J(2)), T(J(1)), b"\x89", HOOKS), "tensor storage is not a persistent storage reference"),
+            (good(grad=J(0)), "malformed _rebuild_tensor_v2 call: requires_grad, hooks or metadata"),
+            (good(hooks=b"]"), "malformed _rebuild_tensor_v2 call: requires_grad, hooks or metadata"),
+            (good(extra=(b"]",)), "malformed _rebuild_tensor_v2 call: requires_grad, hooks or metadata"),
+            (good(size=b"]", stride=T(J(1))), "tensor shape and stride do not match"),
+            (good(size=T(J(4)), stride=b"]"), "tensor shape and stride do not match"),
+            (good(size=T(J(4)), stride=T(J(1), J(1))), "tensor shape and stride do not match"),
+            (good(size=T(*[J(1)] * 9), stride=T(*[J(1)] * 9)), "tensor has 9 dimensions, more than 8"),
+            (good(offset=J(-1)), "tensor offset, shape or stride is negative, not an integer or not an int64"),
+            (good(size=T(J(-1), J(2))), "tensor offset, shape or stride is negative, not an integer or not an int64"),
+            (good(stride=T(J(2), J(1 << 63))), "tensor offset, shape or stride is negative, not an integer or not an int64"),
+            (good(offset=b"\x88"), "tensor offset, shape or stride is negative, not an integer or not an int64"),
+            (good(offset=J(3)), "tensor reaches element 6 of storage '0' which has 4")):
+        refused_pickle(data, message)
+    assert run(good(size=T(*[J(1)] * 8), stride=T(*[J(1)] * 8))).shape == (1,) * 8
+    assert run(good(offset=J(0), size=T(J(0)), stride=T(J((1 << 63) - 1)))).stride == ((1 << 63) - 1,)
+
+
+def test_rebuild_parameter() -> None:
+    param = G("torch._utils", "_rebuild_parameter")
+    tensor = REBUILD + T(pid(), J(0), T(J(4)), T(J(1)), b"\x89", HOOKS) + b"R"
+    assert run(b"\x80\x02" + param + T(tensor, b"\x89", HOOKS) + b"R.") == pr.TensorRef(
+        pr.StorageRef("0", F32, 4), 0, (4,), (1,))
+    refused_pickle(b"\x80\x02" + param + T(tensor, b"\x89") + b"R.", "malformed _rebuild_parameter call")
+    refused_pickle(b"\x80\x02" + param + T(J(1), b"\x89", HOOKS) + b"R.", "malformed _rebuild_parameter call")
+
+
+def test_persistent_ids() -> None:
+    seen: list[tuple] = []
+
+    def record(key, dtype, numel):
+        seen.append((key, dtype, numel))
+        return pr.StorageRef(key, dtype, numel)
+
+    data = b"\x80\x02" + pid("HalfStorage", "a_1", numel=J(7)) + b"."
+    assert pr._Interpreter(record).run(data) == pr.StorageRef("a_1", pr.STORAGE_TYPES["HalfStorage"], 7)
+    assert seen == [("a_1", pr.STORAGE_TYPES["HalfStorage"], 7)]
+    assert run(b"\x80\x02" + pid(key="k" * 64, numel=J(pr.INT64_MAX // 8)) + b".").numel == pr.INT64_MAX // 8
+    assert run(b"\x80\x02" + pid(numel=J(0)) + b".").numel == 0
+    for data, message in (
+            (b"\x80\x02" + T(S("storage"), S("x")) + b"Q.", "malformed persistent id: expected ('storage', type, key, location, numel)"),
+            (b"\x80\x02" + pid(head=S("module")) + b".", "malformed persistent id: expected ('storage', type, key, location, numel)"),
+            (b"\x80\x02" + S("storage") + b"Q.", "malformed persistent id: expected ('storage', type, key, location, numel)"),
+            (b"\x80\x02" + T(S("storage"), S("FloatStorage"), S("0"), S("cpu"), J(4)) + b"Q.",
+             "persistent id names str, not a storage type"),
+            (b"\x80\x02" + T(S("storage"), OD, S("0"), S("cpu"), J(4)) + b"Q.",
+             "persistent id names collections.OrderedDict, not a storage type"),
+            (b"\x80\x02" + pid(key="") + b".", "persistent id has an invalid storage key"),
+            (b"\x80\x02" + pid(key="k" * 65) + b".", "persistent id has an invalid storage key"),
+            (b"\x80\x02" + pid(key="../0") + b".", "persistent id has an invalid storage key"),
+            (b"\x80\x02" + T(S("storage"), G("torch", "FloatStorage"), J(0), S("cpu"), J(4)) + b"Q.",
+             "persistent id has an invalid storage key"),
+            (b"\x80\x02" + pid(location=J(0)) + b".", "persistent id has an invalid location or size"),
+            (b"\x80\x02" + pid(numel=J(-1)) + b".", "persistent id has an invalid location or size"),
+            (b"\x80\x02" + pid(numel=J(pr.INT64_MAX // 8 + 1)) + b".", "persistent id has an invalid location or size"),
+            (b"\x80\x02" + pid(numel=b"\x88") + b".", "persistent id has an invalid location or size")):
+        refused_pickle(data, message)
