@@ -277,7 +277,8 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
-          -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout", None: "not checked"}
+          -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout", None: "not checked",
+          -11: "crash"}  # the test run died of SIGSEGV (e.g. numpy's as_strided handed None): detected, as a timeout is
 
 SITECUSTOMIZE = '''\
 """bench/mutation.py: in a subprocess of a mutmut stats run, record trampoline hits to a file at exit."""
@@ -556,7 +557,7 @@ def report(key: str, work: Path, files: list[str], seconds: float, exit_code: in
         counts[status] = counts.get(status, 0) + 1
     equivalent, survivors, stale = {}, {}, []
     for name, status in sorted(statuses.items()):
-        if status in ("killed", "timeout", "not checked"):  # not checked: the budget ran out first
+        if status in ("killed", "timeout", "crash", "not checked"):  # not checked: the budget ran out first
             continue
         diff = mutant_diff(work, name)
         if name in EQUIVALENT:
@@ -566,7 +567,7 @@ def report(key: str, work: Path, files: list[str], seconds: float, exit_code: in
                 continue
             stale.append(name)
         survivors[name] = {"status": status, "diff": diff}
-    killed = counts.get("killed", 0) + counts.get("timeout", 0)
+    killed = counts.get("killed", 0) + counts.get("timeout", 0) + counts.get("crash", 0)
     total = len(statuses)
     non_equivalent = total - len(equivalent)
     return {"module": key, "files": files, "seconds": round(seconds), "mutmut_exit": exit_code, "total": total,
