@@ -90,6 +90,31 @@ def test_fan_out_sends_each_byte_about_once(model: Path, tmp_path: Path) -> None
         fleet.close()
 
 
+def test_hosts_find_each_other_without_a_tracker(model: Path, tmp_path: Path) -> None:
+    """No tracker: the origin (`mdist seed --fleet --listen ADDR`) and 6 hosts given only the command
+    it printed, whose magnet names no tracker but the origin's address (x.pe). The hosts find each
+    other (peer exchange through the origin, local service discovery on the segment): all complete
+    with identical files, and the origin sent at most 1.5x the model, which it could not had every
+    host pulled its copy from the origin."""
+    fleet = Fleet(6, 100)
+    try:
+        origin, magnet, notes = start_origin(fleet, model, "--fleet")
+        assert "&tr=" not in magnet and f"x.pe={fleet.origin.ip}" in magnet, magnet
+        argv = host_argv(notes)
+        assert argv[2] == magnet
+        before = fleet.tx_bytes(fleet.origin)
+        started = time.time()
+        outs = [tmp_path / f"host{i}" for i in range(6)]
+        procs = [start_host(fleet, node, [*argv, "--timeout", "60"], out, tmp_path / f"host{i}.log")
+                 for i, (node, out) in enumerate(zip(fleet.hosts, outs))]
+        wait_complete(outs, started, 90, procs)
+        sent = fleet.tx_bytes(fleet.origin) - before
+        assert_identical(model, outs)
+        assert sent <= 1.5 * model_bytes(model), f"origin sent {sent / model_bytes(model):.2f}x the model"
+    finally:
+        fleet.close()
+
+
 def test_hosts_finish_from_each_other_after_the_origin_stops(model: Path, tmp_path: Path) -> None:
     """The origin says when every piece has left it; stopped right then (SIGKILL, no goodbye), the
     hosts still all complete. By then it had sent at most 1.3x the model although 4 hosts need 4x:

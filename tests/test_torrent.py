@@ -402,3 +402,21 @@ def test_the_grace_period_is_only_for_a_release_with_somewhere_else_to_go(tmp_pa
     with pytest.raises(NoProgress, match="no progress for 3s"):
         run_fetch(FetchRequest("magnet:?xt=urn:btih:" + "ab" * 20, swarm_grace=1,
                                swarm=FetchOptions(out=tmp_path / "got", no_dht=True, timeout=3)), _Said())
+
+
+def test_a_session_listens_on_one_port_on_every_interface() -> None:
+    """Asked for any port, libtorrent 2.1 opened one socket per interface, each on its own port, and
+    told peers one of them (extension handshake, local service discovery): peers that learnt a host
+    by peer exchange or LSD reached a closed port, so a fleet without a tracker never meshed
+    (docs/fleet.md). mdist picks one free port for every interface."""
+    from mdist.sources.bt_session import make_session
+
+    session = make_session(None, no_dht=True, lsd=False)
+    ports: set[int] = set()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not ports:
+        session.wait_for_alert(200)
+        ports |= {a.port for a in session.pop_alerts() if isinstance(a, lt.listen_succeeded_alert)}
+    time.sleep(0.3)
+    ports |= {a.port for a in session.pop_alerts() if isinstance(a, lt.listen_succeeded_alert)}
+    assert ports == {session.listen_port()}, ports

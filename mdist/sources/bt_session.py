@@ -79,7 +79,11 @@ def make_session(listen: Endpoint | None = None, *, no_dht: bool = False, lsd: b
     tracker."""
     lib = lt()
     category = lib.alert_category
-    interfaces = str(listen) if listen else "0.0.0.0:0,[::]:0"
+    if listen is None:  # every interface, one port (see free_port)
+        port = free_port()
+        interfaces = f"0.0.0.0:{port},[::]:{port}"
+    else:
+        interfaces = str(listen if listen.port else Endpoint(listen.host, free_port(listen.host)))
     if lsd is None:
         lsd = bool(fleet) or not no_dht
     settings = {
@@ -107,6 +111,44 @@ def make_session(listen: Endpoint | None = None, *, no_dht: bool = False, lsd: b
     except (KeyError, TypeError, RuntimeError) as exc:
         raise InputError(f"libtorrent refused a setting ({exc}); check {TUNING_ENV}") from None
     return session
+
+
+def free_port(host: str = "0.0.0.0") -> int:
+    """A port free for TCP and UDP on `host` (and, for the wildcard, on IPv6's too).
+
+    Asked for port 0, libtorrent 2.1 opens one socket per interface, each on its own random port,
+    but tells peers a single one of them (the extension handshake's "p", local service discovery):
+    peers that learnt this host by peer exchange or LSD then connected to a closed port (measured in
+    network namespaces: hosts of a fleet never reached each other without a tracker). One port for
+    every interface keeps what it announces true."""
+    import socket
+
+    wildcard = host in ("0.0.0.0", "::", "")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for _ in range(50):
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((host, 0))
+            port = probe.getsockname()[1]
+        tries = [(family, socket.SOCK_DGRAM, host)]
+        if wildcard and socket.has_ipv6:
+            tries += [(socket.AF_INET6, kind, "::") for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM)]
+        if all(_bindable(*t, port) for t in tries):
+            return port
+    raise InputError("no free port for libtorrent to listen on")
+
+
+def _bindable(family: int, kind: int, host: str, port: int) -> bool:
+    import errno
+    import socket
+
+    try:
+        with socket.socket(family, kind) as probe:
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            probe.bind((host, port))
+        return True
+    except OSError as exc:  # in use; or no IPv6 on this machine, which libtorrent skips as well
+        return family == socket.AF_INET6 and exc.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL)
 
 
 def actual_listen_port(session, timeout: float = 10.0) -> int:
