@@ -262,6 +262,9 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "mdist.convert.safetensors_writer.x_build_header__mutmut_47": (
         "a header held in memory is far shorter than 2^63 bytes: signed and unsigned 64-bit give the same bytes",
         'struct.pack("<q", len(raw))'),
+    # mdist/verify/hub_cache.py, mdist/sources/hub.py
+    "mdist.verify.hub_cache.x_cached_snapshot__mutmut_39": ("codec names are case-insensitive",
+                                                            '.decode("ASCII", "replace")'),
     # mdist/convert/checkpoint.py
     "mdist.convert.checkpoint.xǁCheckpointǁiter_bytes__mutmut_18": (
         "a one-dimensional view reshaped to (n, -1) is (n, 1), as reshape(-1, 1) (0-d views are contiguous: "

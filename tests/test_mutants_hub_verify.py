@@ -612,3 +612,61 @@ def test_hash_all_stops_the_others_at_the_first_failure(tmp_path: Path, monkeypa
     with pytest.raises(OSError):
         hub._hash_all(files)
     assert events and all(e is events[0] for e in events) and events[0].is_set()  # the others stop reading
+
+
+def test_verify_cached_checks_the_revision_asked(hf_cache: Path, monkeypatch) -> None:
+    repo = hf_cache / "models--org--m"
+    (repo / "snapshots" / OTHER).mkdir()
+    (repo / "refs" / "v1").write_text(OTHER)
+    calls = fake_verify(monkeypatch, ["ok"])
+    hubs = fake_hub(monkeypatch, None)
+    outcome = hub_cache.verify_cached("org/m", "v1", None)
+    assert outcome["commit"] == OTHER and calls[0][0] == repo / "snapshots" / OTHER
+    assert hubs[0][1] == OTHER
+
+
+def test_hub_check_endpoint_keeps_its_last_letter(api, tmp_path: Path) -> None:
+    snapshot = tmp_path / "hub" / "models--org--m" / "snapshots" / COMMIT
+    assert hub_cache._hub_check("org/m", COMMIT, snapshot, "http://hubX//")["endpoint"] == "http://hubX"
+
+
+def test_hub_check_httpx_errors_mean_offline(api, tmp_path: Path) -> None:
+    snapshot = tmp_path / "hub" / "models--org--m" / "snapshots" / COMMIT
+
+    class ConnectTimeout(Exception):  # what httpx raises is no OSError: recognised by its module
+        pass
+
+    ConnectTimeout.__module__ = "httpx._exceptions"
+    api.raises = ConnectTimeout("timed out")
+    assert hub_cache._hub_check("org/m", COMMIT, snapshot, "http://e") is None
+
+
+def test_hash_all_workers(tmp_path: Path, monkeypatch) -> None:
+    import time
+
+    files = {name: tmp_path / name for name in ("a", "b", "c")}
+    for path in files.values():
+        path.write_bytes(b"x")
+    threads: set[str] = set()
+
+    def hash_regular(path, algorithms, cancel):
+        threads.add(threading.current_thread().name)
+        time.sleep(0.05)  # busy: another queued file needs another worker, if there is one
+        return {"sha256": "0"}
+
+    monkeypatch.setattr(hub, "_hash_regular", hash_regular)
+    monkeypatch.setattr(hub.os, "cpu_count", lambda: None)
+    hub._hash_all(files)
+    assert len(threads) == 1  # the CPU count unknown: one worker
+    threads.clear()
+    monkeypatch.setattr(hub.os, "cpu_count", lambda: 2)
+    hub._hash_all(files)
+    assert len(threads) == 2  # at most one per CPU
+
+
+def test_discard_of_a_blob_gone_meanwhile(tmp_path: Path, monkeypatch) -> None:
+    repo, snapshot = cache_repo(tmp_path)
+    (snapshot / "a").symlink_to(repo / "blobs" / "gone")
+    monkeypatch.setattr(hub, "_own_blob", lambda folder, real: True)  # it was there when checked
+    hub._discard(snapshot, snapshot / "a", repo / "blobs" / "gone")
+    assert not os.path.lexists(snapshot / "a")
