@@ -75,6 +75,8 @@ def test_int64_byte_counts() -> None:
     biggest = pr.INT64_MAX // 4
     with pytest.raises(CheckpointError, match="tensor has"):
         pr.check_view(view(10, 0, (biggest,), (1,)))  # fits int64 bytes, but not the storage
+    with pytest.raises(CheckpointError, match="tensor has"):
+        pr.check_view(view(10, 0, (1, biggest, 1), (1, 1, 1)))  # size-1 dimensions add nothing
     refused(view(10, 0, (biggest + 1,), (1,)), f"tensor shape ({biggest + 1},) is too large for int64 byte counts")
     refused(view(10, 0, (0, biggest + 1), (1, 1)),
             f"tensor shape (0, {biggest + 1}) is too large for int64 byte counts")  # even when empty
