@@ -265,6 +265,8 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     # mdist/verify/hub_cache.py, mdist/sources/hub.py
     "mdist.verify.hub_cache.x_cached_snapshot__mutmut_39": ("codec names are case-insensitive",
                                                             '.decode("ASCII", "replace")'),
+    "mdist.sources.hub.x__hash_all__mutmut_36": ("wait=True is shutdown's default",
+                                                 "pool.shutdown(cancel_futures=True)"),
     # mdist/convert/checkpoint.py
     "mdist.convert.checkpoint.xǁCheckpointǁiter_bytes__mutmut_18": (
         "a one-dimensional view reshaped to (n, -1) is (n, 1), as reshape(-1, 1) (0-d views are contiguous: "

@@ -508,6 +508,11 @@ def test_release_files_refuse_a_linked_folder_on_the_way(tmp_path: Path) -> None
     with pytest.raises(UnsafeContentError) as caught:
         hub._release_files(out, manifest({"sub/b": b"B"}), False)
     assert "the check against rel" in message(caught)
+    (out / "x").mkdir()
+    (out / "x" / "sub").symlink_to(tmp_path / "elsewhere")  # a link deeper on the way
+    with pytest.raises(UnsafeContentError) as caught:
+        hub._release_files(out, manifest({"x/sub/b": b"B"}), False)
+    assert "the check against rel" in message(caught) and "x/sub" in message(caught)
 
 
 def cache_repo(tmp_path: Path) -> tuple[Path, Path]:
@@ -524,6 +529,10 @@ def test_release_files_in_the_hf_cache(tmp_path: Path) -> None:
     blob.write_bytes(b"A")
     (snapshot / "a").symlink_to(os.path.relpath(blob, snapshot))
     (snapshot / "c").write_bytes(b"C")
+    (snapshot / "sub").mkdir()
+    (snapshot / "sub" / "a").symlink_to(os.path.relpath(blob, snapshot / "sub"))  # a file's own link: fine
+    assert hub._release_files(snapshot, manifest({"a": b"A", "c": b"C", "sub/a": b"A"}), True) == {
+        "a": blob, "c": snapshot / "c", "sub/a": blob}
     m = manifest({"a": b"A", "c": b"C"})
     assert hub._release_files(snapshot, m, True) == {"a": blob, "c": snapshot / "c"}
     with pytest.raises(UnsafeContentError):  # in OUT a link is never read, wherever it leads
@@ -577,8 +586,8 @@ def test_own_blob_and_discard(tmp_path: Path) -> None:
 
 
 def test_hash_all(tmp_path: Path, monkeypatch) -> None:
-    files = {name: tmp_path / name for name in ("s", "m", "l")}
-    for size, path in zip((1, 50, 900), files.values()):
+    files = {name: tmp_path / name for name in ("e", "a", "b", "c")}  # names in the opposite order of sizes
+    for size, path in zip((0, 1, 50, 900), files.values()):
         path.write_bytes(bytes([size % 256]) * size)
     assert hub._hash_all({}) == {}
     assert hub._hash_all(files) == {n: sha256(p.read_bytes()) for n, p in files.items()}
@@ -593,7 +602,7 @@ def test_hash_all(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(hub, "_hash_regular", record)
     monkeypatch.setattr(hub.os, "cpu_count", lambda: None)  # unknown: one worker, so the order shows
     hub._hash_all(files)
-    assert order == ["l", "m", "s"]  # largest first
+    assert order == ["c", "b", "a", "e"]  # largest first
 
 
 def test_hash_all_stops_the_others_at_the_first_failure(tmp_path: Path, monkeypatch) -> None:
@@ -670,3 +679,49 @@ def test_discard_of_a_blob_gone_meanwhile(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(hub, "_own_blob", lambda folder, real: True)  # it was there when checked
     hub._discard(snapshot, snapshot / "a", repo / "blobs" / "gone")
     assert not os.path.lexists(snapshot / "a")
+
+
+def test_hash_all_waits_for_the_others_before_raising(tmp_path: Path, monkeypatch) -> None:
+    import time
+
+    events: list[str] = []
+
+    def hash_regular(path, algorithms, cancel):
+        if path.name == "bad":
+            time.sleep(0.1)
+            raise OSError("boom")
+        for _ in range(100):
+            if cancel.is_set():
+                time.sleep(0.02)
+                events.append("slow stopped")
+                raise hub.Cancelled(str(path))
+            time.sleep(0.05)
+        events.append("slow finished")
+        return {"sha256": "0"}
+
+    monkeypatch.setattr(hub, "_hash_regular", hash_regular)
+    monkeypatch.setattr(hub.os, "cpu_count", lambda: 2)
+    (tmp_path / "bad").write_bytes(b"x" * 100)
+    (tmp_path / "slow").write_bytes(b"x")
+    with pytest.raises(OSError, match="boom"):
+        hub._hash_all({"bad": tmp_path / "bad", "slow": tmp_path / "slow"})
+    assert events == ["slow stopped"]  # waited for: no thread still reading once the error is raised
+
+
+def test_hash_all_never_starts_files_queued_behind_an_error(tmp_path: Path, monkeypatch) -> None:
+    started: list[str] = []
+
+    def hash_regular(path, algorithms, cancel):
+        started.append(path.name)
+        if path.name == "bad":
+            raise OSError("boom")
+        return {"sha256": "0"}
+
+    monkeypatch.setattr(hub, "_hash_regular", hash_regular)
+    monkeypatch.setattr(hub.os, "cpu_count", lambda: 1)
+    jobs = {name: tmp_path / name for name in ("bad", "q1", "q2")}
+    for size, path in zip((100, 2, 1), jobs.values()):
+        path.write_bytes(b"x" * size)
+    with pytest.raises(OSError):
+        hub._hash_all(jobs)
+    assert started == ["bad"]
