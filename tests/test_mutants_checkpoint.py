@@ -490,6 +490,8 @@ def test_rebuild_tensor() -> None:
             (good(hooks=b"]"), "malformed _rebuild_tensor_v2 call: requires_grad, hooks or metadata"),
             (good(extra=(b"]",)), "malformed _rebuild_tensor_v2 call: requires_grad, hooks or metadata"),
             (good(size=b"]", stride=T(J(1))), "tensor shape and stride do not match"),
+            (good(size=b"](" + J(2) + J(2) + b"e"), "tensor shape and stride do not match"),  # a list [2, 2]
+            (good(stride=b"](" + J(2) + J(1) + b"e"), "tensor shape and stride do not match"),
             (good(size=T(J(4)), stride=b"]"), "tensor shape and stride do not match"),
             (good(size=T(J(4)), stride=T(J(1), J(1))), "tensor shape and stride do not match"),
             (good(size=T(*[J(1)] * 9), stride=T(*[J(1)] * 9)), "tensor has 9 dimensions, more than 8"),
