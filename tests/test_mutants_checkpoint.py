@@ -544,3 +544,16 @@ def test_persistent_ids() -> None:
             (b"\x80\x02" + pid(numel=J(pr.INT64_MAX // 8 + 1)) + b".", "persistent id has an invalid location or size"),
             (b"\x80\x02" + pid(numel=b"\x88") + b".", "persistent id has an invalid location or size")):
         refused_pickle(data, message)
+
+
+def test_a_storage_referenced_twice_must_agree(tmp_path) -> None:
+    from pickle_payloads import write_archive
+
+    ok = state_dict(("a", tensor("0", 4)), ("b", tensor("0", 4, 1, (3,), (1,))))
+    with ck.Checkpoint(write_archive(tmp_path / "ok.pth", ok)) as checkpoint:
+        assert checkpoint.tensors["b"].storage is checkpoint.tensors["a"].storage
+    for other in (tensor("0", 4, storage="IntStorage"), tensor("0", 2, 0, (2,), (1,))):  # a type, a size
+        path = write_archive(tmp_path / "bad.pth", state_dict(("a", tensor("0", 4)), ("b", other)))
+        with pytest.raises(CheckpointError) as caught:
+            ck.Checkpoint(path)
+        assert str(caught.value) == "storage '0' is referenced with different types or sizes"

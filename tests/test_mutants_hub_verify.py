@@ -408,10 +408,10 @@ def test_present_refuses_what_is_no_file(tmp_path: Path) -> None:
     assert (tmp_path / "target").read_bytes() == b"listed bytes" and p.final.is_symlink()
 
 
-def fake_transfer(monkeypatch, p: Placement, downloads: list[bytes], resumed: bool) -> SimpleNamespace:
+def fake_transfer(monkeypatch, p: Placement, downloads: list[bytes], resumed: bool, adopted: int = 5) -> SimpleNamespace:
     transfer = SimpleNamespace(on_disk=[None], notes=[], cancel=threading.Event(), downloads=0)
-    monkeypatch.setattr(hub, "_adopt", lambda placement: 5 if resumed else 0)
-    monkeypatch.setattr(hub, "_partial_size", lambda placement: 5 if resumed else 0)
+    monkeypatch.setattr(hub, "_adopt", lambda placement: adopted if resumed else 0)
+    monkeypatch.setattr(hub, "_partial_size", lambda placement: adopted if resumed else 0)
 
     def download(placement, index, t):
         assert placement is p and index == 0 and t is transfer
@@ -725,3 +725,19 @@ def test_hash_all_never_starts_files_queued_behind_an_error(tmp_path: Path, monk
     with pytest.raises(OSError):
         hub._hash_all(jobs)
     assert started == ["bad"]
+
+
+def test_one_byte_from_an_earlier_run_is_a_resumed_download(tmp_path: Path, monkeypatch) -> None:
+    good = b"the listed bytes"
+    p = placement(tmp_path, good)
+    transfer = fake_transfer(monkeypatch, p, [b"a resumed mixup", good], resumed=True, adopted=1)
+    assert hub._download_verified(p, 0, transfer) == {"sha256": sha256(good)}
+    assert transfer.downloads == 2 and transfer.on_disk == [1]
+
+
+def test_checking_a_download_stops_when_cancelled(tmp_path: Path, monkeypatch) -> None:
+    p = placement(tmp_path, b"the listed bytes")
+    transfer = fake_transfer(monkeypatch, p, [b"the listed bytes"], resumed=False)
+    transfer.cancel.set()  # Ctrl-C while the file was downloading: its check does not start
+    with pytest.raises(hub.Cancelled):
+        hub._download_verified(p, 0, transfer)
