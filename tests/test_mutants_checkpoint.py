@@ -537,6 +537,7 @@ def test_persistent_ids() -> None:
             (b"\x80\x02" + pid(key="") + b".", "persistent id has an invalid storage key"),
             (b"\x80\x02" + pid(key="k" * 65) + b".", "persistent id has an invalid storage key"),
             (b"\x80\x02" + pid(key="../0") + b".", "persistent id has an invalid storage key"),
+            (b"\x80\x02" + pid(key="__") + b".", "persistent id has an invalid storage key"),  # no letter or digit
             (b"\x80\x02" + T(S("storage"), G("torch", "FloatStorage"), J(0), S("cpu"), J(4)) + b"Q.",
              "persistent id has an invalid storage key"),
             (b"\x80\x02" + pid(location=J(0)) + b".", "persistent id has an invalid location or size"),
