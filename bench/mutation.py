@@ -267,6 +267,12 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
                                                             '.decode("ASCII", "replace")'),
     "mdist.sources.hub.x__hash_all__mutmut_36": ("wait=True is shutdown's default",
                                                  "pool.shutdown(cancel_futures=True)"),
+    "mdist.sources.hub.x__download_verified__mutmut_45": (
+        "_digests has just read p.partial: it is there to remove (only a deletion in between would tell)",
+        "p.partial.unlink(missing_ok=None)"),
+    "mdist.sources.hub.x__download_verified__mutmut_46": (
+        "_digests has just read p.partial: it is there to remove (only a deletion in between would tell)",
+        "p.partial.unlink(missing_ok=False)"),
     # mdist/convert/checkpoint.py
     "mdist.convert.checkpoint.xǁCheckpointǁiter_bytes__mutmut_18": (
         "a one-dimensional view reshaped to (n, -1) is (n, 1), as reshape(-1, 1) (0-d views are contiguous: "

@@ -194,6 +194,8 @@ def test_globals() -> None:
     long = "m" * 300
     refused_pickle(b"\x80\x02c" + long.encode() + b"\n" + long.encode() + b"\n.",
                    f"refused global {'m' * 200}.{'m' * 200}: not part of a tensor state dict")
+    refused_pickle(b"\x80\x02ctorch\nFloat Storage x\n.",  # GLOBAL's module ends at the first space
+                   "refused global torch.Float Storage x: not part of a tensor state dict")
     assert run(b"\x80\x02ctorch\nHalfStorage\n.") is pr.STORAGE_TYPES["HalfStorage"]
     assert run(b"\x80\x02ctorch._utils\n_rebuild_parameter\n.") is pr._REBUILD_PARAMETER
 

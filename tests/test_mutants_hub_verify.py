@@ -741,3 +741,25 @@ def test_checking_a_download_stops_when_cancelled(tmp_path: Path, monkeypatch) -
     transfer.cancel.set()  # Ctrl-C while the file was downloading: its check does not start
     with pytest.raises(hub.Cancelled):
         hub._download_verified(p, 0, transfer)
+
+
+def test_checks_of_files_on_disk_stop_when_cancelled(tmp_path: Path, monkeypatch) -> None:
+    p = placement(tmp_path, b"listed bytes")
+    p.final.write_bytes(b"listed bytes")
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(hub.Cancelled):
+        hub._present(p, cancel)  # the file already there is not hashed to the end once stopped
+    good = b"the listed bytes"
+    p = placement(tmp_path, good)
+    transfer = fake_transfer(monkeypatch, p, [b"a resumed mixup", good], resumed=True)
+    real_download = hub._download
+
+    def download(placement, index, t):
+        real_download(placement, index, t)
+        if t.downloads == 2:
+            t.cancel.set()  # stopped during the second download: its check does not start
+
+    monkeypatch.setattr(hub, "_download", download)
+    with pytest.raises(hub.Cancelled):
+        hub._download_verified(p, 0, transfer)
