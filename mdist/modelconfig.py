@@ -113,6 +113,8 @@ class MistralConfig:
         moe = params.get("moe")
         if moe is not None and not isinstance(moe, dict):
             raise InputError("params.json: moe must be an object")
+        if moe is not None and moe.get("num_experts") == 0:  # would pass as dense, with Mixtral's rope_theta
+            raise InputError("params.json: moe must name at least one expert, got num_experts 0")
         try:
             dim, n_heads = params["dim"], params["n_heads"]
             return cls(
@@ -163,14 +165,14 @@ class MistralConfig:
             return cls(
                 dim=dim,
                 n_layers=config["num_hidden_layers"],
-                head_dim=config.get("head_dim") or _default_head_dim(dim, n_heads),
+                head_dim=_given(config, "head_dim", _default_head_dim(dim, n_heads)),
                 hidden_dim=config["intermediate_size"],
                 n_heads=n_heads,
-                n_kv_heads=config.get("num_key_value_heads") or n_heads,
+                n_kv_heads=_given(config, "num_key_value_heads", n_heads),
                 norm_eps=config.get("rms_norm_eps", 1e-6),
                 vocab_size=config["vocab_size"],
                 sliding_window=config.get("sliding_window"),
-                rope_theta=config.get("rope_theta") or rope.get("rope_theta") or DEFAULT_ROPE_THETA,
+                rope_theta=_given(config, "rope_theta", _given(rope, "rope_theta", DEFAULT_ROPE_THETA)),
                 **({} if not moe else {"n_experts": config["num_local_experts"],
                                        "n_experts_per_tok": config["num_experts_per_tok"]}),
             )
@@ -210,6 +212,13 @@ class MistralConfig:
             "use_cache": True,
             "torch_dtype": "bfloat16",
         }
+
+
+def _given(config: dict[str, Any], key: str, default: Any) -> Any:
+    """The file's value when it has one (even 0 or false, which the checks then refuse), else the
+    default: `config.get(key) or default` would quietly replace a 0 by the default."""
+    value = config.get(key)
+    return default if value is None else value
 
 
 def _refuse_other_architecture(params: dict[str, Any], where: str) -> None:

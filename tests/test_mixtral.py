@@ -319,6 +319,7 @@ def _edit_params(release: Path, **changes) -> None:
     ({"moe": {"num_experts_per_tok": 5, "num_experts": 4}}, "model config: experts per token must be an integer in 1..4, got 5"),
     ({"moe": {"num_experts": 4}}, "params.json lacks the key 'num_experts_per_tok'"),
     ({"moe": [4, 2]}, "params.json: moe must be an object"),
+    ({"moe": {"num_experts_per_tok": 0, "num_experts": 0}}, "params.json: moe must name at least one expert, got num_experts 0"),
     ({"hidden_dim": 64}, "tensor layers.0.feed_forward.experts.0.w1.weight has shape (96, 64), config implies (64, 64)"),
 ])
 def test_moe_block_disagreeing_with_the_tensors_is_one_line(tmp_path: Path, change: dict, message: str) -> None:
@@ -412,3 +413,27 @@ def test_weights_widened_on_the_fly_give_the_same_logits(tmp_path: Path) -> None
     assert_close(streamed.logits(TOKENS), expected)
     cache = streamed.new_cache(len(TOKENS))
     assert_close(np.concatenate([streamed.forward(np.array([t]), cache) for t in TOKENS]), expected)
+
+
+def test_weights_that_are_not_numbers_stop_the_run_in_one_line(tmp_path: Path) -> None:
+    _, release, _, _ = make_mixtral(tmp_path, experts=4, top_k=2, theta=1e4, seed=53)
+    state = torch.load(release / "consolidated.00.pth", weights_only=True)  # the test's own file
+    state["layers.0.feed_forward.gate.weight"][:] = float("nan")
+    torch.save(state, release / "consolidated.00.pth")
+    result = run_mdist("run", str(release), "--prompt", "a", "--max-tokens", "3")
+    assert result.returncode == 2 and result.stdout == ""
+    assert error_line(result).startswith("mdist: error: the model's output scores are not finite")
+
+
+@pytest.mark.parametrize("key", ["rope_theta", "head_dim", "num_key_value_heads", "num_local_experts"])
+def test_a_zero_in_config_json_is_refused_not_replaced_by_a_default(tmp_path: Path, key: str) -> None:
+    from mdist.errors import InputError
+    from mdist.modelconfig import MistralConfig
+
+    _, _, hf_dir, _ = make_mixtral(tmp_path, experts=4, top_k=2, theta=1e4, seed=59)
+    config = json.loads((hf_dir / "config.json").read_text())
+    assert MistralConfig.from_hf_config(config).n_experts == 4
+    config[key] = 0
+    config.get("rope_parameters", {}).pop("rope_theta", None) if key == "rope_theta" else None
+    with pytest.raises(InputError, match="must be"):
+        MistralConfig.from_hf_config(config)

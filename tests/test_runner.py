@@ -247,3 +247,28 @@ def test_a_mamba_release_is_digested_but_not_run(tmp_path: Path, params: dict) -
     digest = run_mdist("digest", str(folder), "--json")
     assert digest.returncode == 0, digest.stderr
     assert json.loads(digest.stdout)["paths"][0]["tensors"] == 2
+
+
+def test_a_long_prompt_runs_in_bounded_memory(fixture_copy: Path, monkeypatch) -> None:
+    """Attention scores are heads x tokens x keys floats: a 6,000-token prompt in one pass needed
+    1.15 GB for them alone (and 12,000 tokens ~10 GB). In chunks, memory stays flat, same logits."""
+    import tracemalloc
+
+    import mdist.runner.model as runner_model
+
+    model = Model.load(fixture_copy)
+    tokens = np.random.default_rng(0).integers(3, 2048, 6000)
+    tracemalloc.start()
+    try:
+        last = model.forward(tokens, model.new_cache(len(tokens)), last_only=True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 400 << 20, f"peak {peak / 2**20:.0f} MiB"
+    monkeypatch.setattr(runner_model, "_SCORES_BYTES", 1)  # the smallest chunks (16 tokens)
+    assert model._chunk(6000) == 16
+    small = model.forward(tokens[:700], model.new_cache(700))
+    monkeypatch.undo()
+    whole = model.forward(tokens[:700], model.new_cache(700))
+    np.testing.assert_allclose(small, whole, rtol=1e-5, atol=1e-5)
+    assert last.shape == (1, 2048) and np.isfinite(last).all()

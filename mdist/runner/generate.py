@@ -8,6 +8,7 @@ from typing import Iterator
 
 import numpy as np
 
+from mdist.errors import InputError
 from mdist.runner.model import Model
 from mdist.runner.sampling import Sampler
 
@@ -43,7 +44,7 @@ def generate_ids(
         return
     cache = model.new_cache(len(prompt_ids) + max_tokens)
     started = time.perf_counter()
-    logits = model.forward(np.asarray(prompt_ids), cache, last_only=True)[-1]
+    logits = _finite(model.forward(np.asarray(prompt_ids), cache, last_only=True)[-1])
     stats.prefill_seconds = time.perf_counter() - started
     started = time.perf_counter()
     for index in range(max_tokens):
@@ -55,5 +56,14 @@ def generate_ids(
         stats.token_ids.append(token)
         yield token
         if index + 1 < max_tokens:
-            logits = model.forward(np.asarray([token]), cache)[-1]
+            logits = _finite(model.forward(np.asarray([token]), cache)[-1])
     stats.decode_seconds = time.perf_counter() - started
+
+
+def _finite(logits: np.ndarray) -> np.ndarray:
+    """NaN or infinite scores come from weights that are (at least partly) not numbers: stop with
+    one line rather than print whatever token a NaN comparison happens to pick."""
+    if not np.isfinite(logits).all():
+        raise InputError("the model's output scores are not finite (NaN or infinity): its weights hold values "
+                         "that are not numbers; check them with `mdist verify`")
+    return logits

@@ -20,6 +20,7 @@ from mdist.runner.weights import DEFAULT_F32_BUDGET, WeightStore, load_tensors
 
 MAX_CONTEXT = 32768
 _PREFILL_CHUNK = 256
+_SCORES_BYTES = 256 << 20
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
@@ -129,19 +130,34 @@ class Model:
     def logits(self, tokens: list[int] | np.ndarray) -> np.ndarray:
         """Logits (len(tokens), vocab) of a full sequence, float32."""
         tokens = np.asarray(tokens, dtype=np.int64)
-        cache = self.new_cache(len(tokens))
-        return np.concatenate(
-            [self.forward(tokens[i : i + _PREFILL_CHUNK], cache) for i in range(0, len(tokens), _PREFILL_CHUNK)]
-        )
+        return self.forward(tokens, self.new_cache(len(tokens)))
 
     def forward(self, tokens: np.ndarray, cache: KVCache, *, last_only: bool = False) -> np.ndarray:
-        """Run `tokens` at the positions after what `cache` holds; return their logits."""
+        """Run `tokens` at the positions after what `cache` holds; return their logits.
+
+        A long prompt runs in chunks: attention scores are heads x chunk x keys floats, so a
+        12,000-token prompt in one pass would need gigabytes; chunks keep them under ~256 MB."""
         c = self.config
         tokens = np.asarray(tokens, dtype=np.int64)
         if tokens.size == 0:
             return np.zeros((0, c.vocab_size), dtype=np.float32)
         if tokens.min() < 0 or tokens.max() >= c.vocab_size:
             raise InputError("token id outside the vocabulary")
+        step = self._chunk(cache.pos + len(tokens))
+        outputs = []
+        for start in range(0, len(tokens), step):
+            out = self._forward_chunk(tokens[start : start + step], cache, last_only=last_only)
+            if not last_only or start + step >= len(tokens):
+                outputs.append(out)
+        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
+
+    def _chunk(self, end: int) -> int:
+        """Tokens per pass so that the attention scores stay near _SCORES_BYTES."""
+        keys = min(end, self.config.sliding_window or end) + _PREFILL_CHUNK
+        return int(max(16, min(_PREFILL_CHUNK, _SCORES_BYTES // (4 * self.config.n_heads * keys))))
+
+    def _forward_chunk(self, tokens: np.ndarray, cache: KVCache, *, last_only: bool) -> np.ndarray:
+        c = self.config
         T = len(tokens)
         positions = np.arange(cache.pos, cache.pos + T)
         past = cache.past_positions(cache.pos)
