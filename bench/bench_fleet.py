@@ -6,7 +6,7 @@ last host has a complete, verified copy (from the moment the hosts are started, 
 against one host alone at that rate (measured) and the origin serving everyone (N x the model over
 the uplink, computed). Needs root, iproute2 and opentracker.
 
-    .venv/bin/python bench/bench_fleet.py --hosts 2 4 8 12 16 24 --rate 100 --plot docs/fleet.png
+    .venv/bin/python bench/bench_fleet.py --hosts 2 4 8 12 16 24 --mode both --plot docs/fleet.png
     .venv/bin/python bench/bench_fleet.py --hosts 12 --mode today          # `--seed` hosts, no --fleet
     .venv/bin/python bench/bench_fleet.py --hosts 12 --tune-origin '{"super_seeding": false}'
 
@@ -80,7 +80,8 @@ def main() -> None:
     parser.add_argument("--hosts", type=int, nargs="+", default=[2, 4, 8, 12, 16, 24])
     parser.add_argument("--rate", type=float, default=100.0, help="every uplink, Mbit/s")
     parser.add_argument("--size-mb", type=int, default=64)
-    parser.add_argument("--mode", choices=["fleet", "today"], default="fleet")
+    parser.add_argument("--mode", choices=["fleet", "today", "both"], default="fleet",
+                        help="both: for each N, --fleet and today's mdist (`--seed` hosts) in the same run")
     parser.add_argument("--discovery", choices=["tracker", "pex", "lsd"], default="tracker",
                         help="tracker: opentracker; pex: only the magnet with the origin's address; "
                              "lsd: the magnet without any address")
@@ -104,10 +105,11 @@ def main() -> None:
         if not args.no_lone:
             lone = run_once(model, _fresh(work / "lone"), 1, args.rate, "today", "tracker", {}, {}, args.timeout)
             print(json.dumps({"lone": lone}), flush=True)
+        modes = ["fleet", "today"] if args.mode == "both" else [args.mode]
         for hosts in args.hosts:
-            for _ in range(args.repeat):
-                row = run_once(model, _fresh(work / f"n{hosts}"), hosts, args.rate, args.mode, args.discovery,
-                               args.tune_origin, args.tune_host, args.timeout, args.timeline)
+            for repeat, mode in ((r, m) for r in range(args.repeat) for m in modes):
+                row = run_once(model, _fresh(work / f"n{hosts}-{mode}-{repeat}"), hosts, args.rate, mode,
+                               args.discovery, args.tune_origin, args.tune_host, args.timeout, args.timeline)
                 model_s = args.size_mb * 2**20 * 8 / (args.rate * 1e6)
                 row["origin_serves_all_s"] = round(hosts * model_s, 1)
                 if lone:
@@ -137,27 +139,36 @@ def plot(rows: list[dict], lone: dict | None, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    by_n: dict[int, list[dict]] = {}
-    for row in rows:
-        by_n.setdefault(row["hosts"], []).append(row)
-    ns = sorted(by_n)
-    sent = [max(r["origin_sent_x"] for r in by_n[n]) for n in ns]
-    last = [max(r["last_s"] for r in by_n[n]) for n in ns]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.plot(ns, sent, "o-", label="origin sent")
+    top_sent = top_last = 0.0
+    serves_all: dict[int, float] = {}
+    for mode, label, style in (("fleet", "--fleet", "o-"), ("today", "today (--seed, no --fleet)", "^--")):
+        by_n: dict[int, list[dict]] = {}
+        for row in rows:
+            if row["mode"] == mode:
+                by_n.setdefault(row["hosts"], []).append(row)
+                serves_all[row["hosts"]] = row["origin_serves_all_s"]
+        if not by_n:
+            continue
+        ns = sorted(by_n)
+        sent = [max(r["origin_sent_x"] for r in by_n[n]) for n in ns]
+        last = [max(r["last_s"] for r in by_n[n]) for n in ns]
+        top_sent, top_last = max(top_sent, *sent), max(top_last, *last)
+        left.plot(ns, sent, style, label=f"origin sent, {label}")
+        right.plot(ns, last, style, label=f"last host done, {label}")
+    ns = sorted(serves_all)
     left.axhline(1.2, color="tab:red", ls="--", label="goal 1.2x")
     left.axhline(1.0, color="grey", ls=":")
-    left.set(xlabel="hosts", ylabel="origin uplink bytes / model size", ylim=(0, max(2.0, max(sent) * 1.1)))
+    left.set(xlabel="hosts", ylabel="origin uplink bytes / model size", ylim=(0, max(2.0, top_sent * 1.1)))
     left.legend()
-    right.plot(ns, last, "o-", label="last host done")
-    right.plot(ns, [r[0]["origin_serves_all_s"] for r in (by_n[n] for n in ns)], "s:", label="origin serves all")
+    right.plot(ns, [serves_all[n] for n in ns], "s:", label="origin serves all")
     if lone:
         right.plot(ns, [2 * lone["last_s"] + 5] * len(ns), "--", color="tab:red", label="goal 2x lone + 5 s")
         right.axhline(lone["last_s"], color="grey", ls=":", label="one host alone")
-    right.set(xlabel="hosts", ylabel="seconds", ylim=(0, max(last) * 1.6))
-    right.legend()
+    right.set(xlabel="hosts", ylabel="seconds", ylim=(0, top_last * 1.6))
+    right.legend(fontsize="small")
     rate = rows[0]["rate_mbit"]
-    fig.suptitle(f"mdist --fleet, {rows[0]['size_MB']} MB model, every uplink {rate:g} Mbit/s")
+    fig.suptitle(f"mdist fleet distribution, {rows[0]['size_MB']} MB model, every uplink {rate:g} Mbit/s")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
