@@ -408,6 +408,214 @@ def test_a_hostile_archive_with_the_right_md5_is_refused(tmp_path: Path, env: di
     assert sorted(p.name for p in (out / ".mdist").iterdir()) == ["archive.lock"]
 
 
+# -- servers that send without end, archives that end early or do not start -----------------------
+class _Endless(BaseHTTPRequestHandler):
+    """HTTP/1.1 200, `Transfer-Encoding: chunked`, no length: `prefix`, then zeros until the client
+    goes away (or `cap` bytes, then a proper end: a test never waits on it for ever)."""
+
+    protocol_version = "HTTP/1.1"
+    prefix = b""
+    cap = 256 << 20
+    sent: list[int]
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.send_response(200)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        body, zeros = self.prefix, b"\0" * (64 << 10)
+        try:
+            while self.sent[0] < self.cap:
+                chunk = body or zeros
+                body = b""
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                self.sent[0] += len(chunk)
+            self.wfile.write(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        self.close_connection = True
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@contextmanager
+def endless(prefix: bytes = b"") -> Iterator[tuple[str, list[int]]]:
+    sent = [0]
+    with serving(type("Handler", (_Endless,), {"prefix": prefix, "sent": sent})) as url:
+        yield url, sent
+
+
+def archive_manifest(tmp_path: Path, url: str, **archive) -> Path:
+    manifest = tmp_path / "sized.json"
+    manifest.write_text(json.dumps({
+        "schema": "mdist-manifest/1", "name": "sized", "title": "t", "files_complete": False, "files": {},
+        "archives": [{"name": "tiny.tar", "url": url, "md5": TINY_MD5, **archive}],
+        "provenance": [{"fields": ["archives"], "source": "test"}]}))
+    return manifest
+
+
+def test_an_endless_body_stops_at_the_published_size(tmp_path: Path, env: dict) -> None:
+    """The manifest gives the archive's size: a chunked body without a length that goes on is cut
+    there, exit 1, and its partial goes (a rerun would otherwise resume after it)."""
+    out = tmp_path / "got"
+    with endless(TINY) as (url, sent):
+        manifest = archive_manifest(tmp_path, url + "/tiny.tar", size=len(TINY))
+        result = run_mdist("fetch", str(manifest), "--out", str(out), timeout=60, env=env)
+    assert result.returncode == 1, result.stderr
+    [line] = result.stderr.splitlines()[-1:]
+    assert f"sent more than the {len(TINY)} bytes of tiny.tar; refused; the partial download was removed" in line
+    assert sent[0] < len(TINY) + (64 << 20)
+    assert model_files(out) == [] and not (out / ".mdist" / "archive-partial").exists()
+
+
+def test_a_length_that_contradicts_the_published_size_is_refused_before_writing(tmp_path: Path, env: dict) -> None:
+    """A resumed request answered with the right Content-Range but a longer Content-Length: refused
+    before a byte is written, and the partial goes."""
+    class Lying(_Handler):
+        def do_GET(self) -> None:  # noqa: N802
+            start = int(re.fullmatch(r"bytes=(\d+)-", self.headers["Range"]).group(1))
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(TINY) - 1}/{len(TINY)}")
+            self.send_header("Content-Length", str(len(TINY) - start + 4096))
+            self.end_headers()
+            self.wfile.write(TINY[start:] + b"\0" * 4096)
+
+    out = tmp_path / "got"
+    with serving(Lying) as url:
+        partial = put_partial(out, url + "/tiny.tar", TINY[:5120])
+        manifest = archive_manifest(tmp_path, url + "/tiny.tar", size=len(TINY))
+        key = hashlib.sha256(f"{url}/tiny.tar|{TINY_MD5}".encode()).hexdigest()[:16]
+        assert partial.name == f"{key}.tar.incomplete"
+        result = run_mdist("fetch", str(manifest), "--out", str(out), timeout=60, env=env)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"mdist: error: 127.0.0.1 sends {len(TINY) - 5120 + 4096} bytes of tiny.tar from byte 5120; "
+        f"{len(TINY) - 5120} were expected (the archive has {len(TINY)}); refused; the partial download was removed")
+    assert not partial.exists() and model_files(out) == []
+
+
+NO_ROOM = """
+import collections, shutil, sys
+from mdist.sources import archive
+Usage = collections.namedtuple("Usage", "total used free")
+shutil.disk_usage = lambda path: Usage(1 << 42, 0, archive.FREE_SPACE_MARGIN + (8 << 20))  # 8 MiB above the margin
+from mdist.cli import main
+main(args=sys.argv[1:], prog_name="mdist")
+"""
+
+
+def test_an_endless_body_of_unknown_size_stops_before_the_disk_is_full(tmp_path: Path, env: dict) -> None:
+    """No size published or announced: the download stops while the disk (here said to have 8 MiB
+    above mdist's margin) still holds the partial and as much again for its extraction: exit 2, one
+    line, no partial left to grow on the next run."""
+    out = tmp_path / "got"
+    with endless() as (url, sent):
+        result = subprocess.run([sys.executable, "-c", NO_ROOM, "fetch", url + "/x.tar", "--out", str(out)],
+                                capture_output=True, text=True, timeout=60, env=dict(os.environ, **env))
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.splitlines()[-1:]
+    assert re.fullmatch(r"mdist: error: 127\.0\.0\.1 sends x\.tar without announcing its size and has sent 0\.0\d GB; "
+                        r"stopped: the free space in .* would not hold more and its extracted files with 1\.1 GB to "
+                        r"spare; the partial download was removed", line), line
+    assert sent[0] < 64 << 20
+    assert not (out / ".mdist" / "archive-partial").exists() and model_files(out) == []
+
+
+def cut_tar() -> dict[str, bytes]:
+    """Two-member tars that tarfile alone would read as one member, without a word."""
+    whole = make_tar([entry("m/a", b"A" * 10), entry("m/b", b"B" * 10)])
+    garbled = bytearray(whole)
+    garbled[1024:1536] = b"\xff" * 512  # m/b's header
+    hidden = make_tar([entry("m/a", b"A" * 10)])[:1024] + b"\0" * 512 + make_tar([entry("m/b", b"B" * 10)])
+    return {"garbled-header": bytes(garbled), "cut-at-a-header": whole[:1024], "cut-in-the-end-blocks": whole[:2560],
+            "member-after-one-zero-block": hidden, "cut-at-a-header-512": whole[:1024] + b"\0" * 512}
+
+
+@pytest.mark.parametrize("case", sorted(cut_tar()))
+def test_an_archive_that_does_not_end_as_tar_ends_is_refused(tmp_path: Path, env: dict, case: str) -> None:
+    """tarfile reads an unreadable header after the first as the end: the rest would be dropped
+    and the fetch succeed with the md5 matching. The end must be zero blocks, at least two."""
+    from mdist.errors import UnsafeContentError
+    from mdist.sources.archive import Limits, extract_checked
+
+    body = cut_tar()[case]
+    tar = tmp_path / "x.tar"
+    tar.write_bytes(body)
+    with pytest.raises(UnsafeContentError, match=r"^x\.tar (has an unreadable tar header at byte 1024|ends at byte)"):
+        extract_checked(tar, tmp_path, Limits())
+    out = tmp_path / "got"
+    with serve(Served({"/x.tar": body})) as served:
+        result = fetch(served.url + "/x.tar", out, "--md5", hashlib.md5(body).hexdigest(), env=env)
+    assert result.returncode == 1, result.stderr
+    assert re.fullmatch(r"mdist: error: x\.tar (has an unreadable tar header|ends at byte) .*; refused\n",
+                        result.stderr.splitlines(True)[-1])
+    assert model_files(out) == [] and not (out / ".mdist" / "archive-partial").exists()
+
+
+def test_the_end_blocks_of_tar_and_of_python_are_accepted(tmp_path: Path) -> None:
+    """Two zero blocks, or a 10240-byte record padded with zeros (GNU tar, Python), end an archive."""
+    from mdist.sources.archive import Limits, extract_checked
+
+    for body in (make_tar([entry("a", b"x")])[:2048], make_tar([entry("a", b"x")]),
+                 make_tar([entry("a", b"x")])[:1024] + b"\0" * 20480):
+        assert len(body) in (2048, 10240, 21504)
+        tar = tmp_path / "x.tar"
+        tar.write_bytes(body)
+        dest = tmp_path / f"d{len(body)}"
+        dest.mkdir()
+        assert extract_checked(tar, dest, Limits()) == {"a": (1, hashlib.sha256(b"x").hexdigest())}
+
+
+def pax_first(headers: dict[str, str]) -> bytes:
+    """A pax header with `headers` before the first (and only) member `a`."""
+    info = tarfile.TarInfo("a")
+    info.size = 1
+    info.pax_headers = headers
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        archive.addfile(info, io.BytesIO(b"x"))
+    return buffer.getvalue()
+
+
+NOT_TAR = {
+    "html": b"<html><body>Not Found</body></html>\n",
+    "random": bytes(range(256)) * 40,
+    "empty": b"",
+    "pax-negative-size": pax_first({"size": "-5"}),
+    "pax-gnu-sparse-1.0": pax_first({"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.name": "a",
+                                     "GNU.sparse.realsize": "1000000000"}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NOT_TAR))
+def test_an_unreadable_first_header_is_one_refusal(tmp_path: Path, env: dict, case: str) -> None:
+    """tarfile.open() reads the first header: what it raises there is a refusal of the archive
+    (exit 1, one line naming it), never an internal error, and the download goes."""
+    from mdist.errors import UnsafeContentError
+    from mdist.sources.archive import Limits, extract_checked
+
+    tar = tmp_path / "x.tar"
+    tar.write_bytes(NOT_TAR[case])
+    with pytest.raises(UnsafeContentError, match=r"^x\.tar"):
+        extract_checked(tar, tmp_path, Limits())
+    out = tmp_path / "got"
+    with serve(Served({"/x.tar": NOT_TAR[case]})) as served:
+        result = fetch(served.url + "/x.tar", out, "--md5", hashlib.md5(NOT_TAR[case]).hexdigest(), env=env)
+    assert result.returncode == 1, result.stderr
+    assert re.fullmatch(r"mdist: error: x\.tar.*; refused\n", result.stderr.splitlines(True)[-1]), result.stderr
+    assert model_files(out) == [] and sorted(p.name for p in (out / ".mdist").iterdir()) == ["archive.lock"]
+
+
+def test_a_refusal_names_the_archive_not_the_partial_file(tmp_path: Path, env: dict) -> None:
+    body = make_tar(HOSTILE["dotdot"])
+    out = tmp_path / "got"
+    with serve(Served({"/dotdot.tar": body})) as served:
+        result = fetch(served.url + "/dotdot.tar", out, "--md5", hashlib.md5(body).hexdigest(), env=env)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1].startswith("mdist: error: dotdot.tar: "), result.stderr
+    assert "incomplete" not in result.stderr
+
+
 # -- later verifies rest on sha256 ------------------------------------------------------------------
 def test_verify_uses_the_recorded_sha256(tmp_path: Path, env: dict) -> None:
     """A folder no release describes, fetched from an archive whose md5 matched, verifies against

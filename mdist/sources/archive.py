@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import stat
+import struct
 import tarfile
 import tempfile
 import time
@@ -47,6 +48,7 @@ LOCK_FILE = "archive.lock"
 MAX_URL_CHARS = 2048
 MAX_MEMBERS = 4096  # a release archive holds a handful of files; a manifest's complete file list bounds it further
 MAX_ARCHIVE_BYTES = 1 << 41  # 2 TiB: Mixtral 8x22B's archive is about 262 GB
+FREE_SPACE_MARGIN = 1 << 30  # an archive whose size nobody announced stops this far from a full disk
 CHUNK = 1 << 20
 RETRIES = 5  # attempts in a row that bring no new byte before giving up
 RETRY_STATUS = (408, 429, 500, 502, 503, 504)
@@ -56,6 +58,10 @@ _MD5 = re.compile(r"[0-9a-f]{32}")
 class Unreachable(InputError):
     """The server could not be reached or answered with an error (exit 2): a release with a hub
     repository may fall back to it. A wrong md5 or a refused archive is never this."""
+
+
+class NoRoom(InputError):
+    """An archive of unknown size would not leave room for its extraction (exit 2)."""
 
 
 @dataclass
@@ -139,7 +145,7 @@ def _fetch_locked(url: str, name: str, out: Path, state: Path, partial: Path, op
     download, actual = _download_checked(url, name, out, partial, size, md5, options.timeout, reporter)
     reporter.message(f"{name}: md5 {'matched' if md5 else 'not checked'}; extracting into {out}")
     try:
-        files = _extract_into(partial, out, state, limits or Limits(total=download.total or MAX_ARCHIVE_BYTES))
+        files = _extract_into(partial, out, state, limits or Limits(total=download.total or MAX_ARCHIVE_BYTES), name)
     except UnsafeContentError:  # the archive itself is refused: it goes too
         partial.unlink(missing_ok=True)
         raise
@@ -161,18 +167,29 @@ def _download_checked(url: str, name: str, out: Path, partial: Path, size: int |
     download that does not match may owe it to bytes of an earlier run (another mirror, a crash):
     it is downloaded once more from the start. A mismatch is never kept."""
     download = _Download(url, name, out, partial, size, timeout, reporter)
-    actual = download.run()
+    actual = _run_or_remove(download)
     if md5 is not None and actual != md5 and download.resumed:
         reporter.message(f"{name}: the download resumed from an earlier run did not match its md5; "
                          f"downloading it again from the start")
         partial.unlink(missing_ok=True)
         download = _Download(url, name, out, partial, size, timeout, reporter)
-        actual = download.run()
+        actual = _run_or_remove(download)
     if md5 is not None and actual != md5:
         partial.unlink(missing_ok=True)
         raise VerificationError(f"{name}: md5 mismatch (expected {md5}, got {actual}); the archive was removed "
                                 f"and nothing was extracted")
     return download, actual
+
+
+def _run_or_remove(download: "_Download") -> str:
+    """download.run(); a refused download (more bytes than published or announced, a size that
+    contradicts the published one, no room left) takes its partial file along, so that no later run
+    resumes and grows it. A network failure or an interrupt keeps it for the next run."""
+    try:
+        return download.run()
+    except (VerificationError, NoRoom) as exc:
+        download.partial.unlink(missing_ok=True)
+        raise type(exc)(f"{exc}; the partial download was removed") from None
 
 
 def write_complete(out: Path, result: dict[str, Any]) -> None:
@@ -317,6 +334,7 @@ class _Download:
                 self.reporter.message(f"{self.host} ignored the Range request: downloading {self.name} from the start")
                 self._restart()
             self._check_total(self._announced_total(response, status))
+            self._check_length(response.headers.get("Content-Length"))
             with open_partial(self.out, self.partial) as handle:
                 self._receive(response, handle)
         if self.total is None:  # no length announced: the end of the body is the end of the archive
@@ -349,6 +367,29 @@ class _Download:
             require_free_space(self.out, (self.total - self.have) + self.total,
                                what=f"{self.name} and its extracted files")
 
+    def _check_length(self, length: str | None) -> None:
+        """The body's Content-Length must be exactly the rest of the archive: from `have` to the
+        published or announced size. Without any size, it becomes the size."""
+        if length is None:
+            return
+        length = length.strip()
+        if not length.isdigit():
+            raise UnsafeContentError(f"{self.host} sends {self.name} with Content-Length {_short(length)}; refused")
+        if self.total is None:
+            self._check_total(self.have + int(length))
+        elif int(length) != self.total - self.have:
+            raise VerificationError(f"{self.host} sends {int(length)} bytes of {self.name} from byte {self.have}; "
+                                    f"{self.total - self.have} were expected (the archive has {self.total}); refused")
+
+    def _check_room(self, more: int) -> None:
+        """No size announced or published: stop before the disk fills up. After `more` bytes the
+        partial must still leave room for the extracted files (as many bytes) and a margin."""
+        free = shutil.disk_usage(self.partial.parent).free
+        if free - more < self.have + more + FREE_SPACE_MARGIN:
+            raise NoRoom(f"{self.host} sends {self.name} without announcing its size and has sent "
+                         f"{self.have / 1e9:.2f} GB; stopped: the free space in {self.out} ({free / 1e9:.2f} GB) would "
+                         f"not hold more and its extracted files with {FREE_SPACE_MARGIN / 1e9:.1f} GB to spare")
+
     def _receive(self, response: Any, handle: BinaryIO) -> None:
         limit = self.total if self.total is not None else MAX_ARCHIVE_BYTES
         while True:
@@ -362,6 +403,8 @@ class _Download:
                 return
             if self.have + len(chunk) > limit:
                 raise UnsafeContentError(f"{self.host} sent more than the {limit} bytes of {self.name}; refused")
+            if self.total is None:
+                self._check_room(len(chunk))
             handle.write(chunk)
             handle.flush()
             self.hasher.update(chunk)
@@ -408,9 +451,10 @@ def check_members(archive: tarfile.TarFile, limits: Limits, where: str) -> list[
     while True:
         try:
             info = archive.next()
-        except (tarfile.TarError, EOFError, ValueError) as exc:
-            raise UnsafeContentError(f"{where} is not a valid tar archive ({exc}); refused") from None
+        except _TAR_ERRORS as exc:
+            raise _not_a_tar(where, exc) from None
         if info is None:
+            _check_end(archive, where)
             break
         count += 1
         if count > limits.members:
@@ -432,6 +476,8 @@ def check_members(archive: tarfile.TarFile, limits: Limits, where: str) -> list[
             folders.setdefault(collision_key(name), name)
             members.append(_Member(name, None))
             continue
+        if info.size < 0:
+            raise UnsafeContentError(f"{where}: {_short(name)} has a negative size ({info.size}); refused")
         if limits.names is not None and name not in limits.names:
             raise UnsafeContentError(f"{where}: {_short(name)} is not a file of the release; refused")
         total += info.size
@@ -449,6 +495,36 @@ def check_members(archive: tarfile.TarFile, limits: Limits, where: str) -> list[
     if clash:
         raise UnsafeContentError(f"{where}: {_short(clash[0])} is both a file and a folder; refused")
     return members
+
+
+_TAR_ERRORS = (tarfile.TarError, EOFError, ValueError, IndexError, KeyError, OverflowError, struct.error)
+END_BLOCKS = 2  # tar ends with two zero blocks of 512 bytes (GNU tar then pads its 10240-byte record with zeros)
+
+
+def _not_a_tar(where: str, exc: BaseException) -> UnsafeContentError:
+    return UnsafeContentError(f"{where} is not a valid tar archive ({_short(str(exc) or type(exc).__name__)}); refused")
+
+
+def _check_end(archive: tarfile.TarFile, where: str) -> None:
+    """tarfile takes a header it cannot read, anywhere after the first, for the end of the archive:
+    the members after it would be dropped without a word, and so would a download cut at a header.
+    Where tarfile stopped, only zero blocks may follow, at least two, as tar writes them."""
+    handle = archive.fileobj
+    offset = archive.offset
+    handle.seek(0, os.SEEK_END)
+    rest = handle.tell() - offset
+    if rest < END_BLOCKS * tarfile.BLOCKSIZE or rest % tarfile.BLOCKSIZE:
+        raise UnsafeContentError(f"{where} ends at byte {offset + max(rest, 0)} without tar's end-of-archive blocks "
+                                 f"(cut short?); refused")
+    handle.seek(offset)
+    while rest:
+        block = handle.read(min(CHUNK, rest))
+        if not block:
+            raise UnsafeContentError(f"{where} is cut short at byte {handle.tell()}; refused")
+        if block.count(0) != len(block):
+            raise UnsafeContentError(f"{where} has an unreadable tar header at byte {offset}, and data after it "
+                                     f"(the members from there on would be lost); refused")
+        rest -= len(block)
 
 
 def _kind(info: tarfile.TarInfo) -> str | None:
@@ -469,30 +545,41 @@ def _kind(info: tarfile.TarInfo) -> str | None:
 
 
 def extract_checked(tar_path: Path, dest: Path, limits: Limits,
-                    on_bytes: Callable[[int], None] | None = None) -> dict[str, tuple[int, str]]:
+                    on_bytes: Callable[[int], None] | None = None, name: str | None = None) -> dict[str, tuple[int, str]]:
     """Extract the tar at `tar_path` into the empty folder `dest` after check_members; {path: (size,
     sha256)} of every file. Files get mode 0644 and folders 0755 (less the umask), never the tar's
-    owner or mode bits; each file is created anew (O_EXCL, O_NOFOLLOW) in folders mdist made."""
-    where = tar_path.name
+    owner or mode bits; each file is created anew (O_EXCL, O_NOFOLLOW) in folders mdist made.
+    Refusals name `name` (the archive the user asked for; default the file's own name); anything
+    that is not a readable tar, its first header included, is refused (UnsafeContentError)."""
+    where = name or tar_path.name
     fd = open_nofollow(tar_path)
-    with os.fdopen(fd, "rb") as raw, tarfile.open(fileobj=raw, mode="r:") as archive:
-        members = check_members(archive, limits, where)
-        files: dict[str, tuple[int, str]] = {}
-        for member in members:
-            target = dest / member.path
-            if member.info is None:
-                real_folders(dest, target)
-                continue
-            real_folders(dest, target.parent)
-            files[member.path] = (member.info.size, _copy_member(archive, member.info, target, on_bytes))
+    with os.fdopen(fd, "rb") as raw:
+        try:
+            archive = tarfile.open(fileobj=raw, mode="r:")
+        except _TAR_ERRORS as exc:
+            raise _not_a_tar(where, exc) from None
+        with archive:
+            members = check_members(archive, limits, where)
+            files: dict[str, tuple[int, str]] = {}
+            for member in members:
+                target = dest / member.path
+                if member.info is None:
+                    real_folders(dest, target)
+                    continue
+                real_folders(dest, target.parent)
+                try:
+                    digest = _copy_member(archive, member.info, target, on_bytes, where)
+                except _TAR_ERRORS as exc:
+                    raise _not_a_tar(where, exc) from None
+                files[member.path] = (member.info.size, digest)
     return files
 
 
 def _copy_member(archive: tarfile.TarFile, info: tarfile.TarInfo, target: Path,
-                 on_bytes: Callable[[int], None] | None) -> str:
+                 on_bytes: Callable[[int], None] | None, where: str) -> str:
     source = archive.extractfile(info)
     if source is None:
-        raise UnsafeContentError(f"{_short(info.name)} cannot be read as a file; refused")
+        raise UnsafeContentError(f"{where}: {_short(info.name)} cannot be read as a file; refused")
     digest = hashlib.sha256()
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     with os.fdopen(fd, "wb") as handle, source:
@@ -500,7 +587,7 @@ def _copy_member(archive: tarfile.TarFile, info: tarfile.TarInfo, target: Path,
         while left:
             chunk = source.read(min(CHUNK * 4, left))
             if not chunk:
-                raise UnsafeContentError(f"{_short(info.name)} is cut short in the archive; refused")
+                raise UnsafeContentError(f"{where}: {_short(info.name)} is cut short in the archive; refused")
             handle.write(chunk)
             digest.update(chunk)
             left -= len(chunk)
@@ -511,12 +598,12 @@ def _copy_member(archive: tarfile.TarFile, info: tarfile.TarInfo, target: Path,
     return digest.hexdigest()
 
 
-def _extract_into(partial: Path, out: Path, state: Path, limits: Limits) -> dict[str, tuple[int, str]]:
+def _extract_into(partial: Path, out: Path, state: Path, limits: Limits, name: str) -> dict[str, tuple[int, str]]:
     """Extract into a fresh folder under .mdist/, then move each file into OUT (never through a link);
-    an error leaves nothing of the archive in OUT."""
+    an error leaves nothing of the archive in OUT. Refusals name the archive `name`."""
     temporary = Path(tempfile.mkdtemp(prefix=EXTRACT_PREFIX, dir=state))
     try:
-        files = extract_checked(partial, temporary, limits)
+        files = extract_checked(partial, temporary, limits, name=name)
         _move_into(temporary, out, files)
     except BaseException:
         with contextlib.suppress(OSError):
