@@ -560,3 +560,24 @@ def test_a_storage_referenced_twice_must_agree(tmp_path) -> None:
         with pytest.raises(CheckpointError) as caught:
             ck.Checkpoint(path)
         assert str(caught.value) == "storage '0' is referenced with different types or sizes"
+
+
+def test_byteorder_entry_at_its_limit(tmp_path) -> None:
+    from pickle_payloads import VALID
+
+    def archive(byteorder: bytes):
+        path = tmp_path / "m.pth"
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("archive/data.pkl", VALID)
+            z.writestr("archive/byteorder", byteorder)
+            z.writestr("archive/data/0", struct.pack("<4f", 1, 2, 3, 4))
+        return path
+
+    with ck.Checkpoint(archive(b"little" + b" " * 10)) as checkpoint:  # 16 bytes: read
+        assert list(checkpoint.tensors) == ["w"]
+    with pytest.raises(CheckpointError) as caught:
+        ck.Checkpoint(archive(b"little" + b" " * 11))
+    assert str(caught.value) == "archive/byteorder is larger than allowed (17 > 16 bytes)"
+    with pytest.raises(CheckpointError) as caught:
+        ck.Checkpoint(archive(b"big"))
+    assert str(caught.value) == "big-endian checkpoints are not supported"
