@@ -227,6 +227,10 @@ class FolderContents:
         if linked:
             raise InputError(f"{self.path / linked[0]} is a symbolic link or special file; mdist never "
                              f"follows those in a model folder (replace it by the file itself)")
+        doubled = [joined for joined in self.pieces if joined in self.files]
+        if doubled:
+            raise InputError(f"{self.path} holds both {doubled[0]} and its raw pieces ({self.pieces[doubled[0]][0]} "
+                             f"...): mdist will not guess which to read; remove one")
         foreign = self.foreign_weights()
         if foreign:
             raise UnsafeContentError(
@@ -434,11 +438,11 @@ def inspect_folder(directory: Path, release: Manifest | None = None, *, recognis
     layouts = _find_layouts(directory, files, problems, pieces)
     if release is None and recognise_release:  # judged by the files mdist did not derive itself first
         own = {name: size for name, size in files.items() if not derived.known(name)}
-        release = recognise(_with_joined(own, pieces), directory) or recognise(_with_joined(files, pieces), directory)
+        release = recognise(with_joined(own, pieces), directory) or recognise(with_joined(files, pieces), directory)
     return FolderContents(directory, files, others, layouts, derived, release, problems, blobs, pieces)
 
 
-def _with_joined(files: dict[str, int], pieces: dict[str, tuple[str, ...]]) -> dict[str, int]:
+def with_joined(files: dict[str, int], pieces: dict[str, tuple[str, ...]]) -> dict[str, int]:
     """The files as a release sees them: pieces replaced by the file they join into."""
     if not pieces:
         return files

@@ -437,3 +437,46 @@ def test_a_zero_in_config_json_is_refused_not_replaced_by_a_default(tmp_path: Pa
     config.get("rope_parameters", {}).pop("rope_theta", None) if key == "rope_theta" else None
     with pytest.raises(InputError, match="must be"):
         MistralConfig.from_hf_config(config)
+
+
+def test_pieces_convert_to_gguf(tmp_path: Path) -> None:
+    _, release, _, _ = make_mixtral(tmp_path, experts=4, top_k=2, theta=1e4, seed=61, bf16=True)
+    pieces = _pieces_folder(release, tmp_path / "pieces", count=5)
+    out = tmp_path / "gguf"
+    result = run_mdist("convert", str(pieces[0].parent), "--layout", "gguf", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    (gguf,) = out.glob("*.gguf")
+    same = run_mdist("digest", str(release), str(gguf), "--json")
+    assert same.returncode == 0 and json.loads(same.stdout)["same"], same.stdout + same.stderr
+
+
+def test_a_file_beside_its_own_pieces_is_refused_everywhere(tmp_path: Path) -> None:
+    """Two candidates for the same bytes: run, digest and convert refuse to guess; verify agrees."""
+    _, release, _, _ = make_mixtral(tmp_path, experts=4, top_k=1, theta=1e4, seed=67)
+    pieces = _pieces_folder(release, tmp_path / "both", count=3)
+    folder = pieces[0].parent
+    shutil.copy(release / "consolidated.00.pth", folder / "consolidated.00.pth")
+    for command in (["run", str(folder), "--prompt", "a", "--max-tokens", "1"], ["digest", str(folder)],
+                    ["convert", str(folder), "--out", str(tmp_path / "out")]):
+        result = run_mdist(*command)
+        assert result.returncode == 2, (command, result.stderr)
+        assert "holds both consolidated.00.pth and its raw pieces" in error_line(result)
+    manifest = _manifest(tmp_path, release)
+    verified = run_mdist("verify", str(folder), "--manifest", str(manifest), "--json")
+    assert verified.returncode == 1
+    files = {f["path"]: f for f in json.loads(verified.stdout)["report"]["files"]}
+    assert files["consolidated.00.pth"]["status"] == "ok"
+    assert {files[p.name]["status"] for p in pieces} == {"refused"}
+
+
+def test_verify_says_which_piece_is_missing(tmp_path: Path) -> None:
+    from mdist.verify.manifest import load_registry
+
+    published = next(r for r in load_registry() if r.name == "mixtral-8x7b-v0.1")
+    _, release, _, _ = make_mixtral(tmp_path, experts=4, top_k=1, theta=1e4, seed=71)
+    pieces = _pieces_folder(release, tmp_path / "mirror", count=4)
+    (pieces[0].parent / "params.json").write_text(json.dumps(published.files["params.json"].json))
+    pieces[2].unlink()
+    result = run_mdist("verify", str(pieces[0].parent))
+    assert result.returncode == 1
+    assert "piece 2 of consolidated.00.pth is missing" in result.stdout + result.stderr

@@ -17,7 +17,7 @@ import numpy as np
 from mdist.errors import InputError
 from mdist.jsonio import open_regular
 
-MAX_PIECES = 4096  # the Mixtral mirror has 11; a bound keeps descriptors and bookkeeping small
+MAX_PIECES = 256  # the Mixtral mirror has 11; each piece holds a descriptor open (the default limit is 1024)
 MAX_STRADDLING_COPY = 1 << 30  # a view across a piece boundary is copied; a storage is far smaller
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from mdist.convert.checkpoint import Checkpoint
 from mdist.convert.safetensors_reader import dtype_name, open_safetensors
+from mdist.convert.sources import open_checkpoint
 from mdist.errors import InputError
 from mdist.layout import half_to_interleaved_rows, heads_for, hf_to_mistral_name
 from mdist.model_folder import HF, MISTRAL, PTH, Layout, inspect_folder, model_path, read_config
@@ -117,10 +118,10 @@ def open_model(src: Path, note: Callable[[str], None] | None = None) -> Iterator
     files = [folder / name for name in layout.weights] + [folder / layout.config]
     tokenizer = folder / "tokenizer.model" if contents.tokenizer else None
     if layout.kind == PTH:
-        if len(layout.weights) > 1:
+        if len(layout.weights) > 1 and layout.joined is None:
             raise InputError(f"{folder} holds {len(layout.weights)} checkpoint shards; only single-file "
                              f"checkpoints are supported")
-        with Checkpoint(folder / layout.weights[0]) as checkpoint:
+        with open_checkpoint([folder / name for name in layout.weights]) as checkpoint:  # raw pieces: one file
             tensors = [_pth_tensor(checkpoint, name, ref) for name, ref in checkpoint.tensors.items()]
             yield ModelSource(folder, layout, config, tensors, files, tokenizer)
         return

@@ -9,7 +9,7 @@ from typing import Callable
 from mdist.errors import InputError
 from mdist.jsonio import read_json_file
 from mdist.paths import UnsafePathError, check_component, collision_key
-from mdist.model_folder import STATE_DIR, closest_release, inspect_folder, is_weight_file, list_files  # noqa: F401 (re-exported)
+from mdist.model_folder import STATE_DIR, with_joined, closest_release, inspect_folder, is_weight_file, list_files  # noqa: F401 (re-exported)
 from mdist.verify.extracted import Extracted, read_record
 from mdist.verify.hashing import GIT_SHA1, hash_files
 from mdist.verify.manifest import FileEntry, Manifest
@@ -93,7 +93,8 @@ def verify_folder(directory: Path, manifest: Manifest | None = None, *, strict: 
             present, blobs = contents.files, contents.blobs
     if manifest is None:
         if not blobs:
-            closest, differences = closest_release(directory, present)
+            closest, differences = closest_release(directory, with_joined(present, contents.pieces))
+            differences += contents.problems  # e.g. a missing piece: why the folder is not the release
             if closest is None and not any(is_weight_file(p) for p in present):
                 raise InputError(f"{directory} holds no model: no weight file and no file of a known release")
             return Report(None, False, closest=closest.name if closest else None, differences=differences)
@@ -163,11 +164,13 @@ def _pieces_key(directory: Path, joined: str) -> Path:
 
 def _piece_results(joined: FileResult, parts: tuple[str, ...], joined_present: bool) -> list[FileResult]:
     """The joined file's verdict, for each piece (and for the joined name unless that file is there,
-    judged on its own)."""
+    judged on its own: then the pieces are refused, as run, convert and digest refuse the folder)."""
     results = [] if joined_present else [joined]
     for number, part in enumerate(parts):
-        results.append(FileResult(part, joined.status, f"piece {number} of {joined.path}: {joined.detail}",
-                                  joined.expected, joined.actual))
+        status, detail = joined.status, f"piece {number} of {joined.path}: {joined.detail}"
+        if joined_present:
+            status, detail = REFUSED, f"{joined.path} is here too: mdist will not guess which to read ({detail})"
+        results.append(FileResult(part, status, detail, joined.expected, joined.actual))
     return results
 
 
