@@ -65,7 +65,9 @@ class Fleet:
         atexit.register(self.close)
         try:
             sh("ip", "netns", "add", self.switch)
-            sh("ip", "-n", self.switch, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
+            # a plain bridge (multicast snooping on, no querier) and no routes besides the subnet's:
+            # local service discovery's multicast needs nothing more on one segment (measured)
+            sh("ip", "-n", self.switch, "link", "add", "br0", "type", "bridge")
             sh("ip", "-n", self.switch, "link", "set", "br0", "up")
             for index in range(hosts + 1):
                 self._add_node(index, rate_mbit, latency_ms)
@@ -83,7 +85,6 @@ class Fleet:
         sh("ip", "-n", ns, "addr", "add", f"{node.ip}/15", "dev", "eth0")
         sh("ip", "-n", ns, "link", "set", "lo", "up")
         sh("ip", "-n", ns, "link", "set", "eth0", "up")
-        sh("ip", "-n", ns, "route", "add", "default", "dev", "eth0")  # as on a LAN: multicast (LSD) has a route
         if latency_ms:  # one-way delay on the switch side, then the shaped uplink on the host side
             sh("tc", "-n", self.switch, "qdisc", "add", "dev", f"v{index}", "root", "netem", "delay",
                f"{latency_ms}ms")
