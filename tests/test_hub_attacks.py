@@ -598,3 +598,68 @@ def test_the_fetch_itself_never_recurses_per_folder_level(tmp_path: Path) -> Non
             with contextlib.suppress(FileNotFoundError):
                 level.rmdir()
             level = level.parent
+
+
+# 5. Bytes beyond the listed size: refused before writing when announced, never resumed.
+
+class _EndlessHub:
+    """A FakeHub handler whose file answers are chunked, without a length, zeros that go on (up to
+    64 MiB, then a proper end: a test never waits for ever)."""
+
+    @staticmethod
+    def handler():
+        from hubmirror import _FakeHubHandler
+
+        class Endless(_FakeHubHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _file(self, name: str, head: bool) -> None:
+                self.send_response(200)
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                chunk, sent = b"\0" * (64 << 10), 0
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    while sent < 64 << 20:
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                        sent += len(chunk)
+                    self.wfile.write(b"0\r\n\r\n")
+                self.close_connection = True
+
+        return Endless
+
+
+def partials(out: Path) -> list[str]:
+    return sorted(p.name for p in out.rglob("*.incomplete"))
+
+
+def last_error(result: subprocess.CompletedProcess, code: int) -> str:
+    """The error line, after the lines saying what is fetched."""
+    assert result.returncode == code, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("mdist: error:")]
+    assert len(errors) == 1 and result.stderr.strip().splitlines()[-1] == errors[0], result.stderr
+    return errors[0]
+
+
+def test_a_length_beyond_the_listed_size_is_refused_before_writing(tmp_path: Path) -> None:
+    data = b'{"dim": 8}' * 100
+    out = tmp_path / "got"
+    with fake_hub(FakeHub(REPO, COMMIT, {"config.json": data}, served={"config.json": data + b" " * 100})) as hub:
+        result, _ = fetch(f"hf://{REPO}", "--endpoint", hub.endpoint, "--out", str(out))
+    line = last_error(result, 1)
+    assert line.endswith(f"announces '1100' bytes of 'config.json' from byte 0; the listing's size leaves 1000; "
+                         f"refused; the partial download was removed"), line
+    assert partials(out) == [] and not (out / "config.json").exists()
+
+
+def test_an_endless_body_stops_at_the_listed_size_and_is_not_kept(tmp_path: Path) -> None:
+    from hubmirror import serving
+
+    data = b'{"dim": 8}' * 100
+    hub = FakeHub(REPO, COMMIT, {"config.json": data})
+    out = tmp_path / "got"
+    with serving(type("Handler", (_EndlessHub.handler(),), {"hub": hub})) as hub.endpoint:
+        result, _ = fetch(f"hf://{REPO}", "--endpoint", hub.endpoint, "--out", str(out))
+    line = last_error(result, 1)
+    assert line.endswith("sent more than the 1000 bytes it lists for 'config.json'; refused; the partial download "
+                         "was removed"), line
+    assert partials(out) == [] and not (out / "config.json").exists()

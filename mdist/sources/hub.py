@@ -661,19 +661,37 @@ def _get_rest(p: Placement, start: int, index: int, transfer: _Transfer) -> None
         if offset is None:  # 416: the server has fewer bytes than the partial; start over
             p.partial.unlink(missing_ok=True)
             return
-        with _open_partial(p) as handle:
-            handle.truncate(offset)
-            transfer.on_disk[index] = offset
-            for chunk in response.chunks:
-                if transfer.cancel.is_set():
-                    raise Cancelled(p.remote.path)
-                if offset + len(chunk) > p.remote.size:
-                    raise UnsafeContentError(f"{transfer.endpoint} sent more than the {p.remote.size} bytes it lists "
-                                             f"for {quoted(p.remote.path)}; refused")
-                handle.write(chunk)
-                offset += len(chunk)
+        try:
+            _check_length(response, offset, p, transfer.endpoint)
+            with _open_partial(p) as handle:
+                handle.truncate(offset)
                 transfer.on_disk[index] = offset
-                transfer.received[index] += len(chunk)
+                for chunk in response.chunks:
+                    if transfer.cancel.is_set():
+                        raise Cancelled(p.remote.path)
+                    if offset + len(chunk) > p.remote.size:
+                        raise UnsafeContentError(f"{transfer.endpoint} sent more than the {p.remote.size} bytes it "
+                                                 f"lists for {quoted(p.remote.path)}; refused")
+                    handle.write(chunk)
+                    offset += len(chunk)
+                    transfer.on_disk[index] = offset
+                    transfer.received[index] += len(chunk)
+        except UnsafeContentError as exc:  # the server's answer is refused: its bytes are not resumed
+            p.partial.unlink(missing_ok=True)
+            raise UnsafeContentError(f"{exc}; the partial download was removed") from None
+
+
+def _check_length(response: _Response, offset: int, p: Placement, endpoint: str) -> None:
+    """A Content-Length of the file's own bytes (no Content-Encoding) must be exactly the rest of the
+    listed size from `offset`: refused before a byte is written."""
+    length = response.headers.get("Content-Length")
+    encoding = (response.headers.get("Content-Encoding") or "identity").strip().lower()
+    if length is None or encoding != "identity":
+        return
+    expected = p.remote.size - offset
+    if not length.strip().isdigit() or int(length) != expected:
+        raise UnsafeContentError(f"{endpoint} announces {quoted(length.strip()[:40])} bytes of {quoted(p.remote.path)} "
+                                 f"from byte {offset}; the listing's size leaves {expected}; refused")
 
 
 @dataclass
