@@ -284,8 +284,9 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "mdist.convert.checkpoint.xǁCheckpointǁiter_bytes__mutmut_33": (
         "numpy (2.3) takes any negative size in reshape as the one to infer, as -1", "view.reshape(-2, 1)"),
     "mdist.convert.checkpoint.xǁCheckpointǁ_read_small__mutmut_5": (
-        "the small entries (data.pkl, byteorder) are at most 16 MiB, CHUNK_BYTES: read or inflated in one "
-        "chunk, so nothing is joined", 'b"XXXX".join('),
+        "the small entries (data.pkl, byteorder) are at most 16 MiB, CHUNK_BYTES: stored, one read; deflated, "
+        "one inflate step unless the compressed bytes exceed 16 MiB, which a pickle that parses up to there "
+        "cannot (its opcodes add known bytes: it compresses): nothing is joined", 'b"XXXX".join('),
     "mdist.convert.checkpoint.xǁCheckpointǁarray__mutmut_51": ("as_strided takes writeable=None as false",
                                                               "writeable=None"),
 }
