@@ -92,10 +92,14 @@ def convert(src: Path, out: Path | None, layout: str, gguf_type: str, shard_size
             as_json: bool) -> None:
     """Convert a raw consolidated.00.pth to safetensors or GGUF, without torch and without running pickle code.
 
+    SRC is a release folder or its .pth; raw pieces (consolidated.00.pth-split0, ...) are read in
+    place, never joined on disk. Mistral-layout safetensors (Mixtral 8x22B) convert to --layout hf.
+
     \b
     Examples:
       mdist convert ./mistral-7B-v0.1 --layout hf --out ./mistral-7b-hf
       mdist convert ./mistral-7B-v0.1 --layout gguf --type q8_0 --out ./m7b-gguf
+      mdist convert ./mixtral-8x7b-32kseqlen --out ./mixtral   # the hub mirror's -splitN pieces
     """
     import time
 
