@@ -581,3 +581,14 @@ def test_byteorder_entry_at_its_limit(tmp_path) -> None:
     with pytest.raises(CheckpointError) as caught:
         ck.Checkpoint(archive(b"big"))
     assert str(caught.value) == "big-endian checkpoints are not supported"
+
+
+def test_a_stored_entry_cut_short_while_open(tmp_path) -> None:
+    from pickle_payloads import write_archive
+
+    path = write_archive(tmp_path / "m.pth", state_dict(("w", tensor("0", 4, 0, (4,), (1,)))))
+    with ck.Checkpoint(path) as checkpoint:
+        os.truncate(path, 100)
+        with pytest.raises(MdistError) as caught:
+            b"".join(checkpoint.iter_bytes(checkpoint.tensors["w"]))
+    assert str(caught.value) in ("archive/data/0: unexpected end of file", f"{path} changed while being read")
