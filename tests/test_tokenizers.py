@@ -11,6 +11,7 @@ import base64
 import functools
 import json
 import os
+import re
 import shutil
 import socket
 import warnings
@@ -331,6 +332,101 @@ def test_hostile_sentencepiece_is_one_input_error(tmp_path: Path, case: str) -> 
     with pytest.raises(InputError) as info:
         Tokenizer(path)
     assert "\n" not in str(info.value)
+
+
+def specials_doc(version: str, names: list[str]) -> dict:
+    """tiny_tekken of `version` whose special_tokens are exactly `names` (as control tokens)."""
+    return tiny_tekken(config_version=version, special_tokens=[{"rank": i, "token_str": name, "is_control": True}
+                                                               for i, name in enumerate(names)])
+
+
+_V3 = ["<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]", "[TOOL_RESULTS]",
+       "[/TOOL_RESULTS]", "[TOOL_CALLS]", "[PREFIX]", "[SUFFIX]"]
+_V7 = _V3 + ["[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[TOOL_CONTENT]"]
+NEEDED = {"v3": _V3, "v7": _V7, "v11": _V7 + ["[ARGS]", "[CALL_ID]"], "v13": _V7 + ["[ARGS]", "[CALL_ID]"]}
+
+
+def _needed() -> list[tuple[str, str]]:
+    return [(version, name) for version, names in NEEDED.items() for name in names]
+
+
+@pytest.mark.parametrize("version", ["v3", "v7", "v11", "v13"])
+def test_the_control_tokens_each_version_needs_are_enough(tmp_path: Path, version: str) -> None:
+    """A tekken.json listing exactly the special tokens mdist requires for its version is built and
+    encodes a chat as mistral-common does."""
+    from mdist.runner.tekken import VERSION_SPECIALS
+
+    assert list(VERSION_SPECIALS[version]) == NEEDED[version]
+    path = tmp_path / "tekken.json"
+    path.write_text(json.dumps(specials_doc(version, NEEDED[version])))
+    tokenizer = Tokenizer(path)
+    assert tokenizer.version == version
+    assert tokenizer.encode_prompt("hello", chat=True) == reference_ids(path, [("user", "hello")])
+
+
+@pytest.mark.parametrize("version, name", _needed())
+def test_a_tekken_without_a_control_token_its_version_needs_is_one_input_error(tmp_path: Path, version: str,
+                                                                                name: str) -> None:
+    """mistral-common's InstructTokenizer of that version raises "Unknown control token" without it
+    (checked here, so that mdist never requires a token mistral-common does not); mdist says so first."""
+    from mistral_common.tokens.tokenizers.base import TokenizerVersion
+    from mistral_common.tokens.tokenizers.tekken import Tekkenizer
+
+    from mdist.runner.tokenizer import _mistral_tokenizer
+
+    names = [n for n in NEEDED[version] if n != name]
+    document = specials_doc(version, names)
+    path = tmp_path / "tekken.json"
+    path.write_text(json.dumps(document))
+    with pytest.raises(InputError, match=rf"^tekken\.json: special token {re.escape(name)} is missing \(a {version} "):
+        Tokenizer(path)
+    if name not in ("<unk>", "<s>", "</s>", "[INST]", "[/INST]"):  # the ones mdist required before: not built here
+        config = document["config"]
+        inner = Tekkenizer(vocab=document["vocab"], special_tokens=document["special_tokens"], pattern=config["pattern"],
+                           vocab_size=config["default_vocab_size"],
+                           num_special_tokens=config["default_num_special_tokens"],
+                           version=TokenizerVersion(version))
+        with pytest.raises(ValueError, match=f"Unknown control token {re.escape(name)}"):
+            _mistral_tokenizer(inner)
+
+
+def test_run_with_the_reviewers_v7_tekken_is_one_line_exit_2(tmp_path: Path, converted) -> None:
+    """A v7 tekken.json whose special_tokens lack [AVAILABLE_TOOLS] was an internal error inside
+    mistral-common; now one line, exit 2."""
+    model = copy_converted(converted, tmp_path / "m")
+    (model / "tokenizer.model").unlink()
+    (model / "tekken.json").write_text(json.dumps(specials_doc("v7", ["<unk>", "<s>", "</s>", "[INST]", "[/INST]"])))
+    result = run_mdist("run", str(model), "--prompt", "hi", "--max-tokens", "1")
+    line = error_line(result)
+    assert line.startswith("mdist: error: tekken.json: special token [AVAILABLE_TOOLS] is missing (a v7 tokenizer "
+                           "needs "), line
+
+
+@pytest.mark.parametrize("step", ["build", "encode", "decode"])
+def test_what_mistral_common_raises_on_a_file_is_one_input_error(tmp_path: Path, monkeypatch, step: str) -> None:
+    """Beyond mdist's own checks: whatever mistral-common raises while building the instruct
+    tokenizer or using it on a file's content is one line naming the file, never an internal error."""
+    from mistral_common.tokens.tokenizers.tekken import Tekkenizer
+
+    import mdist.runner.tokenizer as module
+
+    def fail(*args, **kwargs):
+        raise ValueError("Unknown control token [SOMETHING_NEW]\nsecond line")
+
+    path = tmp_path / "tekken.json"
+    path.write_text(json.dumps(tiny_tekken()))
+    if step == "build":
+        monkeypatch.setattr(module, "_mistral_tokenizer", fail)
+        with pytest.raises(InputError) as info:
+            Tokenizer(path)
+    else:
+        tokenizer = Tokenizer(path)
+        ids = tokenizer.encode("hello")
+        monkeypatch.setattr(Tekkenizer, step, fail)
+        with pytest.raises(InputError) as info:
+            tokenizer.encode("hello") if step == "encode" else tokenizer.decode(ids)
+    assert str(info.value).startswith("tekken.json cannot be used by mistral-common (") and "\n" not in str(info.value)
+    assert str(info.value).endswith("): ValueError: Unknown control token [SOMETHING_NEW]")
 
 
 @pytest.mark.parametrize("name, content", [("tekken.json", HOSTILE_TEKKEN["rank out of order"]),

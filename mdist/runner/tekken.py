@@ -21,6 +21,14 @@ MAX_VOCAB = 1 << 20
 MAX_PATTERN_CHARS = 4096
 TEXT_VERSIONS = ("v3", "v7", "v11", "v13")  # the versions whose text-only request mdist builds
 REQUIRED_SPECIALS = ("<unk>", "<s>", "</s>", "[INST]", "[/INST]")
+# The special tokens mistral-common's InstructTokenizer of each version looks up when it is built
+# (InstructTokenizerV2.__init__ and the V7, V11 additions; V13 adds only optional [THINK] tokens):
+# without one of them, it raises "Unknown control token" deep inside mistral-common.
+_V3_SPECIALS = REQUIRED_SPECIALS + ("[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]", "[TOOL_RESULTS]", "[/TOOL_RESULTS]",
+                                    "[TOOL_CALLS]", "[PREFIX]", "[SUFFIX]")
+_V7_SPECIALS = _V3_SPECIALS + ("[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[TOOL_CONTENT]")
+_V11_SPECIALS = _V7_SPECIALS + ("[ARGS]", "[CALL_ID]")
+VERSION_SPECIALS = {"v3": _V3_SPECIALS, "v7": _V7_SPECIALS, "v11": _V11_SPECIALS, "v13": _V11_SPECIALS}
 
 
 def _int(value: Any, what: str, low: int, high: int) -> int:
@@ -53,7 +61,7 @@ def _checked_vocab(vocab: Any, inner_size: int, what: str) -> list[dict[str, Any
     return vocab[:inner_size]
 
 
-def _checked_specials(specials: Any, count: int, what: str) -> list[dict[str, Any]]:
+def _checked_specials(specials: Any, count: int, what: str, version: str) -> list[dict[str, Any]]:
     if not isinstance(specials, list) or len(specials) > count:
         raise InputError(f"{what}: special_tokens must be a list of at most {count} tokens")
     names: set[str] = set()
@@ -63,9 +71,10 @@ def _checked_specials(specials: Any, count: int, what: str) -> list[dict[str, An
                 or type(entry["is_control"]) is not bool or entry["token_str"] in names):
             raise InputError(f"{what}: special_tokens[{i}] must be rank {i}, a new token_str and is_control")
         names.add(entry["token_str"])
-    missing = [name for name in REQUIRED_SPECIALS if name not in names]
+    missing = [name for name in VERSION_SPECIALS[version] if name not in names]
     if missing:
-        raise InputError(f"{what}: special token {missing[0]} is missing")
+        raise InputError(f"{what}: special token {missing[0]} is missing (a {version} tokenizer needs "
+                         f"{', '.join(VERSION_SPECIALS[version])})")
     return specials
 
 
@@ -88,7 +97,7 @@ def load_tekkenizer(path: Path) -> Any:
         raise InputError(f"{what}: config.pattern must be a string of at most {MAX_PATTERN_CHARS} characters")
     vocab_size = _int(config.get("default_vocab_size"), f"{what}: config.default_vocab_size", 256, MAX_VOCAB)
     n_special = _int(config.get("default_num_special_tokens"), f"{what}: config.default_num_special_tokens",
-                     len(REQUIRED_SPECIALS), vocab_size - 256)
+                     len(VERSION_SPECIALS[version]), vocab_size - 256)
     vocab = _checked_vocab(document.get("vocab"), vocab_size - n_special, what)
     specials = document.get("special_tokens")
     if specials is None:  # files up to v7 rely on mistral-common's built-in list
@@ -96,7 +105,7 @@ def load_tekkenizer(path: Path) -> Any:
             raise InputError(f"{what}: a {version} tokenizer must list its special_tokens")
         specials = [{"rank": t["rank"], "token_str": getattr(t["token_str"], "value", t["token_str"]),
                      "is_control": t["is_control"]} for t in Tekkenizer.DEPRECATED_SPECIAL_TOKENS]
-    specials = _checked_specials(specials, n_special, what)
+    specials = _checked_specials(specials, n_special, what, version)
     try:
         return Tekkenizer(vocab=vocab, special_tokens=specials, pattern=pattern, vocab_size=vocab_size,
                           num_special_tokens=n_special, version=TokenizerVersion(version), name="tekken",

@@ -9,9 +9,10 @@ by field (mdist.runner.tekken); any failure is one InputError line.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from mdist.errors import InputError
 from mdist.jsonio import open_regular, printable
@@ -21,6 +22,22 @@ from mdist.tokenizer_files import SENTENCEPIECE, TEKKEN
 __all__ = ["SAFE_PROMPT", "StreamDecoder", "Tokenizer"]
 
 MAX_SENTENCEPIECE_BYTES = 64 << 20  # Mistral's are 0.5-0.6 MB
+
+
+@contextlib.contextmanager
+def _reported(path: Path, doing: str) -> Iterator[None]:
+    """What mistral-common (or tiktoken, sentencepiece) raises on what a tokenizer file holds, while
+    `doing`, as one InputError line naming the file: its checks are asserts and ValueErrors that the
+    file's content alone can trigger (a control token it lacks, a vocabulary that does not fit)."""
+    from mistral_common.exceptions import MistralCommonException
+
+    try:
+        yield
+    except (ValueError, AssertionError, KeyError, IndexError, TypeError, RuntimeError,
+            MistralCommonException) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{path.name} cannot be used by mistral-common ({doing}): "
+                         f"{type(exc).__name__}: {printable(reason, 200)}") from None
 
 
 def _load_sentencepiece(path: Path) -> Any:
@@ -72,7 +89,8 @@ class Tokenizer:
                 inner = load_tekkenizer(path)
             else:
                 inner = _load_sentencepiece(path)
-            self.mistral = _mistral_tokenizer(inner)
+            with _reported(path, "building its instruct tokenizer"):
+                self.mistral = _mistral_tokenizer(inner)
         self.path = path
         self.inner = inner
         self.kind = "tekken" if path.suffix == ".json" else "sentencepiece"
@@ -96,7 +114,7 @@ class Tokenizer:
         return cls(Path(folder) / name)
 
     def encode(self, text: str, *, bos: bool = True) -> list[int]:
-        with quiet():
+        with quiet(), _reported(self.path, "encoding"):
             return list(self.inner.encode(text, bos=bos, eos=False))
 
     def is_control(self, token: int) -> bool:
@@ -126,7 +144,8 @@ class Tokenizer:
     def encode_chat(self, messages: Sequence[tuple[str, str]], *, safe_prompt: bool = False) -> list[int]:
         """A conversation of (role, text), ending with a user message: mistral-common's ids."""
         self._check_chat()
-        return encode_chat(self.mistral, messages, safe_prompt=safe_prompt)
+        with _reported(self.path, "encoding the chat"):
+            return encode_chat(self.mistral, messages, safe_prompt=safe_prompt)
 
     def encode_prompt(self, prompt: str, *, chat: bool = False, safe_prompt: bool = False) -> list[int]:
         """Plain: `<s>` + prompt. Chat (implied by safe_prompt): the prompt as one user message."""
@@ -136,12 +155,12 @@ class Tokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of `ids`; control tokens (`<s>`, `[INST]`, …) are no text."""
-        with quiet():
+        with quiet(), _reported(self.path, "decoding"):
             return self.inner.decode([int(i) for i in ids])
 
     def piece(self, token: int) -> str:
         """The vocabulary entry of `token` (SentencePiece pieces such as `<0xE2>`, tekken bytes as text)."""
-        with quiet():
+        with quiet(), _reported(self.path, "reading a token"):
             return self.inner.id_to_piece(int(token))
 
 
