@@ -262,6 +262,18 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "mdist.convert.safetensors_writer.x_build_header__mutmut_47": (
         "a header held in memory is far shorter than 2^63 bytes: signed and unsigned 64-bit give the same bytes",
         'struct.pack("<q", len(raw))'),
+    # mdist/verify/digest.py, mdist/convert/sources.py (array_chunks)
+    "mdist.verify.digest.x__array_chunks__mutmut_4": ("array_chunks' default chunk is CHUNK_BYTES, 16 MiB, as _CHUNK",
+                                                      "array_chunks(array, )"),
+    "mdist.convert.sources.x_array_chunks__mutmut_12": (
+        "numpy (2.3) takes any negative size in reshape as the one to infer, as -1", "array.shape[0], -2)"),
+    "mdist.convert.sources.x_array_chunks__mutmut_20": (
+        "numpy (2.3) takes any negative size in reshape as the one to infer, as -1", "array.reshape(-2, 1)"),
+    "mdist.convert.sources.x_array_chunks__mutmut_13": (
+        "a one-dimensional array reshaped to (n, -1) is (n, 1), as reshape(-1, 1)", "if array.ndim >= 1 else"),
+    "mdist.convert.sources.x_array_chunks__mutmut_18": (
+        "a one-dimensional array sliced as it is yields the same chunks as its (n, 1) reshape (a row's nbytes is "
+        "the item size either way)", "else array.reshape(-1, )"),
     # mdist/verify/hub_cache.py, mdist/sources/hub.py
     "mdist.verify.hub_cache.x_cached_snapshot__mutmut_39": ("codec names are case-insensitive",
                                                             '.decode("ASCII", "replace")'),

@@ -183,3 +183,21 @@ def test_compare() -> None:
     assert compare([a, b], [b, a]) == []
     assert compare([c, b, a], [b2, a]) == ["b", "c"]
     assert compare([a], [a, b3, c]) == ["b", "c"]
+
+
+def test_a_gguf_folder_is_digested_by_the_gguf_reader(tmp_path: Path, monkeypatch) -> None:
+    from mdist.verify import gguf_digest
+
+    seen: list[Path] = []
+    one = TensorDigest("a", "F32", (1,), "00" * 32)
+    monkeypatch.setattr(gguf_digest, "gguf_digests", lambda path: seen.append(path) or [one])
+    (tmp_path / "model.gguf").write_bytes(b"GGUF")
+    assert tensor_digests(tmp_path) == [one] and seen == [tmp_path / "model.gguf"]
+    assert tensor_digests(tmp_path / "model.gguf") == [one] and seen[-1] == tmp_path / "model.gguf"
+
+
+def test_one_byte_elements_are_chunked_16_mib_at_a_time() -> None:
+    flat = np.zeros(20 * MIB, dtype=np.uint8)
+    assert [len(c) for c in dg._array_chunks(flat)] == [16 * MIB, 4 * MIB]
+    column = np.zeros((20 * MIB, 1), dtype=np.uint8)
+    assert [len(c) for c in dg._array_chunks(column)] == [16 * MIB, 4 * MIB]
