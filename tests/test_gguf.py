@@ -382,3 +382,23 @@ def test_hostile_gguf_on_the_command_line_is_one_line_exit_2(tmp_path: Path) -> 
         result = run_mdist(*args)
         assert result.returncode == 2, (args, result.stderr)
         assert result.stderr.startswith("mdist: error:") and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("present, message", [
+    ("tekken.json", "has tekken.json and no tokenizer.model: GGUF conversion needs the SentencePiece tokenizer "
+                    "(tokenizer.model); a tekken tokenizer is not supported for GGUF"),
+    ("tokenizer.model.v3", "has tokenizer.model.v3 and no tokenizer.model: GGUF conversion reads the SentencePiece "
+                           "tokenizer named tokenizer.model (the GGUF carries its vocabulary)"),
+    (None, "has no tokenizer.model; a GGUF carries the vocabulary of the SentencePiece tokenizer"),
+])
+def test_gguf_without_a_sentencepiece_tokenizer_says_what_it_needs(tmp_path: Path, present: str | None,
+                                                                     message: str) -> None:
+    """A folder whose tokenizer is tekken.json (or only a versioned SentencePiece file) is told that
+    GGUF conversion needs tokenizer.model, not that tokenizer.model 'is missing'."""
+    folder = random_mistral(tmp_path / "m", tokenizer=False)
+    if present:
+        shutil.copy(FIXTURE / "tokenizer.model", folder / present)  # its content is never read
+    result = run_mdist("convert", str(folder), "--layout", "gguf", "--out", str(tmp_path / "out"))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == f"mdist: error: {folder} {message}\n"
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

@@ -23,6 +23,7 @@ from mdist.derived import record_derived
 from mdist.errors import InputError
 from mdist.jsonio import read_small_file
 from mdist.modelconfig import MistralConfig
+from mdist.tokenizer_files import SENTENCEPIECE, TEKKEN, TOKENIZER_NAMES
 
 MAX_TOKENIZER_BYTES = 64 << 20
 
@@ -223,6 +224,26 @@ def write_gguf(target: Path, planned: list[Planned], metadata: Callable[[Any], N
     return size
 
 
+def _require_sentencepiece(source: ModelSource) -> None:
+    """A GGUF carries the vocabulary of the SentencePiece tokenizer (tokenizer.model), and `run`
+    reads that file beside it: a folder without one is told what it has instead."""
+    if source.tokenizer is not None and os.path.lexists(source.tokenizer):
+        return
+    try:
+        names = set(os.listdir(source.folder))
+    except OSError:
+        names = set()
+    others = [name for name in TOKENIZER_NAMES if name in names and name != SENTENCEPIECE]
+    if TEKKEN in others:
+        raise InputError(f"{source.folder} has {TEKKEN} and no {SENTENCEPIECE}: GGUF conversion needs the "
+                         f"SentencePiece tokenizer ({SENTENCEPIECE}); a tekken tokenizer is not supported for GGUF")
+    if others:
+        raise InputError(f"{source.folder} has {others[0]} and no {SENTENCEPIECE}: GGUF conversion reads the "
+                         f"SentencePiece tokenizer named {SENTENCEPIECE} (the GGUF carries its vocabulary)")
+    raise InputError(f"{source.folder} has no {SENTENCEPIECE}; a GGUF carries the vocabulary of the SentencePiece "
+                     f"tokenizer")
+
+
 def convert_gguf(src: Path, out: Path | None = None, *, ggml_type: str = "bf16", force: bool = False,
                  on_start: Callable[[int], None] | None = None,
                  on_bytes: Callable[[int], None] | None = None,
@@ -232,8 +253,7 @@ def convert_gguf(src: Path, out: Path | None = None, *, ggml_type: str = "bf16",
         raise InputError(f"unknown GGUF type {ggml_type!r}: use one of {', '.join(gl.TYPES)}")
     wanted = ggml_type.upper()
     with open_model(src, note) as source:
-        if source.tokenizer is None:
-            raise InputError(f"{source.folder} has no tokenizer.model; a GGUF carries the vocabulary")
+        _require_sentencepiece(source)
         out = Path(out) if out is not None else source.folder
         name = model_name(source)
         target = out / f"{name}-{wanted}.gguf"
