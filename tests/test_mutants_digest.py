@@ -201,3 +201,39 @@ def test_one_byte_elements_are_chunked_16_mib_at_a_time() -> None:
     assert [len(c) for c in dg._array_chunks(flat)] == [16 * MIB, 4 * MIB]
     column = np.zeros((20 * MIB, 1), dtype=np.uint8)
     assert [len(c) for c in dg._array_chunks(column)] == [16 * MIB, 4 * MIB]
+
+
+def test_the_layout_used_is_said(tmp_path: Path) -> None:
+    from mdist.convert import convert
+
+    folder = tmp_path / "m"
+    shutil.copytree(FIXTURE, folder)
+    convert(folder, folder)  # consolidated.safetensors beside the .pth: two layouts
+    notes: list[str] = []
+    assert as_dict(tensor_digests(folder, note=notes.append)) == torch_reference(FIXTURE / "consolidated.00.pth")
+    assert notes == [f"{folder} holds several layouts (mistral, pth); digest uses pth (consolidated.00.pth)"]
+
+
+def test_raw_pieces_of_a_checkpoint_digest_as_the_whole(tmp_path: Path) -> None:
+    folder = tmp_path / "pieces"
+    folder.mkdir()
+    shutil.copy(FIXTURE / "params.json", folder)
+    data = (FIXTURE / "consolidated.00.pth").read_bytes()
+    cut = len(data) // 3
+    for i, piece in enumerate((data[:cut], data[cut:2 * cut], data[2 * cut:])):
+        (folder / f"consolidated.00.pth-split{i}").write_bytes(piece)
+    assert as_dict(tensor_digests(folder)) == torch_reference(FIXTURE / "consolidated.00.pth")
+
+
+def test_raw_pieces_out_of_order_are_named(tmp_path: Path) -> None:
+    folder = tmp_path / "pieces"
+    folder.mkdir()
+    shutil.copy(FIXTURE / "params.json", folder)
+    data = (FIXTURE / "consolidated.00.pth").read_bytes()
+    cut = len(data) // 3
+    for i, piece in enumerate((data[cut:2 * cut], data[:cut], data[2 * cut:])):  # the first two swapped
+        (folder / f"consolidated.00.pth-split{i}").write_bytes(piece)
+    with pytest.raises(InputError) as caught:
+        tensor_digests(folder)
+    assert str(caught.value).startswith("the 3 pieces consolidated.00.pth-split0 ... consolidated.00.pth-split2 do "
+                                        "not join into a checkpoint (out of order, missing or of the wrong size?): ")
