@@ -237,3 +237,19 @@ def test_raw_pieces_out_of_order_are_named(tmp_path: Path) -> None:
         tensor_digests(folder)
     assert str(caught.value).startswith("the 3 pieces consolidated.00.pth-split0 ... consolidated.00.pth-split2 do "
                                         "not join into a checkpoint (out of order, missing or of the wrong size?): ")
+
+
+def test_a_file_beside_an_hf_layout_is_digested_alone(tmp_path: Path) -> None:
+    from safetensors.numpy import save_file
+
+    from mdist.convert import convert
+
+    convert(FIXTURE, tmp_path / "conv", layout="hf")
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    for item in (tmp_path / "conv").iterdir():
+        if item.is_file():
+            shutil.copy(item, folder / item.name)
+    x = np.arange(5, dtype=np.float32)
+    save_file({"x": x}, str(folder / "other.safetensors"))
+    assert as_dict(tensor_digests(folder / "other.safetensors")) == {"x": ("F32", (5,), sha(x.tobytes()))}
