@@ -304,6 +304,9 @@ def test_check_commit() -> None:
         assert message(caught) == (f"http://e answered {hub.quoted(sha)} as the commit of org/m@v1, not a 40-hex "
                                    f"commit id; refused")
     with pytest.raises(UnsafeContentError) as caught:
+        hub._check_commit("bad", "org/m", None, "http://e")
+    assert message(caught) == "http://e answered 'bad' as the commit of org/m@main, not a 40-hex commit id; refused"
+    with pytest.raises(UnsafeContentError) as caught:
         hub._check_commit(OTHER, "org/m", COMMIT, "http://e")
     assert message(caught) == f"asked http://e for commit {COMMIT} of org/m, it answered with commit {OTHER}; refused"
 
@@ -350,8 +353,9 @@ def test_digests_and_mismatch(tmp_path: Path) -> None:
     assert hub._mismatch(RemoteFile("f", 8, None, None), {"sha256": full, "git-sha1": ""}) == ("git blob sha1", "", "")
     assert hub._mismatch(RemoteFile("f", 8, "", ""), {"sha256": "", "git-sha1": ""}) == ("git blob sha1", "", "")
     cancel.set()
-    with pytest.raises(hub.Cancelled):
+    with pytest.raises(hub.Cancelled) as caught:
         hub._digests(path, small, cancel)
+    assert str(caught.value) == str(path)  # what was being hashed when it stopped
 
 
 def test_hash_regular_never_follows_a_link(tmp_path: Path) -> None:
