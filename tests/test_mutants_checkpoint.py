@@ -592,3 +592,29 @@ def test_a_stored_entry_cut_short_while_open(tmp_path) -> None:
         with pytest.raises(MdistError) as caught:
             b"".join(checkpoint.iter_bytes(checkpoint.tensors["w"]))
     assert str(caught.value) in ("archive/data/0: unexpected end of file", f"{path} changed while being read")
+
+
+def test_the_deflate_ratio_at_its_edge(tmp_path) -> None:
+    payload = deflate(RAW)
+    edge = ck.MAX_DEFLATE_RATIO * len(payload) + ck.DEFLATE_SLACK_BYTES
+    with ck.Checkpoint(deflated_archive(tmp_path / "a.pth", payload, file_size=edge, ranges=((0, 1),))) as checkpoint:
+        assert checkpoint.tensors["t0"].storage.numel == edge  # opens: the ratio is checked, not yet the size
+    with pytest.raises(CheckpointError) as caught:
+        ck.Checkpoint(deflated_archive(tmp_path / "b.pth", payload, file_size=edge + 1, ranges=((0, 1),)))
+    assert str(caught.value) == "archive/data/0: compression ratio suggests a zip bomb"
+
+
+def test_long_names_and_messages_are_cut(monkeypatch) -> None:
+    from pickle_payloads import S
+
+    with pytest.raises(CheckpointError) as caught:
+        pr.interpret_state_dict(b"\x80\x02}" + S("n" * 150) + b"K\x01s.", lookup)
+    assert str(caught.value) == f"checkpoint entry {'n' * 100!r} is a int, not a tensor"
+
+    def genops(stream):
+        raise ValueError("v" * 300)
+
+    monkeypatch.setattr(pr.pickletools, "genops", genops)
+    with pytest.raises(CheckpointError) as caught:
+        pr.interpret_state_dict(b"\x80\x02}.", lookup)
+    assert str(caught.value) == "malformed pickle: ValueError: " + "v" * 200
