@@ -305,7 +305,8 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
           -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout", None: "not checked",
-          -11: "crash"}  # the test run died of SIGSEGV (e.g. numpy's as_strided handed None): detected, as a timeout is
+          -11: "crash", -9: "crash"}  # the test run died of SIGSEGV (numpy's as_strided handed None) or SIGKILL
+                                      # (a read loop made endless, killed): detected, as a timeout is
 
 SITECUSTOMIZE = '''\
 """bench/mutation.py: in a subprocess of a mutmut stats run, record trampoline hits to a file at exit."""

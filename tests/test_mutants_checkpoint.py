@@ -618,3 +618,20 @@ def test_long_names_and_messages_are_cut(monkeypatch) -> None:
     with pytest.raises(CheckpointError) as caught:
         pr.interpret_state_dict(b"\x80\x02}.", lookup)
     assert str(caught.value) == "malformed pickle: ValueError: " + "v" * 200
+
+
+def test_archive_folder_and_empty_byteorder(tmp_path) -> None:
+    from pickle_payloads import VALID
+
+    path = tmp_path / "m.pth"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", VALID)
+        z.writestr("archive/byteorder", b"")  # empty: little-endian, as torch reads it
+        z.writestr("archive/data/0", struct.pack("<4f", 1, 2, 3, 4))
+    with ck.Checkpoint(path) as checkpoint:
+        assert list(checkpoint.tensors) == ["w"]
+    with zipfile.ZipFile(path, "a") as z:
+        z.writestr("x" * 150, b"")
+    with pytest.raises(CheckpointError) as caught:
+        ck.Checkpoint(path)
+    assert str(caught.value) == f"entry {'x' * 100!r} is outside the archive folder 'archive/'"
