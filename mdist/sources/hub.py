@@ -423,7 +423,7 @@ def _blob_lock(p: Placement, cancel: threading.Event) -> Iterator[None]:
             break
         except Timeout:
             if cancel.is_set():
-                raise Cancelled(str(path)) from None
+                raise Cancelled(str(p.lock)) from None
     try:
         yield
     finally:

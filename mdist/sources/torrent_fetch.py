@@ -29,7 +29,7 @@ from typing import Callable, Protocol
 from mdist.atomic import (real_dir, refuse_links_on_the_way, refuse_unreal_dir, require_free_space,
                           write_bytes_atomic)
 from mdist.derived import sign_bytes, signed_by_us
-from mdist.errors import InputError, UnsafeContentError, VerificationError
+from mdist.errors import InputError, VerificationError
 from mdist.jsonio import read_small_file
 from mdist.sources.bt_session import Endpoint, lt, make_session, parse_endpoint
 from mdist.paths import UnsafePathError, check_component, check_path_set
