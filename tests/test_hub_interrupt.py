@@ -242,3 +242,28 @@ def test_a_listed_file_the_server_does_not_serve(data: bytes, tmp_path: Path) ->
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith("mdist: error: download of 'model.safetensors'") and "404" in line, line
     assert not (out / BIG).exists() and not (out / ".mdist" / "complete.json").exists()
+
+
+def test_stopping_while_another_process_holds_the_blob_lock_is_a_clean_cancel(tmp_path: Path) -> None:
+    """Ctrl-C while huggingface_hub (another process) holds a blob's lock: Cancelled, not NameError."""
+    import threading
+
+    from filelock import FileLock
+
+    from mdist.sources import hub
+    from mdist.verify.hashing import Cancelled
+
+    lock = tmp_path / ".locks" / "models--o--r" / "blob.lock"
+    lock.parent.mkdir(parents=True)
+    placement = hub.Placement(remote=None, root=tmp_path, final=tmp_path / "blob", partial=tmp_path / "part",
+                              lock=lock)
+    held = FileLock(str(lock))
+    held.acquire()
+    try:
+        cancel = threading.Event()
+        cancel.set()
+        with pytest.raises(Cancelled):
+            with hub._blob_lock(placement, cancel):
+                pass
+    finally:
+        held.release()
