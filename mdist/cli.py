@@ -105,6 +105,11 @@ def convert(src: Path, out: Path | None, layout: str, gguf_type: str, shard_size
 
     from mdist.convert import convert as run_convert
 
+    given = click.get_current_context().get_parameter_source
+    if layout != "gguf" and given("gguf_type") == click.core.ParameterSource.COMMANDLINE:
+        raise click.UsageError("--type applies to --layout gguf only")
+    if layout != "hf" and given("shard_size") == click.core.ParameterSource.COMMANDLINE:
+        raise click.UsageError("--shard-size applies to --layout hf only")
     started = time.monotonic()
     with ui.byte_progress("converting", quiet=as_json) as progress:
         task = progress.add_task("converting", total=None)

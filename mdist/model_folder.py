@@ -223,7 +223,9 @@ class FolderContents:
     def choose(self, purpose: str, note: Callable[[str], None] | None = None) -> Layout:
         """The layout `purpose` uses; refuses a known release that holds foreign weights, and a
         config or tokenizer that is a link or special file (never followed)."""
-        linked = [name for name in self.others if name in SIDE_NAMES or is_weight_file(name)]
+        linked = [name for name in self.others  # where a layout reads (top level), or, in a known
+                  if ("/" not in name or self.release is not None)  # release, any weights-like link
+                  and (name in SIDE_NAMES or is_weight_file(name))]
         if linked:
             raise InputError(f"{self.path / linked[0]} is a symbolic link or special file; mdist never "
                              f"follows those in a model folder (replace it by the file itself)")
@@ -305,23 +307,25 @@ def split_pieces(files: dict[str, int], problems: list[str]) -> dict[str, tuple[
     """Raw pieces of a checkpoint (`split` output: NAME-split0, NAME-split1, ...), in numeric order
     (split10 after split9). A gap or two names for one number is a problem, and no pieces."""
     numbered: dict[str, dict[int, str]] = {}
-    for name in files:
+    doubled: set[str] = set()
+    for name in sorted(files):
         match = _PTH_PIECE.fullmatch(name)
         if match:
             joined, number = match.group(1), int(match.group(2))
             if number in numbered.setdefault(joined, {}):
-                problems.append(f"{name} and {numbered[joined][number]} are both piece {number} of {joined}")
-                numbered[joined] = {}
+                if joined not in doubled:
+                    problems.append(f"{name} and {numbered[joined][number]} are both piece {number} of {joined}")
+                doubled.add(joined)
                 continue
             numbered[joined][number] = name
     result = {}
     for joined, by_number in sorted(numbered.items()):
-        if not by_number:
+        if joined in doubled:
             continue
         missing = [n for n in range(max(by_number) + 1) if n not in by_number]
         if missing:
-            problems.append(f"piece {missing[0]} of {joined} is missing ({joined}-split{missing[0]}): "
-                            f"the pieces cannot be joined")
+            after = f", after {by_number[missing[0] - 1]}" if missing[0] else ""
+            problems.append(f"piece {missing[0]} of {joined} is missing{after}: the pieces cannot be joined")
             continue
         result[joined] = tuple(by_number[n] for n in sorted(by_number))
     return result

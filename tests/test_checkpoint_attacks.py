@@ -257,6 +257,15 @@ def test_appended_bytes_are_refused(tmp_path: Path) -> None:
     assert_refused(path, "bytes follow the zip end record")
 
 
+@pytest.mark.parametrize("cut", [1, 10, 18])  # 18: the 4-byte signature is all that is left
+def test_a_file_cut_inside_its_end_record_is_called_truncated(tmp_path: Path, cut: int) -> None:
+    """A short download ends inside the 22-byte end record: "truncated", exit 2, as when more is
+    missing, not "bytes follow the end record" (exit 1), which is about bytes added."""
+    path = saved(tmp_path)
+    path.write_bytes(path.read_bytes()[:-cut])
+    assert_refused(path, "is truncated: its zip end record is cut short", exit_code=2)
+
+
 def test_an_entry_count_that_hides_records_is_refused(tmp_path: Path) -> None:
     """miniz reads `count` records, zipfile reads records until the directory's size is used up."""
     path = saved(tmp_path)

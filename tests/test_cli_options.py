@@ -82,3 +82,14 @@ def test_digest_says_which_layout_it_used(tmp_path: Path) -> None:
     assert run_mdist("convert", str(folder)).returncode == 0
     result = run_mdist("digest", str(folder))
     assert result.returncode == 0 and "digest uses pth" in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--type", "q8_0"], "--type applies to --layout gguf only"),
+    (["--layout", "hf", "--type", "f16"], "--type applies to --layout gguf only"),
+    (["--shard-size", "1GB"], "--shard-size applies to --layout hf only"),
+])
+def test_convert_options_of_another_layout_are_usage_errors(tmp_path: Path, args: list, message: str) -> None:
+    result = run_mdist("convert", str(tmp_path), "--out", str(tmp_path / "out"), *args)
+    assert result.returncode == 2 and message in result.stderr
+    assert not (tmp_path / "out").exists()

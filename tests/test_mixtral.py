@@ -480,3 +480,22 @@ def test_verify_says_which_piece_is_missing(tmp_path: Path) -> None:
     result = run_mdist("verify", str(pieces[0].parent))
     assert result.returncode == 1
     assert "piece 2 of consolidated.00.pth is missing" in result.stdout + result.stderr
+
+
+def test_zero_padded_piece_names_and_their_errors(tmp_path: Path) -> None:
+    """`split -a 2` names pieces split00, split01, ...: read the same; a missing one is named by
+    its neighbour (never by a name that does not exist), and a doubled number is one problem."""
+    _, release, _, _ = make_mixtral(tmp_path, experts=4, top_k=1, theta=1e4, seed=73)
+    pieces = _pieces_folder(release, tmp_path / "padded", count=5)
+    for number, piece in enumerate(pieces):
+        piece.rename(piece.with_name(f"consolidated.00.pth-split{number:02d}"))
+    folder = pieces[0].parent
+    assert _digest(folder) == _digest(release)
+    (folder / "consolidated.00.pth-split03").unlink()
+    result = run_mdist("digest", str(folder))
+    assert result.returncode == 2
+    assert ("piece 3 of consolidated.00.pth is missing, after consolidated.00.pth-split02: the pieces cannot "
+            "be joined") in error_line(result)
+    shutil.copy(folder / "consolidated.00.pth-split02", folder / "consolidated.00.pth-split2")
+    result = run_mdist("digest", str(folder))
+    assert result.returncode == 2 and "are both piece 2 of consolidated.00.pth" in error_line(result)

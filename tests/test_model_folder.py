@@ -388,3 +388,19 @@ def test_a_conversion_whose_source_was_deleted_still_runs(tmp_path: Path) -> Non
     verified = run_mdist("verify", str(out), "--manifest", "tiny-mistral", "--json")  # nothing vouches for it
     statuses = {f["path"]: f["status"] for f in json.loads(verified.stdout)["report"]["files"]}
     assert verified.returncode == 1 and statuses["consolidated.safetensors"] == "stale", statuses
+
+
+def test_a_link_in_a_subfolder_does_not_stop_the_model_beside_it(tmp_path: Path) -> None:
+    """Outside a known release, layouts read top-level files only: a link further down (an
+    unrelated folder under ~/Downloads) is no reason to refuse; one at the top still is. (In a
+    known release any weights-like link is refused, like foreign weights anywhere in it.)"""
+    from conftest import random_mistral
+
+    folder = random_mistral(tmp_path / "m", vocab_size=2048)  # the fixture's tokenizer; no known release
+    (folder / "sub").mkdir()
+    (folder / "sub" / "model.safetensors").symlink_to("/etc/hostname")
+    result = run_mdist("run", str(folder), "--prompt", "ROMEO:", "--max-tokens", "2")
+    assert result.returncode == 0, result.stderr
+    (folder / "model.safetensors").symlink_to("/etc/hostname")
+    result = run_mdist("run", str(folder), "--prompt", "ROMEO:", "--max-tokens", "2")
+    assert result.returncode == 2 and "is a symbolic link or special file" in result.stderr

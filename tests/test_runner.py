@@ -272,3 +272,18 @@ def test_a_long_prompt_runs_in_bounded_memory(fixture_copy: Path, monkeypatch) -
     whole = model.forward(tokens[:700], model.new_cache(700))
     np.testing.assert_allclose(small, whole, rtol=1e-5, atol=1e-5)
     assert last.shape == (1, 2048) and np.isfinite(last).all()
+
+
+def test_a_folder_without_write_bits_is_not_written_even_by_root(fixture_copy: Path, tmp_path: Path) -> None:
+    """root passes os.access(W_OK) everywhere; a folder marked read-only must still be left alone
+    (the conversion goes to the per-user cache)."""
+    fixture_copy.chmod(0o555)
+    try:
+        result = run_mdist("run", str(fixture_copy), "--prompt", "ROMEO:", "--max-tokens", "2",
+                           env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
+        assert result.returncode == 0, result.stderr
+        assert sorted(p.name for p in fixture_copy.iterdir()) == ["consolidated.00.pth", "params.json",
+                                                                   "tokenizer.model"]
+        assert list((tmp_path / "cache" / "mdist" / "converted").glob("*/consolidated.safetensors"))
+    finally:
+        fixture_copy.chmod(0o755)

@@ -319,7 +319,10 @@ def _read_end_records(fd: JoinedFile, size: int, label: str) -> tuple[int, int, 
     sig, disk, cd_disk, on_disk, count, cd_size, cd_offset, comment = _END.unpack(_pread(fd, _END.size, end_start))
     if sig != b"PK\x05\x06":
         tail = _pread(fd, min(size, 0x10000 + _END.size), max(0, size - 0x10000 - _END.size))
-        if b"PK\x05\x06" in tail:
+        found = tail.rfind(b"PK\x05\x06")
+        if found >= 0 and found + _END.size > len(tail):  # the record itself is cut: a short download
+            raise InputError(f"{label} is truncated: its zip end record is cut short (download it again)")
+        if found >= 0:
             raise CheckpointError(f"{label}: bytes follow the zip end record (a comment or appended data)")
         raise not_zip
     if disk or cd_disk or on_disk != count or comment:

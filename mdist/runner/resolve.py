@@ -39,7 +39,7 @@ def _converted(contents: FolderContents, layout: Layout) -> tuple[Path, Layout]:
         if (done.kind == MISTRAL and contents.usable(done) and MISTRAL_WEIGHTS in contents.derived.valid
                 and layout.weights[0] in contents.derived.sources.get(MISTRAL_WEIGHTS, ())):
             return source, done
-    in_place = os.access(source, os.W_OK)
+    in_place = _writable(source)
     target = source if in_place else _cache_dir_for(source)
     if not in_place:
         cached = _cached_layout(target)
@@ -73,3 +73,9 @@ def _cached_layout(target: Path) -> Layout | None:
 def _cache_dir_for(path: Path) -> Path:
     base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mdist" / "converted"
     return base / hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+
+
+def _writable(folder: Path) -> bool:
+    """Writable by this user and not marked read-only: root may write anywhere (os.access says
+    yes), but a folder without write bits (a shared fixture, a read-only copy) is left alone."""
+    return os.access(folder, os.W_OK) and bool(os.stat(folder).st_mode & 0o222)
