@@ -299,7 +299,7 @@ def test_a_release_name_brings_its_md5(tmp_path: Path, env: dict) -> None:
     (("http://127.0.0.1:9/x.tar", "--include", "*"), "--include applies to hf:// sources only"),
     (("http://127.0.0.1:9/x.tar", "--md5", "xyz"), "--md5: expected 32 hex digits"),
     (("http://127.0.0.1:9/x.tar.gz",), "expected an uncompressed .tar archive"),
-    (("ftp://127.0.0.1/x.tar",), "no known release"),
+    (("ftp://127.0.0.1/x.tar",), "mdist fetches archives by URL (http:// or https://)"),
     (("http://user:pw@127.0.0.1:9/x.tar",), "user name or password is refused"),
     (("tiny-mistral", "--source", "archive"), "has no archive"),
 ])

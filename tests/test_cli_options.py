@@ -93,3 +93,10 @@ def test_convert_options_of_another_layout_are_usage_errors(tmp_path: Path, args
     result = run_mdist("convert", str(tmp_path), "--out", str(tmp_path / "out"), *args)
     assert result.returncode == 2 and message in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_local_archive_is_told_to_come_by_url(tmp_path: Path) -> None:
+    (tmp_path / "x.tar").write_bytes(b"\0" * 1024)
+    result = run_mdist("fetch", str(tmp_path / "x.tar"), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2 and "mdist fetches archives by URL" in result.stderr
+    assert not (tmp_path / "out").exists()

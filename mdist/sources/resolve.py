@@ -128,6 +128,10 @@ def resolve_source(text: str) -> Source:
         return Source("hub", repo, revision)
     if text.startswith(("http://", "https://")):
         return find_archive(text)
+    if text.lower().endswith(".tar") and not text.endswith(".torrent"):
+        raise InputError(f"{text}: mdist fetches archives by URL (http:// or https://), where it checks the md5 "
+                         f"while downloading; serve the file over HTTP, or extract it yourself and run "
+                         f"`mdist verify` on the folder")
     if text.endswith(".torrent") or (Path(text).is_file() and not text.endswith(".json")):
         return Source("torrent", text)
     manifest = find_manifest(text)  # a release name or a manifest file; else a clear error
