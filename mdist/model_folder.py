@@ -244,7 +244,11 @@ class FolderContents:
         if not usable:
             raise InputError(self._nothing_usable(purpose))
         chosen = usable[0]
-        if note is not None and len(self.layouts) > 1:
+        made_from = {source for name in chosen.weights if name in self.derived.valid
+                     for source in self.derived.sources.get(name, ())}
+        alternatives = [layout for layout in self.layouts
+                        if layout != chosen and not set(layout.weights) <= made_from]  # not its own source
+        if note is not None and alternatives:
             kinds = ", ".join(sorted({layout.kind for layout in self.layouts}))
             note(f"{self.path} holds several layouts ({kinds}); {purpose} uses {chosen.kind} "
                  f"({', '.join(chosen.weights)})")
