@@ -13,14 +13,14 @@ from typing import Callable
 from mdist.atomic import copy_file_atomic, require_free_space, write_bytes_atomic
 from mdist.convert.checkpoint import Checkpoint
 from mdist.convert.safetensors_writer import TensorSource, plan_shards, write_safetensors
-from mdist.convert.sources import SIDE_FILES as _SIDE_FILES, TensorInput, find_input, open_input
+from mdist.convert.sources import SIDE_FILES as _SIDE_FILES, TensorInput, open_input
 from mdist.derived import record_derived
 from mdist.errors import InputError
 from mdist.layout import heads_for, interleaved_to_half_rows, mistral_to_hf_name
 from mdist.model_folder import MISTRAL
 from mdist.modelconfig import MistralConfig, read_json
 
-__all__ = ["convert", "find_checkpoint", "ConversionResult", "Checkpoint"]
+__all__ = ["convert", "ConversionResult", "Checkpoint"]
 
 DEFAULT_SHARD_BYTES = 5 * 10**9
 MISTRAL_FILE = "consolidated.safetensors"
@@ -36,12 +36,6 @@ class ConversionResult:
     files: list[Path] = field(default_factory=list)
     tensors: int = 0
     bytes: int = 0
-
-
-def find_checkpoint(src: Path) -> tuple[list[Path], Path]:
-    """(weight files, folder of their side files) that `convert` would read from `src`."""
-    _, paths, side_dir = find_input(src)
-    return paths, side_dir
 
 
 def convert(

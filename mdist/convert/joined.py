@@ -42,10 +42,6 @@ class JoinedFile:
         self.size = self.starts[-1]
         self.name = self.paths[0].name if len(self.paths) == 1 else f"{self.paths[0].name} (+{len(self.paths) - 1} pieces)"
 
-    @property
-    def pieces(self) -> int:
-        return len(self.paths)
-
     def close(self) -> None:
         for fd in self.fds:
             os.close(fd)

@@ -74,7 +74,7 @@ def _digests(path: Path, note: Callable[[str], None] | None) -> list[TensorDiges
     if not path.exists():
         raise InputError(f"{path} does not exist")
     if path.suffix == ".pth":
-        return _pth_digests(path)
+        return _pth_digests([path])
     if path.suffix == ".safetensors":
         contents = inspect_folder(path.parent)
         for layout in contents.layouts:  # a shard of an HF layout: its whole layout, HF names undone
@@ -94,21 +94,19 @@ def _layout_digests(directory: Path, layout: Layout) -> list[TensorDigest]:
         from mdist.verify.gguf_digest import gguf_digests
 
         return gguf_digests(directory / layout.weights[0])
+    files = [directory / name for name in layout.weights]
     if layout.kind == PTH:
-        if layout.joined is not None:  # raw pieces of one checkpoint, read as one file
-            return _pth_digests([directory / name for name in layout.weights])
-        if len(layout.weights) > 1:
+        if len(files) > 1 and layout.joined is None:
             raise InputError(f"{directory} holds {len(layout.weights)} checkpoint shards; only single-file "
                              f"checkpoints are supported")
-        return _pth_digests(directory / layout.weights[0])
-    files = [directory / name for name in layout.weights]
+        return _pth_digests(files)  # one file, or the raw pieces of one, read as one file
     if layout.kind == MISTRAL:
         return _safetensors_digests(files)
     return _hf_digests(read_config(directory, layout), files)
 
 
-def _pth_digests(path: Path | list[Path]) -> list[TensorDigest]:
-    with open_checkpoint(path if isinstance(path, list) else [path]) as checkpoint:
+def _pth_digests(paths: list[Path]) -> list[TensorDigest]:
+    with open_checkpoint(paths) as checkpoint:
         return [
             TensorDigest(name, t.storage.dtype.safetensors_dtype, t.shape, _sha(checkpoint.iter_bytes(t)))
             for name, t in checkpoint.tensors.items()
