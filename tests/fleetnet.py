@@ -91,6 +91,16 @@ class Fleet:
         sh("tc", "-n", ns, "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", f"{rate_mbit}mbit",
            "burst", "64kb", "latency", "50ms")
 
+    def shape_downlink(self, node: Node, rate_mbit: float | None) -> None:
+        """Limit what `node` receives (the switch side of its link), or lift the limit (None): a test
+        that must catch a host mid-transfer makes the transfer slow instead of racing it."""
+        index = self.nodes.index(node)
+        if rate_mbit is None:
+            sh("tc", "-n", self.switch, "qdisc", "del", "dev", f"v{index}", "root")
+        else:
+            sh("tc", "-n", self.switch, "qdisc", "add", "dev", f"v{index}", "root", "tbf", "rate",
+               f"{rate_mbit}mbit", "burst", "64kb", "latency", "50ms")
+
     @property
     def origin(self) -> Node:
         return self.nodes[0]
