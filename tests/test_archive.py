@@ -606,6 +606,71 @@ def test_an_unreadable_first_header_is_one_refusal(tmp_path: Path, env: dict, ca
     assert model_files(out) == [] and sorted(p.name for p in (out / ".mdist").iterdir()) == ["archive.lock"]
 
 
+def extended_headers() -> dict[str, tuple[bytes, str]]:
+    """Tars whose extended headers tarfile would parse without bound (memory: a header's whole
+    claimed size read at once; time: pax regexes quadratic on crafted records; RecursionError:
+    one recursion per header in a row), each with the cause its refusal names."""
+    def header(name: str, kind: bytes, data: bytes) -> bytes:
+        info = tarfile.TarInfo(name)
+        info.type, info.size = kind, len(data)
+        return info.tobuf(tarfile.GNU_FORMAT) + data + b"\0" * (-len(data) % 512)
+
+    member = header("a", tarfile.REGTYPE, b"x") + b"\0" * 1024
+    return {
+        "pax-chain": (header("p", tarfile.XHDTYPE, b"11 foo=bar\n") * 3000 + member, "extended headers in a row"),
+        "long-name-chain": (header("L", tarfile.GNUTYPE_LONGNAME, b"a\0") * 3000 + member, "extended headers in a row"),
+        "huge-long-name": (header("L", tarfile.GNUTYPE_LONGNAME, b"a" * (1 << 20)) + member, "a long name header of"),
+        "huge-pax": (header("p", tarfile.XHDTYPE, b"1048586 comment=" + b"a" * (1048586 - 17) + b"\n") + member,
+                     "a pax header of"),
+        "quadratic-pax": (header("p", tarfile.XHDTYPE, b"2 " * 30000 + b"=x\n") + member, "malformed pax record"),
+        "digit-run": (header("p", tarfile.XHDTYPE, b"10018 comment=" + b"1" * 10003 + b"\n") + member,
+                      "run of more than 64 digits"),
+        "pax-sparse-map": (header("p", tarfile.XHDTYPE, b"24 GNU.sparse.map=0,0,0\n") + member, "GNU sparse"),
+        "gnu-sparse": (header("a", tarfile.GNUTYPE_SPARSE, b"") + b"\0" * 1024, "GNU sparse"),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(extended_headers()))
+def test_extended_headers_are_bounded_before_tarfile_parses_them(tmp_path: Path, env: dict, case: str) -> None:
+    from mdist.errors import UnsafeContentError
+    from mdist.sources.archive import Limits, extract_checked
+
+    body, cause = extended_headers()[case]
+    tar = tmp_path / "x.tar"
+    tar.write_bytes(body)
+    started = time.monotonic()
+    with pytest.raises(UnsafeContentError, match=r"^x\.tar is not a valid tar archive .*" + re.escape(cause)):
+        extract_checked(tar, tmp_path, Limits())
+    assert time.monotonic() - started < 2
+    out = tmp_path / "got"
+    with serve(Served({"/x.tar": body})) as served:
+        result = fetch(served.url + "/x.tar", out, env=env)
+    assert result.returncode == 1, result.stderr
+    assert re.fullmatch(r"mdist: error: x\.tar is not a valid tar archive .*; refused\n",
+                        result.stderr.splitlines(True)[-1]), result.stderr
+    assert cause in result.stderr
+    assert model_files(out) == [] and sorted(p.name for p in (out / ".mdist").iterdir()) == ["archive.lock"]
+
+
+def test_pax_and_long_names_as_tar_writes_them_are_read(tmp_path: Path) -> None:
+    """What the bounds above must not refuse: pax records of GNU tar and Python, GNU long names."""
+    from mdist.sources.archive import Limits, extract_checked
+
+    long = "d" * 150 + "/" + "e" * 150 + "/params.json"
+    for fmt in (tarfile.PAX_FORMAT, tarfile.GNU_FORMAT):
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w", format=fmt) as archive:
+            for name in (long, "ünï.json"):
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime = 2, 1700000000.123456
+                archive.addfile(info, io.BytesIO(b"{}"))
+        tar = tmp_path / f"{fmt}.tar"
+        tar.write_bytes(buffer.getvalue())
+        dest = tmp_path / f"d{fmt}"
+        dest.mkdir()
+        assert sorted(extract_checked(tar, dest, Limits())) == [long, "ünï.json"]
+
+
 def test_a_refusal_names_the_archive_not_the_partial_file(tmp_path: Path, env: dict) -> None:
     body = make_tar(HOSTILE["dotdot"])
     out = tmp_path / "got"

@@ -498,6 +498,67 @@ def check_members(archive: tarfile.TarFile, limits: Limits, where: str) -> list[
 
 
 _TAR_ERRORS = (tarfile.TarError, EOFError, ValueError, IndexError, KeyError, OverflowError, struct.error)
+MAX_EXTENDED_HEADER = 64 << 10  # a pax or GNU long-name header's data: a path is at most 4096 characters
+MAX_EXTENDED_CHAIN = 8  # extended headers before one member (pax, global pax, long name, long link)
+MAX_DIGIT_RUN = 64  # tarfile's pax regexes backtrack over a run of digits: quadratic in its length
+_EXTENDED = {tarfile.XHDTYPE: "pax", tarfile.XGLTYPE: "global pax", tarfile.SOLARIS_XHDTYPE: "pax",
+             tarfile.GNUTYPE_LONGNAME: "long name", tarfile.GNUTYPE_LONGLINK: "long link"}
+_DIGIT_RUN = re.compile(rb"[0-9]{%d}" % (MAX_DIGIT_RUN + 1))
+
+
+class RefusedHeader(tarfile.TarError):
+    """An extended header refused before tarfile parses it (tarfile passes it on unchanged)."""
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """tarfile's own header parsing, bounded before it starts. tarfile reads an extended header's
+    whole data into memory whatever size it claims, parses pax records with regexes that are
+    quadratic on crafted input, reads GNU sparse maps through the archive, and follows each
+    extended header by recursion (thousands of them: RecursionError). Here: at most
+    MAX_EXTENDED_HEADER bytes per extended header, MAX_EXTENDED_CHAIN of them before a member, pax
+    records checked in linear time first (exact lengths, no GNU.sparse keys, no long digit runs),
+    no GNU sparse member."""
+
+    def _proc_member(self, tarfile_):  # noqa: ANN001 (tarfile's signature)
+        kind = _EXTENDED.get(self.type)
+        if kind is None:
+            tarfile_._mdist_chain = 0
+            if self.type == tarfile.GNUTYPE_SPARSE:
+                raise RefusedHeader(f"{_short(self.name)} is a GNU sparse file")
+            return super()._proc_member(tarfile_)
+        chain = getattr(tarfile_, "_mdist_chain", 0) + 1
+        tarfile_._mdist_chain = chain
+        if chain > MAX_EXTENDED_CHAIN:
+            raise RefusedHeader(f"more than {MAX_EXTENDED_CHAIN} extended headers in a row at byte {self.offset}")
+        if not 0 <= self.size <= MAX_EXTENDED_HEADER:
+            raise RefusedHeader(f"a {kind} header of {self.size} bytes at byte {self.offset} (at most "
+                                f"{MAX_EXTENDED_HEADER})")
+        if kind.endswith("pax"):
+            handle = tarfile_.fileobj
+            start = handle.tell()
+            _check_pax_records(handle.read(self.size), self.offset)
+            handle.seek(start)
+        return super()._proc_member(tarfile_)
+
+
+def _check_pax_records(data: bytes, offset: int) -> None:
+    """pax records exactly as POSIX writes them ("LENGTH KEYWORD=VALUE\n", the length counting the
+    whole record), checked in one pass: what tarfile's parser then reads stays linear."""
+    if _DIGIT_RUN.search(data):
+        raise RefusedHeader(f"a pax header at byte {offset} holds a run of more than {MAX_DIGIT_RUN} digits")
+    pos = 0
+    while pos < len(data) and data[pos]:
+        space = data.find(b" ", pos, pos + 21)
+        length = int(data[pos:space]) if space > pos and data[pos:space].isdigit() else 0
+        record = data[pos:pos + length]
+        equals = record.find(b"=", space - pos + 1)
+        if length <= 0 or len(record) != length or not record.endswith(b"\n") or equals <= space - pos + 1:
+            raise RefusedHeader(f"a malformed pax record at byte {pos} of the pax header at byte {offset}")
+        if record[space - pos + 1:equals].startswith(b"GNU.sparse."):
+            raise RefusedHeader(f"a GNU sparse file (pax header at byte {offset})")
+        pos += length
+    if data[pos:].count(0) != len(data) - pos:
+        raise RefusedHeader(f"a malformed pax record at byte {pos} of the pax header at byte {offset}")
 END_BLOCKS = 2  # tar ends with two zero blocks of 512 bytes (GNU tar then pads its 10240-byte record with zeros)
 
 
@@ -555,7 +616,7 @@ def extract_checked(tar_path: Path, dest: Path, limits: Limits,
     fd = open_nofollow(tar_path)
     with os.fdopen(fd, "rb") as raw:
         try:
-            archive = tarfile.open(fileobj=raw, mode="r:")
+            archive = tarfile.open(fileobj=raw, mode="r:", tarinfo=_BoundedTarInfo)
         except _TAR_ERRORS as exc:
             raise _not_a_tar(where, exc) from None
         with archive:
