@@ -66,6 +66,21 @@ def real_dir(path: Path) -> Path:
     return path
 
 
+def require_output_folder(path: Path, option: str = "--out") -> None:
+    """`path` must be a folder or creatable as one: a file there (or on the way to it) would
+    otherwise surface as a raw 'File exists' from mkdir, after the input was read."""
+    path = Path(path)
+    probe = path
+    while not os.path.lexists(probe) and probe != probe.parent:
+        probe = probe.parent
+    if probe.is_dir():
+        return
+    kind = "a file, not a folder" if probe.is_file() else "not a folder"
+    where = f"{probe} is {kind}" if probe == path else f"{probe}, on the way to {path}, is {kind}"
+    raise InputError(f"{option}: {where}; {option} names the folder the output files go into "
+                     f"(give a new or existing folder)")
+
+
 def refuse_links_on_the_way(root: Path, paths: list[str], what: str = "the download") -> None:
     """A symlink (or FIFO, device) already under `root` at any component of a path mdist (or
     libtorrent) is about to write, read or delete would be followed out of `root`: refuse first."""

@@ -15,6 +15,7 @@ from safetensors import safe_open
 from conftest import FIXTURE, random_mistral, run_mdist
 from mdist.convert import convert
 from mdist.convert.checkpoint import Checkpoint
+from mdist.errors import InputError
 from reference_mistral import reference_logits
 
 
@@ -227,3 +228,18 @@ def test_mistral_common_tokenizer_files_are_copied(tmp_path: Path, layout: str) 
     assert result.returncode == 0, result.stderr
     assert (out / "tokenizer.model.v3").read_bytes() == (FIXTURE / "tokenizer.model").read_bytes()
     assert not (out / "tokenizer.model").exists()
+
+
+@pytest.mark.parametrize("layout", ["mistral", "hf", "gguf"])
+def test_out_naming_a_file_is_one_line_before_anything_is_read(tmp_path: Path, layout: str) -> None:
+    """--out is a folder: a file there (or on the way) is said as such, exit 2, not mkdir's 'File exists'."""
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    for out in (taken, taken / "sub"):
+        result = run_mdist("convert", str(FIXTURE), "--layout", layout, "--out", str(out))
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.count("\n") == 1 and "File exists" not in result.stderr, result.stderr
+        assert f"mdist: error: --out: {taken}" in result.stderr and "is a file, not a folder" in result.stderr
+    assert taken.read_text() == "not a folder"
+    with pytest.raises(InputError, match="is a file, not a folder"):  # the module says it, not only the CLI
+        convert(FIXTURE, taken / "sub", layout=layout)

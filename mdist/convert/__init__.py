@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from mdist.atomic import copy_file_atomic, require_free_space, write_bytes_atomic
+from mdist.atomic import copy_file_atomic, require_free_space, require_output_folder, write_bytes_atomic
 from mdist.convert.checkpoint import Checkpoint
 from mdist.convert.safetensors_writer import TensorSource, plan_shards, write_safetensors
 from mdist.convert.sources import SIDE_FILES as _SIDE_FILES, TensorInput, open_input
@@ -50,6 +50,8 @@ def convert(
     gguf_type: str = "bf16",
 ) -> ConversionResult:
     """Convert a checkpoint. `on_start(total_bytes)` and `on_bytes(n)` report progress."""
+    if out is not None:  # said before the input is read
+        require_output_folder(Path(out))
     if layout == "gguf":  # one .gguf file (mdist.convert.gguf_writer)
         from mdist.convert.gguf_writer import convert_gguf
 

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from mdist.atomic import atomic_writer, require_free_space, write_bytes_atomic
+from mdist.atomic import atomic_writer, require_free_space, require_output_folder, write_bytes_atomic
 from mdist.convert import gguf_layout as gl
 from mdist.convert.tensor_sources import ModelSource, SourceTensor, open_model
 from mdist.derived import record_derived
@@ -252,6 +252,8 @@ def convert_gguf(src: Path, out: Path | None = None, *, ggml_type: str = "bf16",
     if ggml_type.lower() not in gl.TYPES:
         raise InputError(f"unknown GGUF type {ggml_type!r}: use one of {', '.join(gl.TYPES)}")
     wanted = ggml_type.upper()
+    if out is not None:  # said before the input is read
+        require_output_folder(Path(out))
     with open_model(src, note) as source:
         _require_sentencepiece(source)
         out = Path(out) if out is not None else source.folder
