@@ -57,9 +57,16 @@ HUB_VERIFICATION = ["git_blob_sha1", "_check_commit", "_remote_file", "_present"
                     "_hash_regular", "_digests", "_mismatch", "_own_blob", "_release_files", "_check_manifest",
                     "_hash_all", "_discard"]
 
+# The zip reader of mdist/convert/checkpoint.py (module checkpoint), and the constructor that runs it.
+ZIP_READER = ["read_zip_members", "_pread", "_read_end_records", "_read_central_directory", "_decode_name",
+              "_extra_fields", "_zip64_values", "_check_layout", "_check_local_header", "_descriptor_length",
+              "Checkpoint.__init__"]
+
 # Modules in priority order: (key, files to mutate, pytest arguments choosing the fast tests, more
 # [tool.mutmut] settings; and "skip_functions" / "keep_functions": {file: [function or Class.method names]},
-# the functions of a file left out / the only ones mutated, see no_mutate()). Each module's own tests/test_mutants_*.py comes first: fast, in process.
+# the functions of a file left out / the only ones mutated, see no_mutate(); "fast_tests_only": {file: [names]},
+# the functions whose mutants run against the selection's first test file only, see write_support()). Each
+# module's own tests/test_mutants_*.py comes first: fast, in process.
 MODULES: list[tuple[str, list[str], list[str], dict]] = [
     ("paths", ["mdist/paths.py"], [
         "tests/test_mutants_paths.py", "tests/test_documents_hostile.py", "tests/test_hub_attacks.py",
@@ -76,9 +83,13 @@ MODULES: list[tuple[str, list[str], list[str], dict]] = [
     ("manifest", ["mdist/verify/manifest.py"], [
         "tests/test_mutants_manifest.py", "tests/test_documents_hostile.py", "tests/test_verify.py", "-k", NOT_FLAKY],
      {}),
+    # The strict zip reader is reached by every test that opens a checkpoint, most of them CLI tests under
+    # resource limits (~95 s for the selection): its mutants are tested by the in-process tests only
+    # (fast_tests_only), which pin each of its checks and messages; the rest of the module keeps them all.
     ("checkpoint", ["mdist/convert/pickle_reader.py", "mdist/convert/checkpoint.py"], [
         "tests/test_mutants_checkpoint.py", "tests/test_hostile.py", "tests/test_checkpoint_attacks.py",
-        "tests/test_convert.py"], {}),
+        "tests/test_convert.py"],
+     {"fast_tests_only": {"mdist/convert/checkpoint.py": ZIP_READER}}),
     ("safetensors", ["mdist/convert/safetensors_reader.py"], [
         "tests/test_mutants_safetensors.py", "tests/test_documents_hostile.py", "-k", NOT_FLAKY], {}),
     # The checks of torrents from outside and of what mdist shares; the libtorrent glue that only
@@ -376,6 +387,26 @@ def pytest_runtest_teardown(item, nextitem):
     _collect()
 
 
+def pytest_sessionfinish(session, exitstatus):
+    """After a stats run (before mutmut saves it): the functions named in fast_only.json keep only the tests
+    of the file named there, so their mutants never wait for the slow tests that also reach them."""
+    fast = Path(__file__).with_name("fast_only.json")
+    if os.environ.get("MUTANT_UNDER_TEST") != "stats" or not fast.exists():
+        return
+    from mutmut.state import state
+
+    wanted = json.loads(fast.read_text())
+    for key, tests in state().tests_by_mangled_function_name.items():
+        if key.rpartition(".")[0] in wanted["modules"] and _function(key) in wanted["functions"]:
+            tests.intersection_update({t for t in tests if t.split("::")[0].endswith(wanted["tests"])})
+
+
+def _function(key):
+    """x_f -> f, xǁCǁm -> C.m (as bench/mutation.py function_of)."""
+    mangled = key.rpartition(".")[2]
+    return mangled[2:] if mangled.startswith("x_") else ".".join(mangled.split("ǁ")[1:])
+
+
 def pytest_collection_modifyitems(session, config, items):
     """When a mutant is tested, run its fastest tests first (mutmut stops at the first failure)."""
     if os.environ.get("MUTANT_UNDER_TEST", "") in ("", "stats", "fail", "mutant_generation"):
@@ -462,6 +493,7 @@ def prepare(work: Path, files: list[str], tests: list[str], settings: dict, ref:
         shutil.copy2(REPO / "README.md", work / "README.md")
     shutil.copytree(work / "checksums", work / "mdist" / "checksums", ignore=ignore, dirs_exist_ok=True)
     settings = dict(settings)
+    fast_only = settings.pop("fast_tests_only", {})
     for key in ("skip_functions", "keep_functions"):
         for file, names in settings.pop(key, {}).items():
             target = work / file
@@ -489,8 +521,7 @@ timeout_constant = 2.0
     (work / "pyproject.toml").write_text(config)
     support = work / "support"
     support.mkdir()
-    (support / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    (support / "mutmut_hits.py").write_text(HITS_PLUGIN)
+    write_support(support, tests, fast_only)
     (work / "hits").mkdir()
     (work / "tmp").mkdir()
     # On PYTHONPATH before mutmut fills it: a folder missing at start-up is cached by the import
@@ -498,7 +529,23 @@ timeout_constant = 2.0
     (work / "mutants").mkdir()
 
 
-def resume(work: Path, files: list[str], ref: str | None) -> None:
+def write_support(support: Path, tests: list[str], fast_only: dict[str, list[str]]) -> None:
+    """sitecustomize.py, the pytest plugin, and fast_only.json: which functions are tested by the first test
+    file of the selection only (their modules, their names as function_of() gives them, that file)."""
+    (support / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    (support / "mutmut_hits.py").write_text(HITS_PLUGIN)
+    target = support / "fast_only.json"
+    if fast_only:
+        modules = [file[:-len(".py")].replace("/", ".") for file in fast_only]
+        target.write_text(json.dumps({"modules": modules, "functions": sorted({f for names in fast_only.values()
+                                                                               for f in names}),
+                                      "tests": tests[0].rpartition("/")[2]}))
+    elif target.exists():
+        target.unlink()
+
+
+def resume(work: Path, files: list[str], ref: str | None, tests: list[str] | None = None,
+           settings: dict | None = None) -> None:
     """Take the repository's current tests, and have the survivors tested again with them.
 
     mutmut keeps every other verdict (their functions are unchanged) and runs the tests that are
@@ -506,6 +553,8 @@ def resume(work: Path, files: list[str], ref: str | None) -> None:
     """
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     (work / "tmp").mkdir(exist_ok=True)
+    if tests is not None:  # today's plugin and fast-test choice
+        write_support(work / "support", tests, (settings or {}).get("fast_tests_only", {}))
     shutil.rmtree(work / "mutants" / ".hypothesis", ignore_errors=True)  # no example replayed from before
     if ref:
         for test in (REPO / "tests").glob("test_mutants_*.py"):
@@ -633,7 +682,7 @@ def main() -> int:
         if not (args.resume and (work / "mutants").is_dir()):
             prepare(work, files, tests, settings, args.ref)
         else:
-            resume(work, files, args.ref)
+            resume(work, files, args.ref, tests, settings)
         start = time.monotonic()
         with open(args.workdir / f"{key}.log", "a" if args.resume else "w") as log:
             code = run_mutmut(work, args.budget, log)

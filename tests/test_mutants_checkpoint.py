@@ -635,3 +635,605 @@ def test_archive_folder_and_empty_byteorder(tmp_path) -> None:
     with pytest.raises(CheckpointError) as caught:
         ck.Checkpoint(path)
     assert str(caught.value) == f"entry {'x' * 100!r} is outside the archive folder 'archive/'"
+
+
+# -- the strict zip reader, in process ----------------------------------------------------------------
+# Archives are built byte by byte (every field can be set apart in the local header, the central record
+# and the end records), read by read_zip_members and its helpers directly, and checked against Python's
+# zipfile and torch.save's own output; each refusal must name its cause.
+
+import io  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+
+import torch  # noqa: E402
+
+from mdist.convert.joined import JoinedFile  # noqa: E402
+from mdist.errors import InputError  # noqa: E402
+
+LONG = "d/" + "n" * 148  # a name over the 100 characters a message shows
+SIG = b"PK\x07\x08"
+
+
+@dataclass
+class Entry:
+    name: str
+    data: bytes = b"abcdef"
+    flags: int = 0
+    method: int = 0
+    local: dict = field(default_factory=dict)  # local header fields to override
+    central: dict = field(default_factory=dict)  # central record fields to override
+    payload: bytes | None = None  # the bytes after the local header (default: data, deflated for method 8)
+    descriptor: bytes | None = None  # after the payload (default: a 16-byte one, signed, when flags & 8)
+
+    def stored(self) -> bytes:
+        if self.payload is not None:
+            return self.payload
+        return deflate(self.data) if self.method == 8 else self.data
+
+    def fields(self, offset: int) -> dict:
+        return {"sig": None, "name": self.name.encode(), "flags": self.flags, "method": self.method,
+                "crc": zlib.crc32(self.data), "csize": len(self.stored()), "usize": len(self.data), "extra": b"",
+                "offset": offset, "comment": b"", "disk": 0}
+
+    def local_bytes(self, offset: int) -> bytes:
+        f = self.fields(offset) | self.local
+        return struct.pack("<4s5H3L2H", f["sig"] or b"PK\x03\x04", 20, f["flags"], f["method"], 0, 0x21, f["crc"],
+                           f["csize"], f["usize"], f.get("name_len", len(f["name"])), len(f["extra"])) + f["name"] + f["extra"]
+
+    def central_bytes(self, offset: int) -> bytes:
+        f = self.fields(offset) | self.central
+        return struct.pack("<4s6H3L5H2L", f["sig"] or b"PK\x01\x02", 20, 20, f["flags"], f["method"], 0, 0x21,
+                           f["crc"], f["csize"], f["usize"], f.get("name_len", len(f["name"])), len(f["extra"]),
+                           len(f["comment"]), f["disk"], 0, 0, f["offset"]) + f["name"] + f["extra"] + f["comment"]
+
+    def after(self) -> bytes:
+        if self.descriptor is not None:
+            return self.descriptor
+        if self.flags & 8:
+            return SIG + struct.pack("<3L", zlib.crc32(self.data), len(self.stored()), len(self.data))
+        return b""
+
+
+def build_zip(entries: list[Entry], *, between: dict | None = None, end: dict | None = None,
+              zip64: dict | None = None, tail: bytes = b"", order: list[int] | None = None) -> bytes:
+    """The entries' local headers, data and descriptors (`between[i]` after entry i), their central records (in
+    `order`), a zip64 end record and locator when `zip64` is given (its fields overridden), the end record."""
+    body, records = b"", []
+    for i, entry in enumerate(entries):
+        records.append(entry.central_bytes(len(body)))
+        body += entry.local_bytes(len(body)) + entry.stored() + entry.after() + (between or {}).get(i, b"")
+    cd = b"".join(records[i] for i in (order or range(len(records))))
+    n = len(entries)
+    records64 = b""
+    if zip64 is not None:
+        z = {"sig": b"PK\x06\x06", "size": 44, "disk": 0, "cd_disk": 0, "on_disk": n, "count": n, "cd_size": len(cd),
+             "cd_offset": len(body), "lsig": b"PK\x06\x07", "ldisk": 0, "at": len(body) + len(cd), "disks": 1} | zip64
+        records64 = (struct.pack("<4sQ2H2L4Q", z["sig"], z["size"], 45, 45, z["disk"], z["cd_disk"], z["on_disk"],
+                                 z["count"], z["cd_size"], z["cd_offset"])
+                     + struct.pack("<4sLQL", z["lsig"], z["ldisk"], z["at"], z["disks"]))
+    e = {"disk": 0, "cd_disk": 0, "on_disk": n, "count": n, "cd_size": len(cd), "cd_offset": len(body),
+         "comment": 0} | (end or {})
+    return body + cd + records64 + struct.pack("<4s4H2LH", b"PK\x05\x06", e["disk"], e["cd_disk"], e["on_disk"],
+                                               e["count"], e["cd_size"], e["cd_offset"], e["comment"]) + tail
+
+
+def zip_members(tmp_path, raw: bytes, label: str = "z.zip") -> dict[str, ck.ZipMember]:
+    path = tmp_path / "z.zip"
+    path.write_bytes(raw)
+    with JoinedFile([path]) as fd:
+        return ck.read_zip_members(fd, fd.size, label)
+
+
+def zip_refused(tmp_path, raw: bytes, message: str, error: type = CheckpointError) -> None:
+    with pytest.raises(MdistError) as caught:
+        zip_members(tmp_path, raw)
+    assert (type(caught.value), str(caught.value)) == (error, message)
+
+
+def as_zipfile_reads(raw: bytes) -> list[tuple]:
+    """What Python's zipfile finds: (name, raw name, flags, method, crc, sizes, header offset, data offset, data)."""
+    found = []
+    with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+        for info in archive.infolist():
+            name_len, extra_len = struct.unpack_from("<HH", raw, info.header_offset + 26)
+            raw_name = info.filename.encode("utf-8" if info.flag_bits & 0x800 else "ascii")
+            found.append((info.filename, raw_name, info.flag_bits, info.compress_type, info.CRC, info.compress_size,
+                          info.file_size, info.header_offset, info.header_offset + 30 + name_len + extra_len,
+                          archive.read(info)))
+    return found
+
+
+def as_mdist_reads(raw: bytes, members: dict[str, ck.ZipMember]) -> list[tuple]:
+    found = []
+    for m in members.values():
+        stored = raw[m.data_start:m.data_start + m.compress_size]
+        data = zlib.decompress(stored, -15) if m.method == 8 else stored
+        found.append((m.name, m.raw_name, m.flags, m.method, m.crc, m.compress_size, m.file_size, m.header_offset,
+                      m.data_start, data))
+    return found
+
+
+def test_zip_reader_limits() -> None:
+    assert (ck.MAX_ZIP_ENTRIES, ck.MAX_CENTRAL_DIRECTORY_BYTES, ck.MAX_DEFLATE_RATIO, ck.DEFLATE_SLACK_BYTES) == (
+        1 << 16, 16 << 20, 100, 1 << 20)
+    assert (ck.MAX_INFLATE_FACTOR, ck.INFLATE_SLACK_BYTES, ck.MAX_INFLATED_VIEW_BYTES, ck.CHUNK_BYTES) == (
+        4, 256 << 20, 1 << 30, 16 << 20)
+
+
+def test_torch_save_archives_read_as_zipfile_reads_them(tmp_path) -> None:
+    """torch.save's layout: UTF-8 names, 16-byte data descriptors, padding in the local
+    extra fields, a zip64 end record and locator before the end record."""
+    state = {"w": torch.arange(4, dtype=torch.float32), "v": torch.ones(3, 2, dtype=torch.bfloat16),
+             "é": torch.zeros(0), "big": torch.arange(3000, dtype=torch.int64)}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    raw = buffer.getvalue()
+    assert raw[-42:-38] == b"PK\x06\x07"
+    members = zip_members(tmp_path, raw)
+    assert as_mdist_reads(raw, members) == sorted(as_zipfile_reads(raw), key=lambda m: m[7])
+    assert {m.flags for m in members.values()} == {0x808, 0x800}  # a descriptor after most entries, not all
+    (tmp_path / "m.pth").write_bytes(raw)
+    with ck.Checkpoint(tmp_path / "m.pth") as checkpoint:
+        for name, value in state.items():
+            assert b"".join(checkpoint.iter_bytes(checkpoint.tensors[name])) == value.view(torch.uint8).numpy().tobytes()
+
+
+def test_zipfile_archives_read_as_zipfile_reads_them(tmp_path) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("a/stored", RAW)
+        archive.writestr("a/deflated", RAW, compress_type=zipfile.ZIP_DEFLATED)
+        archive.writestr("a/empty", b"")
+        archive.writestr("a/é", b"utf-8 name")
+        with archive.open("a/zip64", "w", force_zip64=True) as out:  # zip64 sizes in the local header
+            out.write(b"x" * 1000)
+    raw = buffer.getvalue()
+    assert b"\x01\x00\x10\x00" in raw  # the zip64 extra field, 16 bytes
+    members = zip_members(tmp_path, raw)
+    assert list(members) == ["a/stored", "a/deflated", "a/empty", "a/é", "a/zip64"]
+    assert as_mdist_reads(raw, members) == as_zipfile_reads(raw)
+    assert zip_members(tmp_path, zipfile_bytes({})) == {}  # an empty archive: the end record alone, 22 bytes
+    assert len(zipfile_bytes({})) == 22
+
+
+def zipfile_bytes(entries: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def test_built_archives_read_as_zipfile_reads_them(tmp_path) -> None:
+    """The builder's own archives (descriptors of every layout, zip64 fields) as zipfile reads them, and
+    central records in another order than the entries."""
+    entries = [Entry("a/one", RAW[:100]), Entry("a/two", RAW, method=8), Entry("a/three", b"")]
+    for order in ([0, 1, 2], [2, 0, 1], [1, 2, 0]):
+        raw = build_zip(entries, order=order)
+        members = zip_members(tmp_path, raw)
+        assert list(members) == ["a/one", "a/two", "a/three"]  # by offset, not by central directory order
+        assert as_mdist_reads(raw, members) == sorted(as_zipfile_reads(raw), key=lambda m: m[7])
+    for descriptor in (lambda c, s, u: struct.pack("<3L", c, s, u), lambda c, s, u: SIG + struct.pack("<3L", c, s, u),
+                       lambda c, s, u: struct.pack("<LQQ", c, s, u), lambda c, s, u: SIG + struct.pack("<LQQ", c, s, u)):
+        flagged = [Entry(e.name, e.data, flags=8, method=e.method, local={"crc": 0, "csize": 0, "usize": 0},
+                         descriptor=descriptor(zlib.crc32(e.data), len(e.stored()), len(e.data))) for e in entries]
+        raw = build_zip(flagged)
+        assert as_mdist_reads(raw, zip_members(tmp_path, raw)) == as_zipfile_reads(raw)
+
+
+def zip64_extra(*values: int, widths: tuple[int, ...] | None = None) -> bytes:
+    widths = widths or (8,) * len(values)
+    body = b"".join(v.to_bytes(w, "little") for v, w in zip(values, widths))
+    return struct.pack("<HH", 1, len(body)) + body
+
+
+def test_zip64_fields_read_as_zipfile_reads_them(tmp_path) -> None:
+    data = RAW[:3000]
+    packed = deflate(data)
+    first = Entry("a/first", b"12345")
+    at = len(first.local_bytes(0)) + 5
+    second = Entry("a/z", data, method=8,  # every sentinel: sizes (uncompressed first) and offset from the extra field
+                   local={"csize": ck._U32, "usize": ck._U32, "extra": zip64_extra(len(data), len(packed))},
+                   central={"csize": ck._U32, "usize": ck._U32, "offset": ck._U32,
+                            "extra": zip64_extra(len(data), len(packed), at)})
+    raw = build_zip([first, second])
+    members = zip_members(tmp_path, raw)
+    assert (members["a/z"].compress_size, members["a/z"].file_size, members["a/z"].header_offset) == (
+        len(packed), len(data), at)
+    assert as_mdist_reads(raw, members) == as_zipfile_reads(raw)
+    # the disk number too (16-bit sentinel, 4-byte field), after the three 8-byte values
+    for disk, ok in ((0, True), (1, False)):
+        entry = Entry("a/z", data, method=8, central={
+            "csize": ck._U32, "usize": ck._U32, "offset": ck._U32, "disk": ck._U16,
+            "extra": zip64_extra(len(data), len(packed), 0, disk, widths=(8, 8, 8, 4))})
+        if ok:
+            assert as_mdist_reads(build_zip([entry]), zip_members(tmp_path, build_zip([entry])))[0][5:9] == (
+                len(packed), len(data), 0, 33)
+        else:
+            zip_refused(tmp_path, build_zip([entry]), "a/z: unsupported zip flags 0x0, method 8 or disk 1")
+    # the sizes swapped in the local extra field: another entry than the central directory's
+    swapped = Entry("a/z", data, method=8, local={"csize": ck._U32, "usize": ck._U32,
+                                                   "extra": zip64_extra(len(packed), len(data))})
+    zip_refused(tmp_path, build_zip([swapped]), "local header of 'a/z' disagrees with the central directory")
+
+
+def test_zip64_values() -> None:
+    assert ck._zip64_values(b"", [1, 2, 3], (8, 8, 4)) == [1, 2, 3]  # no sentinel: no field needed
+    assert ck._zip64_values(b"", [ck._U16, ck._U16 + 1], (8, 8)) == [ck._U16, ck._U16 + 1]  # 0xFFFF is 64-bit data
+    extra = zip64_extra(7, 9)
+    assert ck._zip64_values(extra, [ck._U32, 5, ck._U32], (8, 8, 8)) == [7, 5, 9]  # in order, skipping the others
+    assert ck._zip64_values(zip64_extra(6, widths=(4,)), [ck._U16], (4,)) == [6]
+    assert ck._zip64_values(zip64_extra(1 << 40, 3, widths=(8, 4)), [ck._U32, ck._U16], (8, 4)) == [1 << 40, 3]
+    other = struct.pack("<HH", 2, 8) + (5).to_bytes(8, "little")  # another tag's field is not the zip64 one
+    assert ck._zip64_values(other + extra, [ck._U32], (8,)) == [7]
+    for bad in (b"", other, zip64_extra(7), struct.pack("<HH", 1, 15) + b"\7" * 15, zip64_extra(5, widths=(4,))):
+        with pytest.raises(CheckpointError) as caught:
+            ck._zip64_values(bad, [ck._U32, ck._U32], (8, 8))
+        assert str(caught.value) == "zip entry needs a zip64 field it does not have"
+    assert ck._zip64_values(zip64_extra(7, 9), [ck._U32, ck._U32], (8, 8)) == [7, 9]  # exactly enough
+
+
+def test_extra_fields() -> None:
+    assert ck._extra_fields(b"") == {}
+    assert ck._extra_fields(struct.pack("<HH", 7, 0)) == {7: b""}  # a header alone, at the very end
+    assert ck._extra_fields(struct.pack("<HH", 1, 3) + b"abc" + struct.pack("<HH", 9, 1) + b"z") == {1: b"abc", 9: b"z"}
+    for bad in (b"\x01", b"\x01\x00\x00", struct.pack("<HH", 1, 0) + b"\x02\x00\x00",  # a header cut short
+                struct.pack("<HH", 1, 4) + b"abc",  # a field past the end
+                struct.pack("<HH", 1, 1) + b"a" + struct.pack("<HH", 1, 1) + b"b"):  # a tag twice
+        with pytest.raises(CheckpointError) as caught:
+            ck._extra_fields(bad)
+        assert str(caught.value) == "malformed zip extra field", bad
+
+
+def test_decode_name() -> None:
+    assert ck._decode_name(b"a/b.c", 0) == "a/b.c"
+    assert ck._decode_name(b"a/b.c", 0x800) == "a/b.c"
+    assert ck._decode_name("é/ü".encode(), 0x800) == "é/ü"
+    assert ck._decode_name("é/ü".encode(), 0x808) == "é/ü"
+    for raw, flags in (("é".encode(), 0), ("é".encode(), 0x8), (b"a\x00b", 0), (b"a\x00b", 0x800), (b"\xff", 0x800),
+                       (b"\xc3" * 150, 0)):
+        with pytest.raises(CheckpointError) as caught:
+            ck._decode_name(raw, flags)
+        assert str(caught.value) == f"entry name {raw[:100]!r} is not ASCII or flagged UTF-8"
+
+
+def central(name: bytes, *, flags: int = 0, method: int = 0, crc: int = 5, csize: int = 3, usize: int = 3,
+            offset: int = 0, disk: int = 0, extra: bytes = b"", comment: bytes = b"", name_len: int | None = None,
+            sig: bytes = b"PK\x01\x02") -> bytes:
+    return struct.pack("<4s6H3L5H2L", sig, 20, 20, flags, method, 0, 0, crc, csize, usize,
+                       len(name) if name_len is None else name_len, len(extra), len(comment), disk, 0, 0, offset) + (
+        name + extra + comment)
+
+
+def cd_refused(data: bytes, count: int, message: str) -> None:
+    with pytest.raises(CheckpointError) as caught:
+        ck._read_central_directory(data, count)
+    assert str(caught.value) == message
+
+
+def test_central_directory_records() -> None:
+    data = central(b"a", crc=11, offset=0) + central(b"b", method=8, crc=12, csize=2, usize=9, offset=40,
+                                                      extra=struct.pack("<HH", 5, 2) + b"xx", comment=b"hello")
+    assert ck._read_central_directory(data, 2) == [ck.ZipMember("a", b"a", 0, 0, 11, 3, 3, 0),
+                                                   ck.ZipMember("b", b"b", 0, 8, 12, 2, 9, 40)]
+    assert ck._read_central_directory(b"", 0) == []
+    assert ck._read_central_directory(central(b""), 1) == [ck.ZipMember("", b"", 0, 0, 5, 3, 3, 0)]  # 46 bytes exactly
+    assert ck._read_central_directory(central("é".encode(), flags=0x800), 1)[0].name == "é"
+    for flags in (0x800, 0x8, 0x2, 0x4, 0x6, 0x80e):
+        assert ck._read_central_directory(central(b"n", flags=flags), 1)[0].flags == flags
+    cd_refused(central(b"a"), 2, "the central directory is too short for its 2 entries")
+    cd_refused(central(b"a")[:-2], 1, "the central directory is too short for its 1 entries")
+    cd_refused(central(b"abc", name_len=4), 1, "malformed central directory record")  # the name runs past the end
+    cd_refused(central(b"abc", sig=b"PK\x01\x03"), 1, "malformed central directory record")
+    cd_refused(central(b"a") + b"xy", 1, "the central directory holds 2 bytes its 1 entries do not use")
+    cd_refused(central(b"a") + central(b"b"), 1, "the central directory holds 47 bytes its 1 entries do not use")
+    cd_refused(central(LONG.encode()) + central(LONG.upper().encode()), 2,
+               f"the archive has two entries named {LONG.upper()[:100]!r} (ignoring case): torch and other zip "
+               "readers would read different ones")
+    cd_refused(central(b"a/B") + central(b"a/b"), 2, "the archive has two entries named 'a/b' (ignoring case): "
+               "torch and other zip readers would read different ones")
+    for flags in (0x1, 0x10, 0x20, 0x40, 0x1000, 0x2000, 0x4000, 0x8000, 0x809):
+        cd_refused(central(LONG.encode(), flags=flags), 1,
+                   f"{LONG[:100]}: unsupported zip flags {flags:#x}, method 0 or disk 0")
+    for method in (1, 6, 9, 12, 14, 99):
+        cd_refused(central(b"a", method=method), 1, f"a: unsupported zip flags 0x0, method {method} or disk 0")
+    cd_refused(central(b"a", disk=1), 1, "a: unsupported zip flags 0x0, method 0 or disk 1")
+    cd_refused(central(LONG.encode(), csize=3, usize=4), 1, f"{LONG[:100]}: stored entry sizes disagree")
+    cd_refused(central(b"a", csize=4, usize=3), 1, "a: stored entry sizes disagree")
+    assert ck._read_central_directory(central(b"a", method=8, csize=4, usize=3), 1)[0].compress_size == 4
+    cd_refused(central(b"a", extra=b"\x01\x00\x05\x00"), 1, "malformed zip extra field")
+    cd_refused(central(b"a", csize=ck._U32, usize=ck._U32), 1, "zip entry needs a zip64 field it does not have")
+    cd_refused(central(b"\xff"), 1, "entry name b'\\xff' is not ASCII or flagged UTF-8")
+
+
+def test_end_record_must_end_the_file(tmp_path) -> None:
+    raw = build_zip([Entry("a/x"), Entry("a/y", b"12")])
+    assert list(zip_members(tmp_path, raw)) == ["a/x", "a/y"]
+    not_zip = "z.zip is not a torch.save zip archive (empty, truncated, legacy format or plain pickle?)"
+    for junk in (b"", b"x" * 21, b"\0" * 22, b"\0" * 1000, b"PK\x03\x04" + b"\0" * 40, raw[:-30]):
+        zip_refused(tmp_path, junk, not_zip, InputError)
+    for cut in (1, 10, 18):  # a short download: the end record cut short
+        zip_refused(tmp_path, raw[:-cut], "z.zip is truncated: its zip end record is cut short (download it again)",
+                    InputError)
+    empty = zipfile_bytes({})
+    follows = "z.zip: bytes follow the zip end record (a comment or appended data)"
+    for appended in (b"x", b"\0" * 100, b"\0" * 0x10000):  # up to 64 KiB (a zip comment's most) after the record
+        zip_refused(tmp_path, raw + appended, follows)
+    zip_refused(tmp_path, raw + b"\0" * 0x10001, not_zip, InputError)
+    zip_refused(tmp_path, empty + b"\0" * 10, follows)  # the record at byte 0
+    zip_refused(tmp_path, b"\0" * 100 + empty + b"\0" * 0xFFD0, follows)  # the record at the tail's first byte
+    zip_refused(tmp_path, build_zip([Entry("a/x")], tail=b"hi", end={"comment": 2}), follows)
+    with zipfile.ZipFile(tmp_path / "c.zip", "w") as archive:
+        archive.writestr("a/x", b"1")
+        archive.comment = b"a comment"
+    zip_refused(tmp_path, (tmp_path / "c.zip").read_bytes(), follows)
+
+
+def test_end_record_fields(tmp_path) -> None:
+    entries = [Entry("a/x"), Entry("a/y", b"12")]
+    multi = "z.zip: multi-disk archive or archive comment"
+    for end in ({"disk": 1}, {"cd_disk": 1}, {"on_disk": 1}, {"on_disk": 3}, {"comment": 1}, {"comment": 40}):
+        zip_refused(tmp_path, build_zip(entries, end=end), multi)
+    zip_refused(tmp_path, build_zip(entries, end={"count": 1, "on_disk": 1}),
+                "the central directory holds 49 bytes its 1 entries do not use")
+    zip_refused(tmp_path, build_zip(entries, end={"count": 3, "on_disk": 3}),
+                "the central directory is too short for its 3 entries")
+    raw = build_zip(entries)
+    cd_size, cd_offset = struct.unpack_from("<2L", raw, len(raw) - 10)
+    for end, offset, size in (({"cd_offset": cd_offset + 1}, cd_offset + 1, cd_size),
+                              ({"cd_offset": cd_offset - 1}, cd_offset - 1, cd_size),
+                              ({"cd_size": cd_size - 1}, cd_offset, cd_size - 1)):
+        zip_refused(tmp_path, build_zip(entries, end=end),
+                    f"z.zip: the central directory (offset {offset}, {size} bytes) does not end where the end records "
+                    f"begin (offset {cd_offset + cd_size}): the archive holds bytes it does not account for")
+    zip_refused(tmp_path, b"J" * 7 + zipfile_bytes({"a/x": b"1"}),  # zipfile would shift every offset by 7
+                "z.zip: the central directory (offset 34, 49 bytes) does not end where the end records begin "
+                "(offset 90): the archive holds bytes it does not account for")
+    for end in ({"count": ck._U16, "on_disk": ck._U16}, {"cd_size": ck._U32}, {"cd_offset": ck._U32}):
+        zip_refused(tmp_path, build_zip(entries, end=end),
+                    "z.zip: end record needs zip64 values but there is no zip64 record")
+
+
+def test_entry_and_directory_limits(tmp_path, monkeypatch) -> None:
+    entries = [Entry("a/x"), Entry("a/y", b"12"), Entry("a/z", b"")]
+    raw = build_zip(entries)
+    cd_size = struct.unpack_from("<L", raw, len(raw) - 10)[0]
+    monkeypatch.setattr(ck, "MAX_ZIP_ENTRIES", 3)
+    monkeypatch.setattr(ck, "MAX_CENTRAL_DIRECTORY_BYTES", cd_size)
+    assert len(zip_members(tmp_path, raw)) == 3
+    message = f"z.zip: 3 entries in a {cd_size}-byte central directory is more than allowed"
+    monkeypatch.setattr(ck, "MAX_ZIP_ENTRIES", 2)
+    zip_refused(tmp_path, raw, message)
+    monkeypatch.setattr(ck, "MAX_ZIP_ENTRIES", 3)
+    monkeypatch.setattr(ck, "MAX_CENTRAL_DIRECTORY_BYTES", cd_size - 1)
+    zip_refused(tmp_path, raw, message)
+    monkeypatch.setattr(ck, "MAX_CENTRAL_DIRECTORY_BYTES", 1 << 40)  # the zip64 values are the ones checked
+    monkeypatch.setattr(ck, "MAX_ZIP_ENTRIES", 2)
+    zip_refused(tmp_path, build_zip(entries, zip64={}, end={"count": ck._U16, "on_disk": ck._U16}), message)
+
+
+def test_zip64_end_records(tmp_path) -> None:
+    entries = [Entry("a/x"), Entry("a/y", b"12")]
+    plain = zip_members(tmp_path, build_zip(entries))
+    raw = build_zip(entries)
+    cd_size, cd_offset = struct.unpack_from("<2L", raw, len(raw) - 10)
+    # the end record's values, or its sentinels standing for the zip64 record's
+    for end in ({}, {"count": ck._U16, "on_disk": ck._U16}, {"cd_size": ck._U32}, {"cd_offset": ck._U32},
+                {"count": ck._U16, "on_disk": ck._U16, "cd_size": ck._U32, "cd_offset": ck._U32}):
+        raw64 = build_zip(entries, zip64={}, end=end)
+        assert zip_members(tmp_path, raw64) == plain, end
+        assert len(zipfile.ZipFile(io.BytesIO(raw64)).infolist()) == 2
+    empty64 = build_zip([], zip64={})  # the zip64 end record at byte 0
+    assert len(empty64) == 98 and zip_members(tmp_path, empty64) == {}
+    assert zipfile.ZipFile(io.BytesIO(empty64)).infolist() == []
+    disagrees = "z.zip: zip64 end record disagrees with the end record"
+    for end in ({"count": 1, "on_disk": 1}, {"count": ck._U32 & 0xFFFE, "on_disk": ck._U32 & 0xFFFE},
+                {"cd_size": cd_size + 1}, {"cd_size": ck._U16}, {"cd_offset": cd_offset - 1}, {"cd_offset": ck._U16}):
+        zip_refused(tmp_path, build_zip(entries, zip64={}, end=end), disagrees)
+    zip_refused(tmp_path, build_zip(entries, zip64={"count": 3, "on_disk": 3}), disagrees)
+    zip_refused(tmp_path, build_zip(entries, zip64={"cd_size": cd_size - 1}), disagrees)
+    zip_refused(tmp_path, build_zip(entries, zip64={"cd_offset": cd_offset + 1}), disagrees)
+    # with sentinels, the zip64 record's values are the ones checked and used
+    zip_refused(tmp_path, build_zip(entries, zip64={"count": 3, "on_disk": 3}, end={"count": ck._U16,
+                                                                                  "on_disk": ck._U16}),
+                "the central directory is too short for its 3 entries")
+    zip_refused(tmp_path, build_zip(entries, zip64={"cd_offset": cd_offset + 1}, end={"cd_offset": ck._U32}),
+                f"z.zip: the central directory (offset {cd_offset + 1}, {cd_size} bytes) does not end where the end "
+                f"records begin (offset {cd_offset + cd_size}): the archive holds bytes it does not account for")
+    zip_refused(tmp_path, build_zip(entries, zip64={"cd_size": cd_size - 1}, end={"cd_size": ck._U32}),
+                f"z.zip: the central directory (offset {cd_offset}, {cd_size - 1} bytes) does not end where the end "
+                f"records begin (offset {cd_offset + cd_size}): the archive holds bytes it does not account for")
+    malformed = "z.zip: malformed zip64 end record"
+    for z in ({"sig": b"PK\x06\x05"}, {"size": 43}, {"size": 45}, {"disk": 1}, {"cd_disk": 1}, {"on_disk": 1},
+              {"on_disk": 3}):
+        zip_refused(tmp_path, build_zip(entries, zip64=z), malformed)
+    locator = "z.zip: zip64 locator does not point just before itself"
+    for z in ({"ldisk": 1}, {"at": cd_offset + cd_size + 1}, {"at": cd_offset + cd_size - 1}, {"at": 0},
+              {"disks": 0}, {"disks": 2}):
+        zip_refused(tmp_path, build_zip(entries, zip64=z), locator)
+    # a locator with no room for the zip64 record before it; at byte 0, just room for itself
+    zip_refused(tmp_path, struct.pack("<4sLQL", b"PK\x06\x07", 0, 0, 1) + zipfile_bytes({}), locator)
+    zip_refused(tmp_path, b"\0" * 30 + struct.pack("<4sLQL", b"PK\x06\x07", 0, 0, 1) + zipfile_bytes({}), locator)
+    # 20 bytes before the end record that are no locator are the central directory's
+    raw = build_zip(entries, zip64={"lsig": b"PK\x06\x08"})
+    zip_refused(tmp_path, raw, f"z.zip: the central directory (offset {cd_offset}, {cd_size} bytes) does not end "
+                f"where the end records begin (offset {len(raw) - 22}): the archive holds bytes it does not account for")
+    zip_refused(tmp_path, b"\0" * 19 + zipfile_bytes({}), "z.zip: the central directory (offset 0, 0 bytes) does not "
+                "end where the end records begin (offset 19): the archive holds bytes it does not account for")
+
+
+def test_entries_must_tile_the_file(tmp_path) -> None:
+    entries = [Entry("a/x"), Entry(LONG, b"12"), Entry("a/z", b"345")]
+    raw = build_zip(entries)
+    assert list(zip_members(tmp_path, raw)) == ["a/x", LONG, "a/z"]
+    zip_refused(tmp_path, build_zip(entries, between={0: b"xyz"}),
+                f"entry {LONG[:100]!r} starts 3 bytes after the end of the entry before it: the archive is ambiguous")
+    zip_refused(tmp_path, build_zip(entries, between={2: b"xyz"}),
+                "3 bytes before the central directory belong to no entry")
+    zip_refused(tmp_path, b"junk" + build_zip([], end={"cd_offset": 4}),  # no entry at all
+                "4 bytes before the central directory belong to no entry")
+    first = Entry(LONG, b"1", central={"offset": 3})  # the offsets shifted, as if 3 bytes were prepended
+    body = b"abc" + first.local_bytes(3) + b"1"
+    cd = first.central_bytes(3)
+    zip_refused(tmp_path, body + cd + struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 1, 1, len(cd), len(body), 0),
+                f"entry {LONG[:100]!r} starts at byte 3, not 0: the archive is ambiguous")
+    # the third entry said to start 1 byte early, inside the second one's data: the second runs into it
+    third_at = len(entries[0].local_bytes(0)) + 6 + len(entries[1].local_bytes(0)) + 2
+    shifted = [entries[0], entries[1], Entry("a/z", b"345", central={"offset": third_at - 1})]
+    zip_refused(tmp_path, build_zip(shifted), f"entry {LONG[:100]!r} runs into the next entry or the central directory")
+    # two entries at one offset: the first runs into the second
+    twice = [entries[0], Entry("a/z", b"345", central={"offset": 0})]
+    zip_refused(tmp_path, build_zip(twice), "entry 'a/x' runs into the next entry or the central directory")
+    # data said to be one byte longer (local header and directory agree) runs into the next entry / the directory
+    for i in (1, 2):
+        claims = {"csize": len(entries[i].data) + 1, "usize": len(entries[i].data) + 1}
+        longer = list(entries)
+        longer[i] = Entry(entries[i].name, entries[i].data, local=claims, central=claims)
+        zip_refused(tmp_path, build_zip(longer),
+                    f"entry {entries[i].name[:100]!r} runs into the next entry or the central directory")
+
+
+def test_local_headers_must_agree(tmp_path) -> None:
+    def refused(entry: Entry, message: str) -> None:
+        zip_refused(tmp_path, build_zip([Entry("a/x"), entry, Entry("a/y", b"")]), message)
+
+    data = RAW[:500]
+    names = f"local header of {LONG[:100]!r}"
+    refused(Entry(LONG, local={"sig": b"PK\x03\x05"}), f"{names} names {LONG.encode()[:100]!r}")
+    refused(Entry(LONG, local={"name": (LONG + "x").encode()}), f"{names} names {(LONG + 'x').encode()[:100]!r}")
+    refused(Entry("a/b", local={"name": b"a/c"}), "local header of 'a/b' names b'a/c'")
+    refused(Entry("a/b", local={"name": b"a/B"}), "local header of 'a/b' names b'a/B'")
+    refused(Entry(LONG, local={"flags": 0x800}), f"{names} has another method or flags")
+    refused(Entry(LONG, data, method=8, local={"method": 0}), f"{names} has another method or flags")
+    disagrees = f"{names} disagrees with the central directory"
+    for key, value in (("crc", 1), ("crc", 0), ("csize", 7), ("csize", 0), ("usize", 7), ("usize", 0)):
+        refused(Entry(LONG, b"abcdef", local={key: value}), disagrees)  # without a descriptor, 0 is a value
+    packed = len(deflate(data))
+    for key, value in (("crc", 1), ("csize", packed - 1), ("usize", len(data) + 1)):
+        refused(Entry(LONG, data, method=8, flags=8, local={key: value}), disagrees)
+    for zeros in ({"crc": 0}, {"csize": 0}, {"usize": 0}, {"crc": 0, "csize": 0, "usize": 0}):
+        entry = Entry("a/b", data, method=8, flags=8, local=zeros)  # zeros, the sizes in the descriptor after the data
+        raw = build_zip([entry])
+        assert as_mdist_reads(raw, zip_members(tmp_path, raw)) == as_zipfile_reads(raw)
+    # the data starts after the local header's own name and extra field (padding, as torch writes)
+    padded = Entry("a/b", data, local={"extra": struct.pack("<HH", 0x4246, 21) + b"\0" * 21})
+    raw = build_zip([Entry("a/x"), padded])
+    assert zip_members(tmp_path, raw)["a/b"].data_start == (30 + 3 + 6) + 30 + 3 + 25
+    assert as_mdist_reads(raw, zip_members(tmp_path, raw)) == as_zipfile_reads(raw)
+    refused(Entry("a/b", local={"extra": b"\x01\x00"}), "malformed zip extra field")
+    refused(Entry("a/b", local={"csize": ck._U32}), "zip entry needs a zip64 field it does not have")
+
+
+def test_data_descriptors(tmp_path) -> None:
+    def raw_with(descriptor: bytes, *, flags: int = 8, last: bool = False) -> bytes:
+        entry = Entry(LONG, b"abcdef", flags=flags, descriptor=descriptor)
+        return build_zip([entry] if last else [entry, Entry("a/y", b"")])
+
+    crc = zlib.crc32(b"abcdef")
+    lacks = f"entry {LONG[:100]!r} lacks its data descriptor"
+    disagrees = f"data descriptor of {LONG[:100]!r} disagrees with the central directory"
+    for last in (False, True):
+        for descriptor in (struct.pack("<3L", crc, 6, 6), SIG + struct.pack("<3L", crc, 6, 6),
+                           struct.pack("<LQQ", crc, 6, 6), SIG + struct.pack("<LQQ", crc, 6, 6)):
+            raw = raw_with(descriptor, last=last)
+            assert as_mdist_reads(raw, zip_members(tmp_path, raw)) == as_zipfile_reads(raw)
+        for descriptor in (b"", SIG, struct.pack("<3L", crc, 6, 6)[:-1], struct.pack("<3L", crc, 6, 6) + b"\0",
+                           SIG + struct.pack("<2L", 6, 6), struct.pack("<4L", 0, crc, 6, 6),  # 12 signed, 16 unsigned
+                           SIG + struct.pack("<LQQ", crc, 6, 6)[:-4], struct.pack("<LQQ", crc, 6, 6)[:4] + b"\0" * 20,
+                           b"\0" * 28):
+            zip_refused(tmp_path, raw_with(descriptor, last=last), lacks)
+        for values in ((crc ^ 1, 6, 6), (crc, 5, 6), (crc, 6, 7)):
+            zip_refused(tmp_path, raw_with(struct.pack("<3L", *values), last=last), disagrees)
+            zip_refused(tmp_path, raw_with(SIG + struct.pack("<3L", *values), last=last), disagrees)
+            zip_refused(tmp_path, raw_with(struct.pack("<LQQ", *values), last=last), disagrees)
+            zip_refused(tmp_path, raw_with(SIG + struct.pack("<LQQ", *values), last=last), disagrees)
+    # a descriptor the flags do not announce is bytes that belong to no entry
+    zip_refused(tmp_path, raw_with(SIG + struct.pack("<3L", crc, 6, 6), flags=0),
+                "entry 'a/y' starts 16 bytes after the end of the entry before it: the archive is ambiguous")
+    zip_refused(tmp_path, raw_with(SIG + struct.pack("<3L", crc, 6, 6), flags=0, last=True),
+                "16 bytes before the central directory belong to no entry")
+
+
+def test_reads_past_the_end(tmp_path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"0123456789")
+    with JoinedFile([path]) as fd:
+        assert ck._pread(fd, 10, 0) == b"0123456789"
+        assert ck._pread(fd, 3, 7) == b"789"
+        assert ck._pread(fd, 0, 10) == b""
+        for length, offset in ((11, 0), (4, 7), (1, 10)):
+            with pytest.raises(CheckpointError) as caught:
+                ck._pread(fd, length, offset)
+            assert str(caught.value) == "unexpected end of file (the file changed while being read?)"
+    # a local header whose name runs past the end of the file
+    zip_refused(tmp_path, build_zip([Entry("a/x", local={"name_len": 60000})]),
+                "unexpected end of file (the file changed while being read?)")
+
+
+def test_checkpoint_names_its_file_and_closes_it(tmp_path, monkeypatch) -> None:
+    buffer = io.BytesIO()
+    torch.save({"w": torch.arange(4, dtype=torch.float32)}, buffer)
+    raw = buffer.getvalue()
+    (tmp_path / "m.pth").write_bytes(raw + b"x")
+    with pytest.raises(CheckpointError) as caught:
+        ck.Checkpoint(tmp_path / "m.pth")
+    assert str(caught.value) == "m.pth: bytes follow the zip end record (a comment or appended data)"
+    (tmp_path / "p0").write_bytes(raw[:1000])
+    (tmp_path / "p1").write_bytes(raw[1000:] + b"x")
+    with pytest.raises(CheckpointError) as caught:
+        ck.Checkpoint((tmp_path / "p0", tmp_path / "p1"))
+    assert str(caught.value) == "p0 (+1 pieces): bytes follow the zip end record (a comment or appended data)"
+    (tmp_path / "p1").write_bytes(raw[1000:])
+    with ck.Checkpoint((tmp_path / "p0", tmp_path / "p1")) as checkpoint:
+        assert checkpoint.path == tmp_path / "p0"
+        assert b"".join(checkpoint.iter_bytes(checkpoint.tensors["w"])) == struct.pack("<4f", 0, 1, 2, 3)
+    with ck.Checkpoint([tmp_path / "p0", tmp_path / "p1"]) as checkpoint:
+        assert checkpoint.path == tmp_path / "p0" and checkpoint._check_crc is True
+    (tmp_path / "m.pth").write_bytes(raw)
+    with ck.Checkpoint(str(tmp_path / "m.pth")) as checkpoint:
+        assert checkpoint.path == tmp_path / "m.pth" and checkpoint._check_crc is False
+    opened = len(os.listdir("/proc/self/fd"))
+    for error, expected in ((KeyError("k"), "m.pth: malformed archive (KeyError)"),
+                            (struct.error("s"), "m.pth: malformed archive (error)")):
+        def broken(*args, error=error):
+            raise error
+
+        monkeypatch.setattr(ck, "read_zip_members", broken)
+        with pytest.raises(CheckpointError) as caught:
+            ck.Checkpoint(tmp_path / "m.pth")
+        assert str(caught.value) == expected and caught.value.__cause__ is None and caught.value.__suppress_context__
+        assert len(os.listdir("/proc/self/fd")) == opened  # closed
+    for error in (MemoryError(), InputError("i"), CheckpointError("c")):
+        def broken(*args, error=error):
+            raise error
+
+        monkeypatch.setattr(ck, "read_zip_members", broken)
+        with pytest.raises(type(error)) as caught:
+            ck.Checkpoint(tmp_path / "m.pth")
+        assert caught.value is error
+        assert len(os.listdir("/proc/self/fd")) == opened
+
+
+def test_a_single_file_is_not_crc_checked_but_pieces_are(tmp_path) -> None:
+    """A stored storage whose bytes differ from its CRC (both headers agree): one file reads its bytes as they
+    are (what torch.load does too), pieces are checked."""
+    from pickle_payloads import write_archive
+
+    path = write_archive(tmp_path / "m.pth", state_dict(("w", tensor("0", 4, 0, (4,), (1,)))))
+    raw = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo("archive/data/0")
+    central_at = raw.rindex(b"archive/data/0") - 46  # the last occurrence is the central record's
+    assert raw[central_at:central_at + 4] == b"PK\x01\x02"
+    for at in (info.header_offset + 14, central_at + 16):
+        struct.pack_into("<L", raw, at, info.CRC ^ 1)
+    path.write_bytes(bytes(raw))
+    assert torch.load(path, weights_only=True)["w"].tolist() == [1, 2, 3, 4]
+    with ck.Checkpoint(path) as checkpoint:
+        assert b"".join(checkpoint.iter_bytes(checkpoint.tensors["w"])) == struct.pack("<4f", 1, 2, 3, 4)
+    (tmp_path / "a").write_bytes(raw[:200])
+    (tmp_path / "b").write_bytes(raw[200:])
+    with ck.Checkpoint([tmp_path / "a", tmp_path / "b"]) as checkpoint, pytest.raises(InputError) as caught:
+        b"".join(checkpoint.iter_bytes(checkpoint.tensors["w"]))
+    assert str(caught.value) == ("archive/data/0: CRC-32 differs from the archive's: the pieces of a (+1 pieces) are "
+                                 "out of order, or one is damaged")
