@@ -148,7 +148,7 @@ import torch  # noqa: E402
 from conftest import FIXTURE, random_mistral, run_mdist  # noqa: E402
 from mdist.convert import convert  # noqa: E402
 from mdist.convert.gguf_layout import decode  # noqa: E402
-from mdist.runner.kernels import q8_0_gemv, q8_0_reference  # noqa: E402
+from mdist.runner.q8_kernel import compile_q8_0, host_has_avx2, q8_0_gemv, q8_0_reference  # noqa: E402
 
 TOKENS = [1, *np.random.default_rng(0).integers(3, 2048, 40).tolist()]
 
@@ -300,6 +300,22 @@ def test_verify_tensors_checks_the_gguf_mdist_derived_in_the_folder(fixture_copy
     assert "tiny-mistral-Q8_0.gguf: same weights" in result.stdout
 
 
+def test_two_gguf_tensors_of_one_mistral_name_are_refused_by_every_digest(tmp_path: Path) -> None:
+    """`blk.0.attn_q.weight` and a tensor literally named `layers.0.attention.wq.weight` digest under
+    one name: compare() kept the last, so a changed blk.0.attn_q.weight with the original beside it
+    under the other name compared as the same weights (verify --tensors went through no check)."""
+    from mdist.verify.gguf_digest import gguf_digests
+
+    arch = _str("general.architecture") + struct.pack("<I", 8) + _str("llama")
+    infos = [_info("blk.0.attn_q.weight", [8], 0, 0), _info("layers.0.attention.wq.weight", [8], 0, 32)]
+    path = _write(tmp_path, make_gguf([arch], infos, np.arange(16, dtype=np.float32).tobytes()))
+    with pytest.raises(InputError, match="two tensors are the Mistral tensor layers.0.attention.wq.weight"):
+        gguf_digests(path)
+    result = run_mdist("digest", str(path))
+    assert result.returncode == 2 and "layers.0.attention.wq.weight" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 def test_digest_of_a_gguf_of_another_architecture_is_one_line(tmp_path: Path) -> None:
     data = make_gguf([_str("general.architecture") + struct.pack("<I", 8) + _str("gpt2")], [], b"")
     result = run_mdist("digest", str(_write(tmp_path, data)))
@@ -339,9 +355,20 @@ def test_run_on_the_q8_0_gguf_decodes_on_the_fly_close_to_the_release(converted)
     assert _relative(step, reference[:12]) < 0.03
 
 
+def _numba_avx2() -> bool:
+    return q8_0_gemv() is not None and host_has_avx2()
+
+
+# Both block kernels where this host can run them: the AVX2 one (ggml's vpsignb/vpmaddubsw/vpmaddwd
+# sequence) and the portable one, which non-AVX2 hosts use.
+KERNEL_VARIANTS = [pytest.param(True, id="avx2", marks=pytest.mark.skipif(not _numba_avx2(), reason="host without AVX2")),
+                   pytest.param(False, id="portable")] if q8_0_gemv() is not None else []
+
+
 @pytest.mark.skipif(q8_0_gemv() is None, reason="numba missing or MDIST_KERNELS=numpy")
-@pytest.mark.parametrize(("rows", "cols", "tokens"), [(64, 128, 1), (300, 256, 3), (1000, 4096, 8)])
-def test_q8_0_kernel_is_ggmls_arithmetic_and_close_to_float(rows: int, cols: int, tokens: int) -> None:
+@pytest.mark.parametrize("avx2", KERNEL_VARIANTS)
+@pytest.mark.parametrize(("rows", "cols", "tokens"), [(64, 128, 1), (300, 256, 3), (1000, 4096, 8), (37, 4096 + 96, 1)])
+def test_q8_0_kernel_is_ggmls_arithmetic_and_close_to_float(avx2: bool, rows: int, cols: int, tokens: int) -> None:
     from gguf import GGMLQuantizationType, quants
 
     rng = np.random.default_rng(rows)
@@ -351,10 +378,16 @@ def test_q8_0_kernel_is_ggmls_arithmetic_and_close_to_float(rows: int, cols: int
     x = rng.standard_normal((tokens, cols), dtype=np.float32)
     x[0, :32] = 0
     out = np.full((tokens, rows), np.nan, dtype=np.float32)
-    q8_0_gemv()(blocks, x, out)
+    kernel = compile_q8_0(avx2)
+    kernel(blocks, x, out)
     assert _relative(out, q8_0_reference(blocks, x)) < 1e-5  # the same integers and scales, float32 sums
     # against float weights times float x: activations rounded to 8 bits, <= half a step of amax/127 each
     assert _relative(out, x @ quants.dequantize(blocks, GGMLQuantizationType.Q8_0).T) < 0.015
+    # -128, which ggml's quantiser never writes but a GGUF may hold: |w| = 128 must not saturate the
+    # 16-bit pair sums (2 * 128 * 127), so the integers stay exact
+    blocks.reshape(rows, -1, 34)[:, :, 2:] = np.where(rng.random((rows, cols // 32, 32)) < 0.5, 0x80, 0x7F)
+    kernel(blocks, x, out)
+    assert _relative(out, q8_0_reference(blocks, x)) < 1e-5
 
 
 def test_run_refuses_a_tokenizer_that_is_not_the_ggufs_vocabulary(converted, tmp_path: Path) -> None:

@@ -79,6 +79,11 @@ def gguf_digests(path: Path) -> list[TensorDigest]:
             result.append(TensorDigest(names[0], dtype, tensor.shape, sha))
         else:
             result.append(TensorDigest(names[0], tensor.type_name, tensor.shape, _sha_rows(raw)))
+    seen: set[str] = set()
+    for digest in result:  # `blk.0.attn_q.weight` and a tensor named `layers.0.attention.wq.weight`
+        if digest.name in seen:
+            raise InputError(f"{gguf.path.name}: two tensors are the Mistral tensor {digest.name[:100]}")
+        seen.add(digest.name)
     return result
 
 
