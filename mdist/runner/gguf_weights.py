@@ -2,7 +2,7 @@
 
 The GGUF is read by mdist's bounded reader and memory-mapped: F32, F16 and BF16 tensors are the
 arrays the runner already takes (bf16 as raw bits); Q8_0 tensors stay as their 34-byte blocks and
-are decoded on the fly, by the compiled kernel (mdist.runner.kernels.q8_0_gemv) when decoding, or a
+are decoded on the fly, by the compiled kernel (mdist.runner.q8_kernel) when decoding, or a
 few rows at a time for prompts. The hyper-parameters come from the GGUF's metadata; the
 tokenizer is the folder's tokenizer.model, which must be the vocabulary the GGUF carries (pieces,
 scores, token types, bos/eos/unk), or the file is refused.
@@ -21,7 +21,8 @@ from mdist.convert import gguf_layout as gl
 from mdist.convert.gguf_reader import GGUFFile, read_gguf
 from mdist.errors import InputError, VerificationError
 from mdist.modelconfig import MistralConfig
-from mdist.runner.kernels import MAX_TOKENS, q8_0_gemv
+from mdist.runner.kernels import MAX_TOKENS
+from mdist.runner.q8_kernel import q8_0_gemv
 from mdist.runner.weights import DEFAULT_F32_BUDGET, WeightStore
 
 _RUNNABLE = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}
