@@ -437,7 +437,32 @@ def test_run_with_a_hostile_tokenizer_is_one_line_exit_2(tmp_path: Path, convert
     (model / name).write_bytes(content)
     result = run_mdist("run", str(model), "--prompt", "hi", "--max-tokens", "1", "--chat")
     line = error_line(result)
-    assert name in line and ("not a SentencePiece model" in line or "has rank 5, expected 260" in line), line
+    assert name in line and ("not a valid SentencePiece model" in line or "has rank 5, expected 260" in line), line
+
+
+CORRUPT_SENTENCEPIECE = {  # what a damaged tokenizer.model may hold, and the cause the error names
+    "random bytes, the size unchanged": (lambda data: os.urandom(len(data)), "do not parse as one"),
+    "cut in half": (lambda data: data[: len(data) // 2], "do not parse as one"),
+    "empty": (lambda data: b"", "the file is empty"),
+}
+
+
+@pytest.mark.parametrize("damage", list(CORRUPT_SENTENCEPIECE))
+def test_a_corrupt_tokenizer_model_is_one_line_naming_it_before_any_conversion(fixture_copy: Path,
+                                                                               damage: str) -> None:
+    """SentencePiece's own text ("INTERNAL: could not parse ModelProto ...") says nothing to a user;
+    and a raw .pth folder is not converted (minutes for 7B) for a tokenizer that cannot be read."""
+    change, cause = CORRUPT_SENTENCEPIECE[damage]
+    path = fixture_copy / "tokenizer.model"
+    path.write_bytes(change(path.read_bytes()))
+    result = run_mdist("run", str(fixture_copy), "--prompt", "hi", "--max-tokens", "1")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"mdist: error: {path} is not a valid SentencePiece model ("), lines
+    assert cause in result.stderr and "INTERNAL" not in result.stderr and "ModelProto" not in result.stderr
+    assert not (fixture_copy / "consolidated.safetensors").exists()  # nothing converted first
+    with pytest.raises(InputError, match=re.escape(f"{path} is not a valid SentencePiece model (") + ".*" + cause):
+        Tokenizer(path)
 
 
 # --- quiet and offline ------------------------------------------------------------------------------

@@ -26,7 +26,16 @@ def resolve_model(path: Path) -> tuple[Path, Layout]:
         layout = contents.choose("run", note=_note)
     if layout.kind != PTH:
         return contents.path, layout
+    _require_tokenizer(contents.path)
     return _converted(contents, layout)
+
+
+def _require_tokenizer(folder: Path) -> None:
+    """The tokenizer `run` will read, loaded before converting: a damaged or missing one is said
+    now, not after minutes of writing a 14 GB conversion that cannot be used."""
+    from mdist.runner.tokenizer import Tokenizer
+
+    Tokenizer.of_folder(folder)
 
 
 def _converted(contents: FolderContents, layout: Layout) -> tuple[Path, Layout]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -46,15 +47,27 @@ def _load_sentencepiece(path: Path) -> Any:
 
     fd = open_regular(path, f"tokenizer {path}")
     try:
-        if os.fstat(fd).st_size > MAX_SENTENCEPIECE_BYTES:
+        size = os.fstat(fd).st_size
+        if size > MAX_SENTENCEPIECE_BYTES:
             raise InputError(f"tokenizer {path} is larger than {MAX_SENTENCEPIECE_BYTES >> 20} MiB")
+        if size == 0:  # SentencePiece would say "unk is not defined"
+            raise InputError(f"{path} is not a valid SentencePiece model (the file is empty)")
     finally:
         os.close(fd)
     try:
         return SentencePieceTokenizer(path)
     except (OSError, RuntimeError, ValueError, AssertionError, TokenizerException) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{path} is not a SentencePiece model: {printable(reason, 200)}") from None
+        raise InputError(f"{path} is not a valid SentencePiece model ({_sentencepiece_problem(exc)})") from None
+
+
+def _sentencepiece_problem(exc: BaseException) -> str:
+    """Why SentencePiece refused a file, in words for the user: its own text ("INTERNAL: could not
+    parse ModelProto from PATH") names a C++ status and the protobuf type, which say nothing to them."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if "could not parse ModelProto" in text or not text:
+        return "its bytes do not parse as one: truncated, damaged or another kind of file"
+    text = re.sub(r"^[A-Z_]+: ", "", text).rstrip(".")  # absl status prefix: INTERNAL, INVALID_ARGUMENT, ...
+    return f"SentencePiece refuses it: {printable(text, 200)}"
 
 
 def _mistral_tokenizer(inner: Any) -> Any:
