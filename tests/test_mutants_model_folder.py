@@ -933,3 +933,264 @@ def test_an_unreadable_key_means_nothing_is_signed_by_us(tmp_path: Path, monkeyp
 
     monkeypatch.setattr(derived, "_load_key", unreadable)
     assert derived.signed_by_us(b"data", mac, "p") is False
+
+
+# --- raw pieces, Mistral shards, GGUF files, orphaned derivations (8b6ffda and after) -------------------------
+
+def pieces(names: list[str]) -> tuple[dict[str, tuple[str, ...]], list[str]]:
+    problems: list[str] = []
+    return mf.split_pieces({name: 1 for name in names}, problems), problems
+
+
+def test_split_pieces_in_numeric_order() -> None:
+    names = [f"consolidated.00.pth-split{i}" for i in range(12)]
+    assert pieces(names) == ({"consolidated.00.pth": tuple(names)}, [])  # split10 after split9, not after split1
+    assert pieces(["consolidated.00.pth-split0"]) == ({"consolidated.00.pth": ("consolidated.00.pth-split0",)}, [])
+    both = ["consolidated.01.pth-split1", "consolidated.01.pth-split0", "consolidated.00.pth-split0", "other",
+            "consolidated.00.pth"]
+    assert pieces(both) == ({"consolidated.00.pth": ("consolidated.00.pth-split0",),
+                             "consolidated.01.pth": ("consolidated.01.pth-split0", "consolidated.01.pth-split1")}, [])
+    zero_padded = ["consolidated.00.pth-split00", "consolidated.00.pth-split01", "consolidated.00.pth-split0002"]
+    assert pieces(zero_padded) == ({"consolidated.00.pth": tuple(zero_padded)}, [])
+    for name in ("consolidated.00.pth-split", "consolidated.00.pth-split12345", "consolidated.00.pth-splitx",
+                 "xconsolidated.00.pth-split0", "consolidated.00.pth-split0\n", "consolidated.0.pth-split0",
+                 "consolidated.00.safetensors-split0", "consolidated.00.pth.split0", "sub/consolidated.00.pth-split0"):
+        assert pieces([name]) == ({}, []), name
+    assert pieces(["consolidated.00.pth-split9999"])[1] == [
+        "piece 0 of consolidated.00.pth is missing: the pieces cannot be joined"]
+
+
+def test_split_pieces_problems() -> None:
+    assert pieces(["consolidated.00.pth-split0", "consolidated.00.pth-split2", "consolidated.00.pth-split3"]) == (
+        {}, ["piece 1 of consolidated.00.pth is missing, after consolidated.00.pth-split0: the pieces cannot be joined"])
+    assert pieces(["consolidated.00.pth-split1", "consolidated.00.pth-split2"]) == (
+        {}, ["piece 0 of consolidated.00.pth is missing: the pieces cannot be joined"])
+    assert pieces(["consolidated.00.pth-split0", "consolidated.00.pth-split1", "consolidated.00.pth-split3",
+                   "consolidated.00.pth-split5"]) == (
+        {}, ["piece 2 of consolidated.00.pth is missing, after consolidated.00.pth-split1: the pieces cannot be joined"])
+    # one number twice: one problem, however many times, and no pieces; other checkpoints' pieces stand
+    assert pieces(["consolidated.00.pth-split0", "consolidated.00.pth-split00", "consolidated.00.pth-split000",
+                   "consolidated.00.pth-split1", "consolidated.00.pth-split01", "consolidated.01.pth-split0"]) == (
+        {"consolidated.01.pth": ("consolidated.01.pth-split0",)},
+        ["consolidated.00.pth-split00 and consolidated.00.pth-split0 are both piece 0 of consolidated.00.pth"])
+    doubled_and_missing = pieces(["consolidated.00.pth-split0", "consolidated.00.pth-split00",
+                                  "consolidated.00.pth-split5"])
+    assert doubled_and_missing == ({}, ["consolidated.00.pth-split00 and consolidated.00.pth-split0 are both piece 0 "
+                                        "of consolidated.00.pth"])
+    two = pieces(["consolidated.00.pth-split1", "consolidated.01.pth-split1"])
+    assert two == ({}, ["piece 0 of consolidated.00.pth is missing: the pieces cannot be joined",
+                        "piece 0 of consolidated.01.pth is missing: the pieces cannot be joined"])
+
+
+def shards(names: list[str]) -> tuple[tuple[str, ...], list[str]]:
+    problems: list[str] = []
+    return mf._mistral_shards({name: 1 for name in names}, problems), problems
+
+
+def test_mistral_shards() -> None:
+    three = [f"consolidated-0000{i}-of-00003.safetensors" for i in (3, 1, 2)]
+    assert shards(three) == (tuple(sorted(three)), [])
+    assert shards(["consolidated-00001-of-00001.safetensors", "x"]) == (("consolidated-00001-of-00001.safetensors",), [])
+    assert shards([]) == ((), []) and shards(["consolidated.safetensors", "consolidated-1-of-1.safetensors"]) == ((), [])
+    assert shards(three[:2]) == ((), ["consolidated-00002-of-00003.safetensors is missing"])
+    assert shards(three[1:]) == ((), ["consolidated-00003-of-00003.safetensors is missing"])
+    assert shards([three[0], three[2]]) == ((), ["consolidated-00001-of-00003.safetensors is missing"])
+    assert shards([three[0]]) == ((), ["consolidated-00001-of-00003.safetensors is missing"])  # the first missing
+    assert shards(three + ["consolidated-00004-of-00003.safetensors"]) == (
+        (), ["the consolidated-*-of-*.safetensors shards disagree on their count"])
+    assert shards(["consolidated-00001-of-00002.safetensors", "consolidated-00002-of-00002.safetensors",
+                   "consolidated-00001-of-00001.safetensors"]) == (
+        (), ["the consolidated-*-of-*.safetensors shards disagree on their count"])
+    assert shards(["consolidated-00000-of-00001.safetensors", "consolidated-00001-of-00001.safetensors"]) == (
+        (), ["the consolidated-*-of-*.safetensors shards disagree on their count"])
+
+
+def test_find_layouts_of_pieces_shards_and_gguf(tmp_path: Path) -> None:
+    found, problems = layouts(tmp_path / "a", {
+        "params.json": b"{}", "consolidated.00.pth-split1": b"1", "consolidated.00.pth-split0": b"0",
+        "consolidated-00002-of-00002.safetensors": b"2", "consolidated-00001-of-00002.safetensors": b"1",
+        "consolidated.safetensors": b"s", "b.gguf": b"g", "a.gguf": b"g", "sub/c.gguf": b"g", "d.gguf.part": b""})
+    pieces_, _ = pieces(["consolidated.00.pth-split0", "consolidated.00.pth-split1"])
+    files, _, _ = mf.scan(tmp_path / "a")
+    found = mf._find_layouts(tmp_path / "a", files, problems, pieces_)
+    assert problems == []
+    assert found == [mf.Layout("pth", "params.json", ("consolidated.00.pth-split0", "consolidated.00.pth-split1"),
+                               joined="consolidated.00.pth"),
+                     mf.Layout("mistral", "params.json", ("consolidated.safetensors",)),
+                     mf.Layout("mistral", "params.json", ("consolidated-00001-of-00002.safetensors",
+                                                          "consolidated-00002-of-00002.safetensors")),
+                     mf.Layout("gguf", None, ("a.gguf",)), mf.Layout("gguf", None, ("b.gguf",))]
+    # joined already (cat): the file itself is the layout, its pieces are not a second one
+    files["consolidated.00.pth"] = 2
+    assert mf._find_layouts(tmp_path / "a", files, [], pieces_)[0] == mf.Layout(
+        "pth", "params.json", ("consolidated.00.pth",))
+    assert [l.kind for l in mf._find_layouts(tmp_path / "a", files, [], pieces_)].count("pth") == 1
+    # shards without params.json are no layout; a shard missing is a problem
+    problems = []
+    assert mf._find_layouts(tmp_path, {"consolidated-00001-of-00002.safetensors": 1}, problems) == []
+    assert problems == []
+    assert mf._find_layouts(tmp_path, {"params.json": 1, "consolidated-00001-of-00002.safetensors": 1}, problems) == []
+    assert problems == ["consolidated-00002-of-00002.safetensors is missing"]
+
+
+def piece_release(size: int | None = 30) -> Manifest:
+    return Manifest("pieces", "t", {"consolidated.00.pth": FileEntry("consolidated.00.pth", size=size),
+                                    "params.json": FileEntry("params.json", size=2)}, False)
+
+
+def test_pieces_are_judged_as_the_file_they_join_into() -> None:
+    files = {"consolidated.00.pth-split0": 10, "consolidated.00.pth-split1": 20, "params.json": 2, "x.pth-split0": 5}
+    c = contents(files, release=piece_release())
+    c.pieces = {"consolidated.00.pth": ("consolidated.00.pth-split0", "consolidated.00.pth-split1")}
+    assert c.joined_name("consolidated.00.pth-split1") == "consolidated.00.pth"
+    assert c.joined_name("consolidated.00.pth") is None and c.joined_name("x.pth-split0") is None
+    assert c.in_release("consolidated.00.pth-split0") and c.in_release("consolidated.00.pth-split1")
+    assert c.in_release("params.json") and not c.in_release("x.pth-split0")
+    assert not c.in_release("consolidated.00.pth")  # not here: its size is not the pieces'
+    assert c.foreign_weights() == ["x.pth-split0"]
+    c.release = piece_release(31)
+    assert not c.in_release("consolidated.00.pth-split0") and c.foreign_weights() == [
+        "consolidated.00.pth-split0", "consolidated.00.pth-split1", "x.pth-split0"]
+    c.release = piece_release(None)
+    assert c.in_release("consolidated.00.pth-split1")
+    c.release = None
+    assert not c.in_release("consolidated.00.pth-split1")
+
+
+def test_with_joined() -> None:
+    files = {"consolidated.00.pth-split0": 10, "consolidated.00.pth-split1": 20, "params.json": 2}
+    split = {"consolidated.00.pth": ("consolidated.00.pth-split0", "consolidated.00.pth-split1")}
+    assert mf.with_joined(files, split) == {"params.json": 2, "consolidated.00.pth": 30}
+    assert mf.with_joined(files, {}) is files
+    assert mf.with_joined({**files, "consolidated.00.pth": 7}, split) == {"params.json": 2, "consolidated.00.pth": 7}
+    # files without a piece (derived ones left out by the caller): no joined file
+    assert mf.with_joined({"consolidated.00.pth-split0": 10, "params.json": 2}, split) == {"params.json": 2}
+
+
+def test_a_release_is_recognised_through_its_pieces(tmp_path: Path) -> None:
+    folder = tiny_release(tmp_path / "m")
+    size = TINY.files["consolidated.00.pth"].size
+    (folder / "consolidated.00.pth").unlink()
+    sized(folder / "consolidated.00.pth-split0", 1000)
+    sized(folder / "consolidated.00.pth-split1", size - 1000)
+    c = mf.inspect_folder(folder)
+    assert c.release is not None and c.release.name == "tiny-mistral"
+    assert c.pieces == {"consolidated.00.pth": ("consolidated.00.pth-split0", "consolidated.00.pth-split1")}
+    assert c.choose("digest") == mf.Layout("pth", "params.json", ("consolidated.00.pth-split0",
+                                                                    "consolidated.00.pth-split1"),
+                                           joined="consolidated.00.pth")
+    sized(folder / "consolidated.00.pth-split1", size - 999)
+    assert mf.inspect_folder(folder).release is None
+    sized(folder / "consolidated.00.pth-split3", 1)
+    c = mf.inspect_folder(folder)
+    assert c.pieces == {} and c.problems == [
+        "piece 2 of consolidated.00.pth is missing, after consolidated.00.pth-split1: the pieces cannot be joined"]
+
+
+def test_a_file_beside_its_own_pieces_is_refused() -> None:
+    files = {**TINY_FILES, "consolidated.00.pth-split0": 1}
+    c = contents(files, release=None, layouts_=[PTH_LAYOUT])
+    c.pieces = {"consolidated.00.pth": ("consolidated.00.pth-split0",)}
+    with pytest.raises(InputError) as info:
+        c.choose("run")
+    assert str(info.value) == ("/m holds both consolidated.00.pth and its raw pieces (consolidated.00.pth-split0 ...): "
+                               "mdist will not guess which to read; remove one")
+    c.pieces = {"consolidated.01.pth": ("consolidated.00.pth-split0",)}
+    assert c.choose("run") == PTH_LAYOUT
+
+
+def test_links_below_the_top_level_matter_in_a_known_release_only() -> None:
+    assert contents(TINY_FILES, release=None, others=["sub/x.bin", "sub/params.json"],
+                    layouts_=[PTH_LAYOUT]).choose("run") == PTH_LAYOUT
+    for other in ("x.bin", "params.json"):
+        with pytest.raises(InputError) as info:
+            contents(TINY_FILES, release=None, others=[other], layouts_=[PTH_LAYOUT]).choose("run")
+        assert str(info.value) == (f"/m/{other} is a symbolic link or special file; mdist never follows those in a "
+                                   "model folder (replace it by the file itself)")
+    with pytest.raises(InputError) as info:
+        contents(TINY_FILES, others=["notes.txt", "sub/x.bin"], layouts_=[PTH_LAYOUT]).choose("run")
+    assert str(info.value).startswith("/m/sub/x.bin is a symbolic link or special file")
+    assert contents(TINY_FILES, others=["sub/notes.txt"], layouts_=[PTH_LAYOUT]).choose("run") == PTH_LAYOUT
+
+
+def test_no_note_when_the_other_layouts_are_the_sources_of_the_chosen_one() -> None:
+    files = {**TINY_FILES, "consolidated.safetensors": 1, "config.json": 1, "model.safetensors": 1}
+    made = {"consolidated.safetensors": ("consolidated.00.pth", "params.json")}
+    notes: list[str] = []
+    c = contents(files, release=None, layouts_=[PTH_LAYOUT, MISTRAL_LAYOUT], valid=made, sources=made)
+    assert c.choose("run", notes.append) == MISTRAL_LAYOUT and notes == []  # the pth is what it was made from
+    assert c.choose("digest", notes.append) == PTH_LAYOUT
+    assert notes == ["/m holds several layouts (mistral, pth); digest uses pth (consolidated.00.pth)"]
+    notes.clear()
+    c = contents(files, release=None, layouts_=[PTH_LAYOUT, MISTRAL_LAYOUT, HF_LAYOUT], valid=made, sources=made)
+    assert c.choose("run", notes.append) == MISTRAL_LAYOUT
+    assert notes == ["/m holds several layouts (hf, mistral, pth); run uses mistral (consolidated.safetensors)"]
+    notes.clear()
+    # made from something else, or not (validly) derived: the pth is another layout
+    for valid, sources in ((made, {"consolidated.safetensors": ("other.pth",)}), ({}, made)):
+        c = contents(files, release=None, layouts_=[PTH_LAYOUT, MISTRAL_LAYOUT], valid=valid, sources=sources)
+        c.choose("run", notes.append)
+        assert notes == ["/m holds several layouts (mistral, pth); run uses mistral (consolidated.safetensors)"]
+        notes.clear()
+    two_pth = mf.Layout("pth", "params.json", ("consolidated.00.pth", "consolidated.01.pth"))
+    c = contents(files, release=None, layouts_=[two_pth, MISTRAL_LAYOUT], valid=made, sources=made)
+    c.choose("run", notes.append)
+    assert len(notes) == 1  # only one of its weight files is a source: another layout
+
+
+def test_outdated_is_stale_but_not_orphaned() -> None:
+    files = {**TINY_FILES, "consolidated.safetensors": 1}
+    state = derived.DerivedState(frozenset(), frozenset({"consolidated.safetensors"}), {},
+                                 frozenset({"consolidated.safetensors"}))
+    c = mf.FolderContents(Path("/m"), files, [], [MISTRAL_LAYOUT], state, None)
+    assert not c.outdated("consolidated.safetensors") and c.usable(MISTRAL_LAYOUT)
+    assert c.choose("run") == MISTRAL_LAYOUT
+    c.derived = derived.DerivedState(frozenset(), frozenset({"consolidated.safetensors"}), {})
+    assert c.outdated("consolidated.safetensors") and not c.usable(MISTRAL_LAYOUT)
+    assert not c.outdated("params.json")
+    c.release = TINY  # a known release asks more: an orphan is neither in it nor derived from it
+    c.derived = state
+    assert not c.usable(MISTRAL_LAYOUT)
+
+
+def test_nothing_to_convert_names_both_layouts() -> None:
+    with pytest.raises(InputError) as info:
+        contents({"config.json": 1, "model.safetensors": 1}, release=None, layouts_=[HF_LAYOUT]).choose("convert")
+    assert str(info.value) == "/m holds no consolidated.00.pth checkpoint (nor Mistral-layout safetensors)"
+
+
+def test_an_orphaned_derivation(tmp_path: Path) -> None:
+    """Stale only because its sources were deleted (convert SRC --out DIR, SRC removed): orphaned; a source
+    edited, replaced, or the output itself changed: stale only."""
+    folder = tmp_path / "m"
+    kept = sized(folder / "params.json", 2, b"{}")
+    gone = sized(tmp_path / "src" / "consolidated.00.pth", 10, b"source")
+    output = sized(folder / "consolidated.safetensors", 4, b"made")
+    derived.record_derived(folder, [output], [kept, gone])
+    assert derived.derived_state(folder).orphaned == frozenset()  # valid
+    gone.unlink()
+    state = derived.derived_state(folder)
+    assert (state.valid, state.stale, state.orphaned) == (frozenset(), {"consolidated.safetensors"},
+                                                          {"consolidated.safetensors"})
+    kept.unlink()
+    assert derived.derived_state(folder).orphaned == {"consolidated.safetensors"}  # every source gone
+    sized(kept, 2, b"{}")  # back, but another file (inode, mtime)
+    state = derived.derived_state(folder)
+    assert state.stale == {"consolidated.safetensors"} and state.orphaned == frozenset()
+    derived.record_derived(folder, [output], [kept, sized(gone, 10, b"source")])
+    gone.unlink()
+    sized(output, 5, b"made!")  # the output itself changed
+    state = derived.derived_state(folder)
+    assert state.stale == {"consolidated.safetensors"} and state.orphaned == frozenset()
+
+
+def test_only_deleted(tmp_path: Path) -> None:
+    present = sized(tmp_path / "a", 3, b"abc")
+    identity = derived._identity(present)
+    assert derived._only_deleted(tmp_path, {"a": identity, "gone": [1, 2, 3], str(tmp_path / "gone2"): [1, 2, 3]})
+    assert derived._only_deleted(tmp_path, {str(present): identity}) and derived._only_deleted(tmp_path, {})
+    assert not derived._only_deleted(tmp_path, {"gone": [1, 2, 3], "a": [3, 0, 0]})
+    assert not derived._only_deleted(tmp_path, {str(present): [3, 0, 0]})  # absolute: that file, not one in tmp_path
+    assert not derived._only_deleted(tmp_path, {"gone": [1], 5: [1]})  # a name that is not text: not ours
+    (tmp_path / "sub").mkdir()
+    assert derived._only_deleted(tmp_path, {"sub": [1, 2, 3]})  # not a regular file: no identity, as gone
