@@ -285,7 +285,8 @@ def digest(paths: tuple[Path, ...], per_tensor: bool, as_json: bool) -> None:
     A .pth, its consolidated.safetensors and its HF-layout conversion give the same digest.
     With two PATHS, compare them and name the first tensors that differ (exit 1 if any).
     A GGUF is compared with a release by re-encoding the release into the GGUF's types
-    (F32, F16, BF16, Q8_0) with the gguf package's reference encoder: equal bytes, or different.
+    (F32, F16, BF16, Q8_0) with the gguf package's reference encoder: equal bytes, or different;
+    the root of the release so re-encoded is printed too (the GGUF's must equal it).
 
     \b
     Examples:
@@ -293,7 +294,7 @@ def digest(paths: tuple[Path, ...], per_tensor: bool, as_json: bool) -> None:
       mdist digest ./mistral-7B-v0.1 ./downloads/mistral-7b-v0.1.Q8_0.gguf
     """
     from mdist.verify.digest import root_digest, tensor_digests
-    from mdist.verify.gguf_digest import describe, digest_pair
+    from mdist.verify.gguf_digest import comparison_lines, digest_pair
 
     if len(paths) > 2:
         raise click.UsageError("give one path, or two to compare")
@@ -310,7 +311,8 @@ def digest(paths: tuple[Path, ...], per_tensor: bool, as_json: bool) -> None:
              **({"per_tensor": [t.__dict__ for t in r]} if per_tensor else {})}
             for p, root, r in zip(paths, roots, results)
         ], "same": not differing, "differing": differing,
-            **({"encoded_as": comparison.encoded_as} if comparison and comparison.encoded_as else {})})
+            **({"encoded_as": comparison.encoded_as} if comparison and comparison.encoded_as else {}),
+            **({"compared": comparison.to_json(), "verdict": comparison_lines(comparison)[-1]} if comparison else {})})
     else:
         for path, root, result in zip(paths, roots, results):
             click.echo(f"{root}  {path}  ({len(result)} tensors)")
@@ -318,7 +320,8 @@ def digest(paths: tuple[Path, ...], per_tensor: bool, as_json: bool) -> None:
                 for tensor in sorted(result, key=lambda t: t.name):
                     click.echo(f"  {tensor.line()}")
         if comparison is not None:
-            click.echo(describe(comparison))
+            for line in comparison_lines(comparison):
+                click.echo(line)
     sys.exit(1 if differing else 0)
 
 

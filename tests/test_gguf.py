@@ -293,6 +293,45 @@ def test_q8_0_with_one_block_scale_changed_fails_naming_the_tensor(converted, tm
     assert result.returncode == 1 and "layers.4.feed_forward.w3.weight" in result.stdout, result.stdout
 
 
+def test_digest_of_a_q8_0_gguf_says_what_was_compared_and_what_matched(converted, tmp_path: Path) -> None:
+    """Two different roots then 'same' confused: the output shows the root of the release re-encoded
+    into the GGUF's types (the one the GGUF's must equal), how each tensor was re-encoded, and how
+    many matched; --json carries the same."""
+    import json
+
+    stored = {t.name: t.dtype for t in tensor_digests(converted["q8_0"])}
+    counts = {kind: sum(1 for v in stored.values() if v == kind) for kind in ("Q8_0", "F32")}
+    assert counts["Q8_0"] and counts["F32"] and sum(counts.values()) == len(stored)  # norms stay F32
+    result = run_mdist("digest", str(FIXTURE), str(converted["q8_0"]))
+    assert result.returncode == 0, result.stdout + result.stderr
+    release, gguf, re_encoded, verdict = result.stdout.splitlines()
+    assert release.split()[0] != gguf.split()[0]  # other types, another root ...
+    assert re_encoded == f"{gguf.split()[0]}  {FIXTURE}, re-encoded into the GGUF's types"  # ... this one
+    assert verdict.startswith(f"same weights: the GGUF's {len(stored)} tensors equal the release re-encoded")
+    assert f"{counts['Q8_0']} quantised to Q8_0 by the gguf package's reference quantiser" in verdict
+    assert f"{counts['F32']} widened exactly to F32" in verdict
+    payload = json.loads(run_mdist("digest", str(FIXTURE), str(converted["q8_0"]), "--json").stdout)
+    assert payload["same"] and payload["compared"] == {
+        "tensors": len(stored), "matched": len(stored), "as_stored": 0, "re_encoded": counts,
+        "re_encoded_root": gguf.split()[0], "not_checkable": []}
+    assert payload["verdict"] == verdict
+
+    def scale(raw: np.ndarray) -> None:
+        block = raw.reshape(-1, 34)[7]
+        block[:2] = (block[:2].view(np.float16) * np.float16(1.001)).view(np.uint8)
+
+    changed = _altered(converted["q8_0"], tmp_path / "scaled.gguf", "blk.4.ffn_up.weight", scale)
+    result = run_mdist("digest", str(FIXTURE), str(changed))
+    assert result.returncode == 1, result.stdout + result.stderr
+    _, gguf, re_encoded, verdict = result.stdout.splitlines()
+    assert re_encoded.split()[0] != gguf.split()[0]
+    assert verdict.startswith(f"DIFFERENT: 1 of the GGUF's {len(stored)} tensors differ from the release re-encoded")
+    assert verdict.endswith("first: layers.4.feed_forward.w3.weight")
+    result = run_mdist("digest", str(FIXTURE), str(converted["bf16"]))  # same types: compared as stored
+    assert result.stdout.splitlines()[2] == f"same weights: all {len(stored)} tensors equal (names, types, shapes, " \
+                                            f"bytes), so the roots are equal"
+
+
 def test_verify_tensors_checks_the_gguf_mdist_derived_in_the_folder(fixture_copy: Path) -> None:
     assert run_mdist("convert", str(fixture_copy), "--layout", "gguf", "--type", "q8_0").returncode == 0
     result = run_mdist("verify", str(fixture_copy), "--tensors", "--json")

@@ -22,7 +22,7 @@ not reproducible from the weights alone), and any tensor type the release cannot
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -31,7 +31,7 @@ import numpy as np
 from mdist.convert import gguf_layout as gl
 from mdist.convert.gguf_reader import GGUFFile, read_gguf
 from mdist.errors import InputError
-from mdist.verify.digest import TensorDigest, compare
+from mdist.verify.digest import TensorDigest, compare, root_digest
 
 CHECKABLE = ("F32", "F16", "BF16", "Q8_0")
 _NARROW = {32: "BF16", 1: "F16"}  # general.file_type MOSTLY_BF16 / MOSTLY_F16: F32 tensors the converter widened
@@ -131,13 +131,31 @@ def release_digests_as(src: Path, types: dict[str, str], note: Callable[[str], N
 
 @dataclass
 class Comparison:
+    """What `digest A B` compared, and what matched: tensor by tensor, as stored or with the release
+    re-encoded into the GGUF's types (then its own root is another one, `re_encoded_root`)."""
+
     differing: list[str]
     encoded_as: list[str] = field(default_factory=list)  # types the release was re-encoded into
     not_checkable: list[str] = field(default_factory=list)  # GGUF tensors of a type mdist cannot reproduce
+    tensors: int = 0  # tensors compared (both sides' names together)
+    re_encoded: dict[str, int] = field(default_factory=dict)  # GGUF type -> release tensors re-encoded into it
+    re_encoded_root: str | None = None  # root digest of the release so re-encoded
+    release: Path | None = None  # the side that was re-encoded
 
     @property
     def same(self) -> bool:
         return not self.differing and not self.not_checkable
+
+    def to_json(self) -> dict:
+        matched = 0 if self.not_checkable else self.tensors - len(self.differing)
+        return {"tensors": self.tensors, "matched": matched, "as_stored": self.tensors - sum(self.re_encoded.values()),
+                "re_encoded": dict(self.re_encoded), "re_encoded_root": self.re_encoded_root,
+                "not_checkable": list(self.not_checkable)}
+
+
+def _plain(a: list[TensorDigest], b: list[TensorDigest]) -> Comparison:
+    """Two sides compared as stored: same names, types, shapes and bytes, or not."""
+    return Comparison(compare(a, b), tensors=len({t.name for t in a} | {t.name for t in b}))
 
 
 def compare_with_release(release: Path, release_digests: list[TensorDigest], gguf: list[TensorDigest],
@@ -148,26 +166,54 @@ def compare_with_release(release: Path, release_digests: list[TensorDigest], ggu
     types = {t.name: t.dtype for t in gguf}
     unknown = sorted(n for n, t in types.items() if t not in CHECKABLE)
     if unknown:
-        return Comparison(differing=[], not_checkable=unknown)
+        return Comparison(differing=[], not_checkable=unknown, tensors=len(set(own) | set(types)))
     if all(own.get(name) == kind for name, kind in types.items()):
-        return Comparison(compare(release_digests, gguf))
+        return _plain(release_digests, gguf)
     expected = release_digests_as(release, {n: t for n, t in types.items() if n in own}, note)
-    encoded = sorted({t for n, t in types.items() if own.get(n) not in (None, t)})
-    return Comparison(compare(expected, gguf), encoded_as=encoded)
+    counts: dict[str, int] = {}
+    for name, kind in types.items():
+        if own.get(name) not in (None, kind):
+            counts[kind] = counts.get(kind, 0) + 1
+    return replace(_plain(expected, gguf), encoded_as=sorted(counts), re_encoded=dict(sorted(counts.items())),
+                   re_encoded_root=root_digest(expected), release=Path(release))
+
+
+_HOW = {"Q8_0": "quantised to Q8_0 by the gguf package's reference quantiser", "F32": "widened exactly to F32",
+        "F16": "rounded to F16 (nearest even)", "BF16": "rounded to BF16 (nearest even)"}
+
+
+def _how_encoded(comparison: Comparison) -> str:
+    ranked = sorted(comparison.re_encoded.items(), key=lambda item: -item[1])
+    return ", ".join(f"{count} {_HOW.get(kind, 'encoded as ' + kind)}" for kind, count in ranked)
 
 
 def describe(comparison: Comparison) -> str:
-    """One line for the user."""
+    """One line for the user: what was compared with what, and what matched."""
     if comparison.not_checkable:
         first = comparison.not_checkable[0]
         return (f"NOT CHECKABLE: {len(comparison.not_checkable)} tensors are of a type the release cannot be "
                 f"re-encoded into bit for bit (first: {first}); only {', '.join(CHECKABLE)} GGUFs are checkable")
+    total = comparison.tensors
+    how = f" ({_how_encoded(comparison)})" if comparison.re_encoded else ""
     if comparison.differing:
-        return f"DIFFERENT: {len(comparison.differing)} tensors differ, first: {', '.join(comparison.differing[:5])}"
-    if comparison.encoded_as:
-        return (f"same weights: the release's tensors encoded as {', '.join(comparison.encoded_as)} by the gguf "
-                f"package's reference encoder equal the GGUF's byte for byte")
-    return "same weights"
+        first = ", ".join(comparison.differing[:5])
+        if how:
+            return (f"DIFFERENT: {len(comparison.differing)} of the GGUF's {total} tensors differ from the release "
+                    f"re-encoded into its types{how}; first: {first}")
+        return f"DIFFERENT: {len(comparison.differing)} of {total} tensors differ, first: {first}"
+    if how:
+        return (f"same weights: the GGUF's {total} tensors equal the release re-encoded into its types byte for "
+                f"byte{how}; its root is the re-encoded release's, not the release's own")
+    return f"same weights: all {total} tensors equal (names, types, shapes, bytes), so the roots are equal"
+
+
+def comparison_lines(comparison: Comparison) -> list[str]:
+    """`digest A B`'s lines after the two roots: the re-encoded release's root (when there is one,
+    the root the GGUF's must equal), then the verdict."""
+    lines = []
+    if comparison.re_encoded_root is not None:
+        lines.append(f"{comparison.re_encoded_root}  {comparison.release}, re-encoded into the GGUF's types")
+    return [*lines, describe(comparison)]
 
 
 def digest_pair(paths: list[Path], results: list[list[TensorDigest]],
@@ -175,7 +221,7 @@ def digest_pair(paths: list[Path], results: list[list[TensorDigest]],
     """`mdist digest A B` where one of them is a GGUF (both GGUFs: compared as stored)."""
     is_gguf = [Path(p).suffix == ".gguf" or _holds_only_gguf(Path(p)) for p in paths]
     if all(is_gguf) or not any(is_gguf):
-        return Comparison(compare(*results))
+        return _plain(*results)
     g = is_gguf.index(True)
     return compare_with_release(Path(paths[1 - g]), results[1 - g], results[g], note)
 
