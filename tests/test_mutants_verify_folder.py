@@ -566,3 +566,219 @@ def test_a_missing_or_wrong_sized_file_does_not_stop_the_others_being_hashed(tmp
                   "good": FileEntry("good", 4, sha256(b"good"))})
     got = {r.path: r.status for r in vf.verify_folder(folder, m).files}
     assert got == {"gone": "missing", "short": "mismatch", "good": "ok"}
+
+
+# --- raw pieces and extraction records (8b6ffda and after) -------------------------------------------------
+
+from mdist.verify.extracted import Extracted, write_record  # noqa: E402
+
+
+def test_hash_file_of_pieces_hashes_their_concatenation(tmp_path: Path) -> None:
+    parts = [b"a" * (hashing.CHUNK + 3), b"", b"bc", b"d" * 10]
+    paths = [write(tmp_path / f"p{i}", data) for i, data in enumerate(parts)]
+    whole = b"".join(parts)
+    seen: list[int] = []
+    assert hashing.hash_file(tmp_path / "joined", ("sha256", "md5", "git-sha1"), seen.append, None, paths) == {
+        "sha256": sha256(whole), "md5": md5(whole), "git-sha1": git_sha1(whole)}  # git's header: the total size
+    assert seen == [hashing.CHUNK, 3, 2, 10]
+    assert hashing.hash_file(tmp_path / "p2", ("md5",), None, None, []) == {"md5": md5(b"bc")}  # no pieces: the file
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(hashing.Cancelled) as info:
+        hashing.hash_file(tmp_path / "joined", ("sha256",), None, cancel, paths)
+    assert str(info.value) == str(tmp_path / "joined")
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(InputError):
+        hashing.hash_file(tmp_path / "joined", ("sha256",), None, None, paths + [tmp_path / "missing"])
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(InputError):
+        hashing.hash_file(tmp_path / "joined", ("sha256",), None, None, paths + [tmp_path / "fifo"])
+    with pytest.raises(hashing.Cancelled):
+        hashing.hash_file(tmp_path / "joined", ("sha256",), None, cancel, paths)
+    assert len(os.listdir("/proc/self/fd")) == before  # every piece opened was closed
+
+
+def test_hash_files_with_pieces(tmp_path: Path) -> None:
+    big = [write(tmp_path / "b0", b"x" * 600), write(tmp_path / "b1", b"y" * 600)]
+    single = write(tmp_path / "s", b"z" * 1000)
+    seen: list[int] = []
+    joined = tmp_path / "b-split*"  # a path no file has
+    result = hashing.hash_files({single: ("sha256",), joined: ("md5",)}, workers=1, on_bytes=seen.append,
+                                pieces={joined: big})
+    assert result == {joined: {"md5": md5(b"x" * 600 + b"y" * 600)}, single: {"sha256": sha256(b"z" * 1000)}}
+    assert seen == [600, 600, 1000]  # the pieces (1200 bytes together) before the 1000-byte file
+
+
+def piece_folder(tmp_path: Path, parts: list[bytes], *, joined: bytes | None = None) -> Path:
+    folder = tmp_path / "f"
+    for i, data in enumerate(parts):
+        write(folder / f"consolidated.00.pth-split{i}", data)
+    if joined is not None:
+        write(folder / "consolidated.00.pth", joined)
+    write(folder / "params.json", b"{}")
+    return folder
+
+
+def piece_manifest(whole: bytes, *, size: int | None = -1, sha: bool = True, md5_: bool = True) -> Manifest:
+    return manifest({"consolidated.00.pth": FileEntry("consolidated.00.pth", len(whole) if size == -1 else size,
+                                                      sha256(whole) if sha else None, md5(whole) if md5_ else None),
+                     "params.json": FileEntry("params.json", 2, sha256(b"{}"))})
+
+
+def test_verify_checks_pieces_as_the_file_they_join_into(tmp_path: Path) -> None:
+    parts = [b"first part ", b"second ", b"third"]
+    whole = b"".join(parts)
+    folder = piece_folder(tmp_path, parts)
+    starts: list[int] = []
+    report = vf.verify_folder(folder, piece_manifest(whole), on_start=starts.append)
+    assert starts == [len(whole) + 2]
+    got = {r.path: (r.status, r.detail, r.expected, r.actual) for r in report.files}
+    joined = ("ok", "sha256; of its 3 pieces joined (never written)", sha256(whole), sha256(whole))
+    assert got == {"consolidated.00.pth": joined, "params.json": ("ok", "sha256", sha256(b"{}"), sha256(b"{}")),
+                   **{f"consolidated.00.pth-split{i}": ("ok", f"piece {i} of consolidated.00.pth: {joined[1]}",
+                                                        joined[2], joined[3]) for i in range(3)}}
+    assert report.ok
+    got = by_path(vf.verify_folder(folder, piece_manifest(whole, sha=False)))["consolidated.00.pth-split2"]
+    assert (got.status, got.detail) == ("ok", f"piece 2 of consolidated.00.pth: {vf.MD5_ONLY}; of its 3 pieces "
+                                              "joined (never written)")
+    # in the wrong order: the hash differs
+    swapped = piece_folder(tmp_path / "s", [parts[1], parts[0], parts[2]])
+    report = vf.verify_folder(swapped, piece_manifest(whole))
+    got = by_path(report)
+    assert (got["consolidated.00.pth"].status, got["consolidated.00.pth"].detail) == (
+        "mismatch", "sha256 differs; of its 3 pieces joined (never written)")
+    assert got["consolidated.00.pth-split1"].status == "mismatch" and not report.ok
+    report = vf.verify_folder(swapped, piece_manifest(whole, sha=False))
+    assert by_path(report)["consolidated.00.pth"].detail == "md5 differs; of its 3 pieces joined (never written)"
+
+
+def test_pieces_of_the_wrong_size_are_not_hashed(tmp_path: Path, monkeypatch) -> None:
+    parts = [b"first part ", b"second ", b"third"]
+    whole = b"".join(parts)
+    folder = piece_folder(tmp_path, parts[:2] + [b"third!"])
+    jobs_seen: list[dict] = []
+    original = vf.hash_files
+    monkeypatch.setattr(vf, "hash_files", lambda jobs, on_bytes=None, pieces=None: jobs_seen.append(
+        (dict(jobs), dict(pieces or {}))) or original(jobs, on_bytes=on_bytes, pieces=pieces))
+    report = vf.verify_folder(folder, piece_manifest(whole))
+    detail = f"its 3 pieces join into {len(whole) + 1} bytes, expected {len(whole)}"
+    got = {r.path: (r.status, r.detail, r.expected, r.actual) for r in report.files}
+    assert got["consolidated.00.pth"] == ("mismatch", detail, str(len(whole)), str(len(whole) + 1))
+    assert got["consolidated.00.pth-split0"] == ("mismatch", f"piece 0 of consolidated.00.pth: {detail}",
+                                                 str(len(whole)), str(len(whole) + 1))
+    assert jobs_seen == [({folder / "params.json": ("sha256",)}, {})]
+    jobs_seen.clear()
+    report = vf.verify_folder(folder, piece_manifest(whole, size=None))  # no size published: hashed
+    assert by_path(report)["consolidated.00.pth"].detail == "sha256 differs; of its 3 pieces joined (never written)"
+    key = folder / "consolidated.00.pth-split*"
+    assert jobs_seen == [({key: ("sha256", "md5"), folder / "params.json": ("sha256",)},
+                          {key: [folder / f"consolidated.00.pth-split{i}" for i in range(3)]})]
+
+
+def test_a_joined_file_beside_its_pieces(tmp_path: Path) -> None:
+    parts = [b"first part ", b"second "]
+    whole = b"".join(parts)
+    folder = piece_folder(tmp_path, parts, joined=whole)
+    got = {r.path: (r.status, r.detail) for r in vf.verify_folder(folder, piece_manifest(whole)).files}
+    assert got["consolidated.00.pth"] == ("ok", "sha256")  # judged on its own
+    assert got["consolidated.00.pth-split1"] == (
+        "refused", "consolidated.00.pth is here too: mdist will not guess which to read (piece 1 of "
+                   "consolidated.00.pth: sha256; of its 2 pieces joined (never written))")
+    folder = piece_folder(tmp_path / "w", parts[:1] + [b"second!"], joined=whole)
+    got = {r.path: (r.status, r.detail) for r in vf.verify_folder(folder, piece_manifest(whole)).files}
+    assert got["consolidated.00.pth"] == ("ok", "sha256")
+    assert got["consolidated.00.pth-split0"][0] == "refused"
+
+
+def test_pieces_of_an_unlisted_file_are_extra_files(tmp_path: Path) -> None:
+    folder = piece_folder(tmp_path, [b"ab", b"cd"])
+    m = manifest({"params.json": FileEntry("params.json", 2, sha256(b"{}"))})
+    got = {r.path: r.status for r in vf.verify_folder(folder, m).files}
+    assert got == {"params.json": "ok", "consolidated.00.pth-split0": "refused", "consolidated.00.pth-split1": "refused"}
+
+
+def test_no_release_names_the_missing_piece(tmp_path: Path) -> None:
+    folder = piece_folder(tmp_path, [b"ab", b"cd", b"ef"])
+    (folder / "consolidated.00.pth-split1").unlink()
+    report = vf.verify_folder(folder)
+    assert report.manifest is None and "piece 1 of consolidated.00.pth is missing, after " \
+        "consolidated.00.pth-split0: the pieces cannot be joined" in report.differences
+
+
+def test_the_closest_release_is_judged_with_pieces_joined(tmp_path: Path) -> None:
+    folder = tmp_path / "f"
+    shutil.copy(FIXTURE / "params.json", write(folder / "params.json", b"").parent / "params.json")
+    size = TINY.files["consolidated.00.pth"].size
+    write(folder / "consolidated.00.pth-split0", b"\0" * 100)
+    write(folder / "consolidated.00.pth-split1", b"\0" * (size - 100 + 1))  # one byte too many: no release
+    report = vf.verify_folder(folder)
+    assert report.manifest is None and report.closest == "tiny-mistral"
+    assert f"consolidated.00.pth size {size + 1}, expected {size}" in report.differences
+
+
+def record(tmp_path: Path, files: dict[str, bytes], release: str | None = None) -> Extracted:
+    return Extracted("https://example.org/dl/model.tar", "0" * 32, release,
+                     {path: (len(data), sha256(data)) for path, data in files.items()})
+
+
+def test_an_extraction_record_names_and_completes_the_release(tmp_path: Path) -> None:
+    folder = tmp_path / "f"
+    files = {"consolidated.00.pth": b"weights", "params.json": b"{}", "notes.txt": b"n"}
+    for path, data in files.items():
+        write(folder / path, data)
+    write_record(folder, record(tmp_path, files))
+    report = vf.verify_folder(folder)  # no release: the record itself
+    assert report.manifest == "extracted from model.tar" and report.ok
+    assert {r.path: (r.status, r.detail) for r in report.files} == {
+        path: ("ok", vf.RECORDED) for path in files}
+    write(folder / "notes.txt", b"N")
+    got = by_path(vf.verify_folder(folder))["notes.txt"]
+    assert (got.status, got.detail) == ("mismatch", "sha256 differs from the one recorded at extraction")
+    # a release listing md5 only: the recorded sha256 is checked, and says the md5 was published too
+    m = manifest({"consolidated.00.pth": FileEntry("consolidated.00.pth", 7, None, md5(b"weights")),
+                  "params.json": FileEntry("params.json", 2, sha256(b"{}")),
+                  "other": FileEntry("other", 1, None, md5(b"o"))})
+    got = {r.path: (r.status, r.detail) for r in vf.verify_folder(folder, m).files}
+    assert got["consolidated.00.pth"] == ("ok", vf.RECORDED + " (and the published md5)")
+    assert got["params.json"] == ("ok", "sha256")  # a published sha256 stands
+    assert got["notes.txt"][0] == "unexpected"  # not listed: the record counts under its own release only
+    assert got["other"] == ("missing", "")
+    merged, recorded = vf._with_record(m, record(tmp_path, files))
+    assert recorded == {"consolidated.00.pth"} and merged.files["consolidated.00.pth"] == FileEntry(
+        "consolidated.00.pth", 7, sha256(b"weights"), md5(b"weights"), None)
+    assert merged.files["params.json"] == m.files["params.json"]
+    # a recorded size that differs from the published one: the published entry stands
+    m2 = manifest({"consolidated.00.pth": FileEntry("consolidated.00.pth", 8, None, md5(b"weights"))})
+    assert vf._with_record(m2, record(tmp_path, files)) == (m2, set())
+    # under its own release, unlisted recorded files are the release's too
+    own = Manifest("rel", "t", {"params.json": FileEntry("params.json", 2)}, True)
+    merged, recorded = vf._with_record(own, record(tmp_path, files, release="rel"))
+    assert recorded == set(files) and merged.files["notes.txt"] == FileEntry("notes.txt", 1, sha256(b"n"))
+    labelled = Manifest("extracted from model.tar", "t", {}, True)
+    assert vf._with_record(labelled, record(tmp_path, files))[1] == set(files)
+
+
+def test_recorded_release(monkeypatch) -> None:
+    assert vf._recorded_release(record(Path("."), {}, release="tiny-mistral")) == TINY
+    own = vf._recorded_release(record(Path("."), {"a": b"a"}, release="no-such-release"))
+    assert (own.name, own.title, own.files, own.files_complete) == (
+        "extracted from model.tar", "extracted from model.tar", {}, True)
+    assert vf._label(Extracted("https://x/a/b/c.tar.gz?x", "0" * 32, None, {})) == "extracted from c.tar.gz?x"
+    assert vf._label(Extracted("c.tar", "0" * 32, None, {})) == "extracted from c.tar"
+
+
+def test_a_derivation_whose_sources_are_gone(tmp_path: Path) -> None:
+    folder = tmp_path / "f"
+    source = write(tmp_path / "src" / "consolidated.00.pth", b"source")
+    made = write(folder / "consolidated.safetensors", b"made")
+    derived.record_derived(folder, [made], [source])
+    source.unlink()
+    m = manifest({"params.json": FileEntry("params.json", 2)})
+    write(folder / "params.json", b"{}")
+    stale = ("stale", "derived by mdist, but it or its source changed since (a copy, an edit): never loaded; "
+                      "`mdist run` converts again, `mdist convert --force` too")
+    got = by_path(vf.verify_folder(folder, m))["consolidated.safetensors"]
+    assert (got.status, got.detail) == stale  # a known release: stale, orphaned or not
+    write(source, b"source")  # another file of that name: a source changed, not only deleted
+    got = by_path(vf.verify_folder(folder, m))["consolidated.safetensors"]
+    assert (got.status, got.detail) == stale
