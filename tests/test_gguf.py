@@ -448,6 +448,29 @@ def test_run_refuses_a_tokenizer_that_is_not_the_ggufs_vocabulary(converted, tmp
     assert result.returncode == 2 and "tokenizer.model" in result.stderr
 
 
+@pytest.mark.parametrize("key", ["tokenizer.ggml.scores", "tokenizer.ggml.token_type"])
+@pytest.mark.parametrize("value", ["x", ["0.0"] * 2048, np.zeros(2048, dtype=bool), np.zeros(5, dtype=np.float32)])
+def test_token_scores_or_types_that_are_not_numbers_are_refused(converted, key: str, value) -> None:
+    """A string (or strings) where the GGUF's token scores or types go was an internal error
+    (ValueError from numpy), exit 2 with 'please report it'."""
+    from mdist.errors import VerificationError
+    from mdist.runner.gguf_weights import check_tokenizer
+
+    gguf = read_gguf(converted["bf16"])
+    gguf.metadata[key] = value
+    with pytest.raises(VerificationError, match="token scores or types missing, not numbers or of another length"):
+        check_tokenizer(gguf, FIXTURE / "tokenizer.model", 2048)
+
+
+def test_a_file_type_that_is_not_a_number_is_digested_as_stored(tmp_path: Path) -> None:
+    """general.file_type as an array was an internal error (unhashable) in digest."""
+    kvs = [_str("general.architecture") + struct.pack("<I", 8) + _str("llama"),
+           _str("general.file_type") + struct.pack("<IIQ", 9, 4, 2) + struct.pack("<II", 32, 1)]
+    infos = [_info("output_norm.weight", [8], 0, 0)]
+    result = run_mdist("digest", str(_write(tmp_path, make_gguf(kvs, infos, np.zeros(8, np.float32).tobytes()))))
+    assert result.returncode == 0 and "(1 tensors)" in result.stdout, result.stdout + result.stderr
+
+
 def test_hostile_gguf_on_the_command_line_is_one_line_exit_2(tmp_path: Path) -> None:
     path = _write(tmp_path / "m", HOSTILE["huge array"][0], "model.gguf") if (tmp_path / "m").mkdir() is None else None
     for args in (("digest", str(path)), ("run", str(path), "--prompt", "hi")):

@@ -76,10 +76,11 @@ def check_tokenizer(gguf: GGUFFile, tokenizer: Path, vocab_size: int) -> None:
     if not isinstance(theirs, list) or len(theirs) != len(tokens):
         raise VerificationError(f"{gguf.path.name} carries {len(theirs) if isinstance(theirs, list) else 'no'} "
                                 f"tokens; {tokenizer.name} has {len(tokens)}")
-    their_scores = np.asarray(meta.get("tokenizer.ggml.scores", []), dtype=np.float32)
-    their_types = np.asarray(meta.get("tokenizer.ggml.token_type", []), dtype=np.int64)
-    if their_scores.shape != (len(tokens),) or their_types.shape != (len(tokens),):
-        raise VerificationError(f"{gguf.path.name}: token scores or types missing or of another length")
+    their_scores, their_types = meta.get("tokenizer.ggml.scores"), meta.get("tokenizer.ggml.token_type")
+    if not all(isinstance(v, np.ndarray) and v.dtype.kind in "iuf" and v.shape == (len(tokens),)
+               for v in (their_scores, their_types)):  # a string there was an internal error
+        raise VerificationError(f"{gguf.path.name}: token scores or types missing, not numbers or of another length")
+    their_scores, their_types = their_scores.astype(np.float32), their_types.astype(np.int64)
     mine_scores, mine_types = np.asarray(scores, dtype=np.float32), np.asarray(types)
     for i, (a, b) in enumerate(zip(tokens, theirs)):
         if a != b or mine_scores[i] != their_scores[i] or mine_types[i] != their_types[i]:

@@ -61,7 +61,8 @@ def gguf_digests(path: Path) -> list[TensorDigest]:
     _checked_arch(gguf)
     experts = gguf.metadata.get("llama.expert_count", 0)
     experts = experts if isinstance(experts, int) and 0 < experts <= 256 else 0
-    narrow = _NARROW.get(gguf.metadata.get("general.file_type"))  # type: ignore[arg-type]
+    file_type = gguf.metadata.get("general.file_type")
+    narrow = _NARROW.get(file_type) if type(file_type) is int else None  # an array there is unhashable
     result = []
     for tensor in gguf.tensors.values():
         try:
