@@ -4,7 +4,9 @@ The model has Mistral 7B's layer shapes (dim 4096, hidden 14336, 32 heads, 8 kv 
 32000) and --layers layers (default 4, 1.1 B parameters: a 32-layer 7B takes ~12 min to quantise
 with the gguf package's numpy Q8_0 quantiser on 2 cores; pass --layers 32 for the real shape). Its
 float32 copy exceeds the runner's 4 GB budget, so both runs decode from the memory map, as 7B does.
-Targets (issue 14): Q8_0 decode >= 1.6x BF16 decode measured in the same run; bandwidth bound of
+Targets (issue 14): Q8_0 decode >= 1.6x BF16 decode measured in the same run (alternated rounds,
+medians; also per CPU second of the decoding thread, which other processes on a shared machine
+disturb less than wall time); bandwidth bound of
 8.5 bits per weight reported; convert BF16 >= 0.8x cp (mdist fsyncs, so cp + sync is the
 like-for-like peer; both reported); peak RSS <= 300 MB.
 """
@@ -43,7 +45,8 @@ def one_matrix(rows: int = 14336, cols: int = 4096, repeats: int = 30) -> dict:
     (CPU time: what the kernel costs, less sensitive to other processes on the same cores)."""
     from gguf import GGMLQuantizationType, quants
 
-    from mdist.runner.kernels import bf16_gemv, q8_0_gemv
+    from mdist.runner.kernels import bf16_gemv
+    from mdist.runner.q8_kernel import q8_0_gemv
 
     rng = np.random.default_rng(0)
     weights = rng.standard_normal((rows, cols), dtype=np.float32) * 0.02
@@ -78,13 +81,15 @@ def decode(path: Path, tokens: int) -> dict:
     load_s = time.perf_counter() - started
     cache = model.new_cache(64)
     model.forward(np.array([1, 100, 200, 300]), cache, last_only=True)
-    times, token = [], 5
+    times, cpu_times, token = [], [], 5
     for _ in range(tokens):
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.thread_time()
         token = int(np.argmax(model.forward(np.array([token]), cache)[-1]))
         times.append(time.perf_counter() - started)
-    steady = times[1:] or times
+        cpu_times.append(time.thread_time() - started_cpu)  # one token decodes in this thread only
+    steady, steady_cpu = times[1:] or times, cpu_times[1:] or cpu_times
     return {"load_s": round(load_s, 2), "decode_tok_s": round(len(steady) / sum(steady), 3),
+            "decode_tok_per_cpu_s": round(len(steady_cpu) / sum(steady_cpu), 3),
             "seconds_per_token": [round(t, 2) for t in times], "rss_anon_MB": round(rss_anon_mb(), 0),
             "cached_f32": model.weights.cached}
 
@@ -100,6 +105,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=3, help="cp / convert BF16 rounds (medians)")
+    parser.add_argument("--decode-rounds", type=int, default=3, help="BF16 / Q8_0 decode rounds, alternated (medians)")
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--matrix-only", action="store_true", help="only the one-matrix kernel comparison")
     parser.add_argument("--decode-only", nargs=2, metavar=("GGUF", "TOKENS"), help=argparse.SUPPRESS)
@@ -146,10 +152,23 @@ def main() -> None:
         results.update({"convert_q8_0_s": round(seconds, 2), "convert_q8_0_peak_rss_MB": round(peak, 0),
                         "convert_q8_0_ratio_vs_cp_then_sync": round(cp_sync_s / seconds, 3)})
         files = {kind: next((work / "out").glob(f"*-{kind.upper()}.gguf")) for kind in ("bf16", "q8_0")}
-        for kind, path in files.items():
-            out = subprocess.run([sys.executable, __file__, "--decode-only", str(path), str(args.tokens)],
-                                 check=True, capture_output=True, text=True).stdout
-            results[f"decode_{kind}"] = json.loads(out.strip().splitlines()[-1])
+        decode_rounds: dict[str, list[dict]] = {kind: [] for kind in files}
+        for _ in range(args.decode_rounds):  # alternated, medians: the machine is shared
+            for kind, path in files.items():
+                out = subprocess.run([sys.executable, __file__, "--decode-only", str(path), str(args.tokens)],
+                                     check=True, capture_output=True, text=True).stdout
+                decode_rounds[kind].append(json.loads(out.strip().splitlines()[-1]))
+        for kind, runs in decode_rounds.items():
+            speeds = [run["decode_tok_s"] for run in runs]
+            results[f"decode_{kind}"] = dict(runs[int(np.argsort(speeds)[len(speeds) // 2])],
+                                              rounds_tok_s=speeds)
+        for kind, runs in decode_rounds.items():
+            results[f"decode_{kind}"]["rounds_tok_per_cpu_s"] = [run["decode_tok_per_cpu_s"] for run in runs]
+        results["q8_0_vs_bf16_decode_cpu"] = round(
+            float(np.median(results["decode_q8_0"]["rounds_tok_per_cpu_s"]))
+            / float(np.median(results["decode_bf16"]["rounds_tok_per_cpu_s"])), 3)
+        results["q8_0_vs_bf16_decode_per_round"] = [
+            round(q / b, 3) for q, b in zip(results["decode_q8_0"]["rounds_tok_s"], results["decode_bf16"]["rounds_tok_s"])]
         results["one_matrix"] = one_matrix()
         bandwidth = copy_bandwidth_gb_s()
         q8_bytes = files["q8_0"].stat().st_size

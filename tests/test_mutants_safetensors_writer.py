@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mdist.convert import safetensors_writer as sw
+from mdist.convert import kernel_copy
+from mdist.convert.kernel_copy import copy_into
 from mdist.convert.safetensors_writer import TensorSource, build_header, plan_shards, write_safetensors
 from mdist.errors import InputError
 
@@ -126,6 +127,12 @@ class _Handle:
     def fileno(self) -> int:
         return 99
 
+    def tell(self) -> int:
+        return 5
+
+    def seek(self, position: int) -> None:
+        self.position = position
+
 
 def test_copy_range_asks_64_mib_at_a_time(monkeypatch) -> None:
     calls: list[tuple] = []
@@ -134,17 +141,17 @@ def test_copy_range_asks_64_mib_at_a_time(monkeypatch) -> None:
         calls.append((src, dst, count, offset))
         return count
 
-    monkeypatch.setattr(sw.os, "copy_file_range", fake)
-    tensor = TensorSource("big", "U8", (200 << 20,), 200 << 20, lambda: [], (7, 1000))
+    monkeypatch.setattr(kernel_copy.os, "copy_file_range", fake)
     seen: list[int] = []
     handle = _Handle()
-    assert sw._copy_range(handle, tensor, seen.append) == 200 << 20
+    assert copy_into(handle, (7, 1000), 200 << 20, seen.append, "big") == 200 << 20
     assert handle.flushed == 1
+    assert handle.position == 5 + (200 << 20)  # the buffered handle is told where the kernel left the file
     mib = 1 << 20
     assert calls == [(7, 99, 64 * mib, 1000), (7, 99, 64 * mib, 1000 + 64 * mib), (7, 99, 64 * mib, 1000 + 128 * mib),
                      (7, 99, 8 * mib, 1000 + 192 * mib)]
     assert seen == [64 * mib, 64 * mib, 64 * mib, 8 * mib]
-    assert sw._copy_range(_Handle(), tensor, None) == 200 << 20  # no progress callback
+    assert copy_into(_Handle(), (7, 1000), 200 << 20, None, "big") == 200 << 20  # no progress callback
 
 
 def test_copy_range_follows_short_copies(monkeypatch) -> None:
@@ -154,8 +161,8 @@ def test_copy_range_follows_short_copies(monkeypatch) -> None:
         calls.append((count, offset))
         return min(count, 3)
 
-    monkeypatch.setattr(sw.os, "copy_file_range", fake)
-    assert sw._copy_range(_Handle(), TensorSource("t", "U8", (8,), 8, lambda: [], (5, 10)), None) == 8
+    monkeypatch.setattr(kernel_copy.os, "copy_file_range", fake)
+    assert copy_into(_Handle(), (5, 10), 8, None, "t") == 8
     assert calls == [(8, 10), (5, 13), (2, 16)]
 
 
@@ -166,15 +173,15 @@ def test_copy_range_that_cannot_start_leaves_it_to_streaming(monkeypatch, failur
             raise OSError(18, "Invalid cross-device link")
         return 0
 
-    monkeypatch.setattr(sw.os, "copy_file_range", fake)
-    assert sw._copy_range(_Handle(), TensorSource("t", "U8", (8,), 8, lambda: [], (5, 10)), None) == 0
+    monkeypatch.setattr(kernel_copy.os, "copy_file_range", fake)
+    assert copy_into(_Handle(), (5, 10), 8, None, "t") == 0
 
 
 def test_copy_range_that_stops_midway_is_an_error(monkeypatch, tmp_path: Path) -> None:
     answers = iter([3])
-    monkeypatch.setattr(sw.os, "copy_file_range", lambda *a: next(answers, 0))
+    monkeypatch.setattr(kernel_copy.os, "copy_file_range", lambda *a: next(answers, 0))
     with pytest.raises(OSError) as caught:
-        sw._copy_range(_Handle(), TensorSource("t", "U8", (8,), 8, lambda: [], (5, 10)), None)
+        copy_into(_Handle(), (5, 10), 8, None, "t")
     assert str(caught.value) == "t: copy stopped after 3 of 8 bytes"
     answers = iter([3])
     never = TensorSource("t", "U8", (8,), 8, lambda: pytest.fail("streamed after a partial copy"), (5, 10))
@@ -190,7 +197,7 @@ def test_falls_back_to_streaming_when_the_kernel_cannot_copy(monkeypatch, tmp_pa
     def refuse(*args):
         raise OSError(95, "Operation not supported")
 
-    monkeypatch.setattr(sw.os, "copy_file_range", refuse)
+    monkeypatch.setattr(kernel_copy.os, "copy_file_range", refuse)
     seen: list[int] = []
     write_safetensors(tmp_path / "m.safetensors", [source("t", b"abcdefgh", pieces=2, file_range=(5, 0))],
                       on_bytes=seen.append)

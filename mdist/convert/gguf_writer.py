@@ -18,6 +18,7 @@ import numpy as np
 
 from mdist.atomic import atomic_writer, require_free_space, require_output_folder, write_bytes_atomic
 from mdist.convert import gguf_layout as gl
+from mdist.convert.kernel_copy import copy_into
 from mdist.convert.tensor_sources import ModelSource, SourceTensor, open_model
 from mdist.derived import record_derived
 from mdist.errors import InputError
@@ -159,30 +160,6 @@ def add_metadata(writer: Any, config: MistralConfig, name: str, ggml_type: str, 
     writer.add_add_eos_token(False)
 
 
-def _copy_range(handle: Any, source: tuple[int, int], nbytes: int, on_bytes: Callable[[int], None] | None) -> int:
-    """Copy bytes stored verbatim in the kernel (copy_file_range: no trip through user space, as
-    `cp` does), at the handle's position, which is moved past them. Returns 0, having written
-    nothing, where the kernel cannot, so the caller streams."""
-    fd, offset = source
-    handle.flush()
-    start = handle.tell()
-    copied = 0
-    while copied < nbytes:
-        try:
-            n = os.copy_file_range(fd, handle.fileno(), min(1 << 30, nbytes - copied), offset + copied, start + copied)
-        except OSError:
-            n = 0
-        if n == 0:
-            if copied == 0:
-                return 0
-            raise OSError(f"copy stopped after {copied} of {nbytes} bytes")
-        copied += n
-        if on_bytes:
-            on_bytes(n)
-    handle.seek(start + copied)
-    return copied
-
-
 def write_gguf(target: Path, planned: list[Planned], metadata: Callable[[Any], None], *, overwrite: bool,
                on_bytes: Callable[[int], None] | None = None) -> int:
     """Header and metadata through GGUFWriter, then each tensor's data streamed chunk by chunk."""
@@ -205,7 +182,7 @@ def write_gguf(target: Path, planned: list[Planned], metadata: Callable[[Any], N
                 written = 0
                 for part in tensor.parts:
                     if part.dtype == tensor.ggml_type and part.file_range is not None:
-                        copied = _copy_range(handle, part.file_range, gl.nbytes(part.shape, part.dtype), on_bytes)
+                        copied = copy_into(handle, part.file_range, gl.nbytes(part.shape, part.dtype), on_bytes, tensor.name)
                         if copied:
                             written += copied
                             continue

@@ -8,13 +8,13 @@ read back by `safetensors.safe_open` in the tests.
 from __future__ import annotations
 
 import json
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
 from mdist.atomic import atomic_writer
+from mdist.convert.kernel_copy import copy_into
 from mdist.convert.safetensors_reader import METADATA_KEY, check_tensor_name
 from mdist.errors import InputError
 
@@ -68,7 +68,7 @@ def write_safetensors(
     with atomic_writer(target, overwrite=overwrite) as handle:
         handle.write(header)
         for tensor in tensors:
-            count = _copy_range(handle, tensor, on_bytes) if tensor.file_range else 0
+            count = copy_into(handle, tensor.file_range, tensor.nbytes, on_bytes, tensor.name) if tensor.file_range else 0
             if count == 0:
                 for chunk in tensor.chunks():
                     handle.write(chunk)
@@ -79,29 +79,6 @@ def write_safetensors(
                 raise ValueError(f"{tensor.name}: wrote {count} bytes, expected {tensor.nbytes}")
             written += count
     return written
-
-
-def _copy_range(handle, tensor: TensorSource, on_bytes: Callable[[int], None] | None) -> int:
-    """Copy in the kernel (copy_file_range: no trip through user space, a reflink where the file
-    system can). Returns 0, having written nothing, where the kernel cannot, so the caller streams."""
-    assert tensor.file_range is not None
-    source_fd, offset = tensor.file_range
-    handle.flush()
-    target_fd = handle.fileno()
-    copied = 0
-    while copied < tensor.nbytes:
-        try:
-            n = os.copy_file_range(source_fd, target_fd, min(64 << 20, tensor.nbytes - copied), offset + copied)
-        except OSError:
-            n = 0
-        if n == 0:
-            if copied == 0:
-                return 0
-            raise OSError(f"{tensor.name}: copy stopped after {copied} of {tensor.nbytes} bytes")
-        copied += n
-        if on_bytes:
-            on_bytes(n)
-    return copied
 
 
 def plan_shards(tensors: list[TensorSource], max_shard_bytes: int) -> list[list[TensorSource]]:
