@@ -15,14 +15,17 @@ before the folder is verified (minutes for a 7B release).
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+from urllib.parse import quote
 
 from mdist.atomic import refuse_unreal_dir
 from mdist.errors import InputError, VerificationError
 from mdist.model_folder import STATE_DIR, inspect_folder
-from mdist.sources.bt_session import make_session, parse_endpoint
+from mdist.sources.bt_session import Endpoint, make_session, parse_endpoint
+from mdist.sources.interfaces import reachable_addresses
 from mdist.sources.resolve import compose_magnet
 from mdist.sources.torrent_fetch import (RELEASE_TORRENT, Patience, SilentReporter, check_torrent_bytes,
                                          fetch_metadata, load_source, read_release_torrent, write_release_torrent)
@@ -191,9 +194,33 @@ def run_seed(directory: Path, options: SeedOptions, *, echo: Callable[[str], Non
         note(f"seeding {directory} on port {info.port}: {plan.what} (btih {info.hashes.v1 or '-'}, "
              f"btmh {('1220' + info.hashes.v2) if info.hashes.v2 else '-'}){_published(release, info.hashes)}; "
              f"Ctrl-C to stop")
-        note(f"{'on each host' if options.fleet else 'to fetch it'}: {host_command(info.magnet, options)}")
-        echo(info.magnet)  # last: whoever waits for the magnet has every note already
+        magnet = hosts_magnet(info.magnet, info.port, options, note)
+        note(f"{'on each host' if options.fleet else 'to fetch it'}: {host_command(magnet, options)}")
+        echo(magnet)  # last: whoever waits for the magnet has every note already
         seeder.serve_forever(FleetWatch(seeder, note) if options.fleet else None)
+
+
+def hosts_magnet(magnet: str, port: int, options: SeedOptions, note: Callable[[str], None],
+                 addresses: Callable[[tuple[int, ...]], list[str]] = reachable_addresses) -> str:
+    """The magnet a fleet's hosts are given. An origin listening on every interface (no --listen, or
+    0.0.0.0 / ::) has no address in its magnet, and hosts without a tracker could not reach it: the
+    magnet then names each of this machine's reachable addresses (x.pe; a host uses those it can
+    reach), or the user is told what to add."""
+    endpoint = parse_endpoint(options.listen) if options.listen else None
+    if not options.fleet or (endpoint is not None and endpoint.host not in ("0.0.0.0", "::")):
+        return magnet  # an explicit address is in the magnet already
+    families = {"0.0.0.0": (socket.AF_INET,), "::": (socket.AF_INET6,)}.get(
+        endpoint.host if endpoint else "", (socket.AF_INET, socket.AF_INET6))
+    found = addresses(families)
+    if not found:
+        note("this machine has no address other than loopback, so the command below names no origin: hosts "
+             "find it only through --tracker or local discovery on one segment; add --listen IP:PORT with an "
+             "address the hosts reach")
+        return magnet
+    peers = [str(Endpoint(address, port)) for address in found]
+    note(f"the hosts' magnet names this machine's addresses {', '.join(peers)} (x.pe; each host uses one it "
+         f"reaches; --listen IP:PORT names only that one)")
+    return magnet + "".join("&x.pe=" + quote(peer, safe=":[]") for peer in peers)  # libtorrent: a bare colon
 
 
 def host_command(magnet: str, options: SeedOptions) -> str:

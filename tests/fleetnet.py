@@ -203,14 +203,16 @@ def torrent_hashes(folder: Path) -> tuple[bytes, list[str]]:
 
 
 def start_origin(fleet: Fleet, folder: Path, *args: str, env: dict | None = None,
-                 timeout: float = 60.0) -> tuple[subprocess.Popen, str, list[str]]:
-    """`mdist seed FOLDER --listen ORIGIN:6881 --no-dht ARGS` in the origin's namespace: the process,
-    its magnet (first stdout line) and its stderr lines (a list a thread keeps appending to)."""
+                 timeout: float = 60.0, listen: bool = True) -> tuple[subprocess.Popen, str, list[str]]:
+    """`mdist seed FOLDER --listen ORIGIN:6881 --no-dht ARGS` in the origin's namespace (without
+    --listen when not `listen`): the process, its magnet (first stdout line) and its stderr lines
+    (a list a thread keeps appending to)."""
     import select
     import threading
 
     node = fleet.origin
-    proc = fleet.spawn(node, [sys.executable, "-m", "mdist", "seed", str(folder), "--listen", f"{node.ip}:{PORT}",
+    where = ["--listen", f"{node.ip}:{PORT}"] if listen else []
+    proc = fleet.spawn(node, [sys.executable, "-m", "mdist", "seed", str(folder), *where,
                               "--no-dht", "--force", *args],
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     notes: list[str] = []

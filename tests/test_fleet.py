@@ -115,6 +115,28 @@ def test_hosts_find_each_other_without_a_tracker(model: Path, tmp_path: Path) ->
         fleet.close()
 
 
+def test_an_origin_without_listen_prints_a_command_the_hosts_can_use(model: Path, tmp_path: Path) -> None:
+    """`seed --fleet` without --listen listens on every interface, so its magnet had no origin address:
+    with no tracker, DHT or local discovery a host given the printed command found nobody. The magnet
+    now names the machine's reachable addresses (here the namespace's only one), and 2 hosts running
+    exactly the printed command (--no-lsd --no-dht: x.pe is their only way to the origin) complete."""
+    fleet = Fleet(2, 100)
+    try:
+        origin, magnet, notes = start_origin(fleet, model, "--fleet", "--no-lsd", listen=False)
+        assert "&tr=" not in magnet and re.search(rf"&x\.pe={re.escape(fleet.origin.ip)}:\d+$", magnet), magnet
+        argv = host_argv(notes)
+        assert argv[2] == magnet and "--no-lsd" in argv and "--no-dht" in argv, argv
+        assert any(line.startswith(f"the hosts' magnet names this machine's addresses {fleet.origin.ip}:")
+                   for line in notes), notes
+        outs = [tmp_path / f"host{i}" for i in range(2)]
+        procs = [start_host(fleet, node, [*argv, "--timeout", "60"], out, tmp_path / f"host{i}.log")
+                 for i, (node, out) in enumerate(zip(fleet.hosts, outs))]
+        wait_complete(outs, time.time(), 90, procs)
+        assert_identical(model, outs)
+    finally:
+        fleet.close()
+
+
 def test_hosts_finish_from_each_other_after_the_origin_stops(model: Path, tmp_path: Path) -> None:
     """The origin says when every piece has left it; stopped right then (SIGKILL, no goodbye), the
     hosts still all complete. By then it had sent at most 1.3x the model although 4 hosts need 4x:

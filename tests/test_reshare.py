@@ -251,3 +251,40 @@ def test_fetch_metadata_uses_and_keeps_the_releases_trackers(release: Path, tmp_
                 assert "tr=" in magnet
     saved = lt.bdecode((copied / ".mdist" / "release.torrent").read_bytes())
     assert saved[b"announce"] == announce.encode()
+
+
+def test_fleet_magnet_names_the_machine_or_says_what_to_add() -> None:
+    """An origin on every interface has no address in its magnet: the hosts' magnet gets this
+    machine's addresses, or the user is told to add --listen; an explicit address is kept alone."""
+    import socket
+
+    from mdist.seeding import SeedOptions, hosts_magnet
+
+    magnet, notes, asked = "magnet:?xt=urn:btih:" + "ab" * 20, [], []
+
+    def found(families):
+        asked.append(families)
+        return ["192.0.2.7", "2001:db8::7"] if socket.AF_INET6 in families else ["192.0.2.7"]
+
+    got = hosts_magnet(magnet, 6881, SeedOptions(fleet=True), notes.append, found)
+    assert got == magnet + "&x.pe=192.0.2.7:6881&x.pe=[2001:db8::7]:6881"
+    assert notes == ["the hosts' magnet names this machine's addresses 192.0.2.7:6881, [2001:db8::7]:6881 (x.pe; "
+                     "each host uses one it reaches; --listen IP:PORT names only that one)"]
+    assert hosts_magnet(magnet, 6881, SeedOptions(fleet=True, listen="0.0.0.0:6881"), notes.append, found) \
+        == magnet + "&x.pe=192.0.2.7:6881" and asked[-1] == (socket.AF_INET,)
+    asked.clear()
+    assert hosts_magnet(magnet, 6881, SeedOptions(fleet=True, listen="10.0.0.1:6881"), notes.append, found) == magnet
+    assert hosts_magnet(magnet, 6881, SeedOptions(), notes.append, found) == magnet and not asked  # not a fleet
+    notes.clear()
+    assert hosts_magnet(magnet, 6881, SeedOptions(fleet=True), notes.append, lambda families: []) == magnet
+    assert len(notes) == 1 and "no address other than loopback" in notes[0] and "add --listen IP:PORT" in notes[0]
+
+
+def test_reachable_addresses_are_never_loopback_or_link_local() -> None:
+    import ipaddress
+
+    from mdist.sources.interfaces import reachable_addresses
+
+    for text in reachable_addresses():
+        address = ipaddress.ip_address(text)
+        assert not (address.is_loopback or address.is_link_local or address.is_unspecified), text
