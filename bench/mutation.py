@@ -312,6 +312,25 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
         "cannot (its opcodes add known bytes: it compresses): nothing is joined", 'b"XXXX".join('),
     "mdist.convert.checkpoint.xǁCheckpointǁarray__mutmut_51": ("as_strided takes writeable=None as false",
                                                               "writeable=None"),
+    # _check_layout: an entry never starts before `expected` (the one before it ends, with its descriptor, at or
+    # before the next header: checked), so the "overlaps" branch is never taken; what overlaps "runs into" it
+    "mdist.convert.checkpoint.x__check_layout__mutmut_12": (
+        "the 'overlaps' branch is never taken (an entry running into the next is refused first)",
+        "if (member.header_offset < expected) and False else"),
+    "mdist.convert.checkpoint.x__check_layout__mutmut_14": (
+        "the 'overlaps' branch is never taken (an entry running into the next is refused first)",
+        '"XXoverlaps the entry before itXX"'),
+    "mdist.convert.checkpoint.x__check_layout__mutmut_15": (
+        "the 'overlaps' branch is never taken (an entry running into the next is refused first)",
+        '"OVERLAPS THE ENTRY BEFORE IT"'),
+    "mdist.convert.checkpoint.x__descriptor_length__mutmut_3": (
+        "bit 0 (encryption) is refused by _read_central_directory first: flags & 9 is flags & 8 here",
+        "if not member.flags & 9:"),
+    "mdist.convert.checkpoint.x__descriptor_length__mutmut_11": (
+        "without a layout for the length the entry is refused whatever the bytes read (they lie before the next "
+        "entry, inside the file)", "if (layout) or True else"),
+    "mdist.convert.checkpoint.x__descriptor_length__mutmut_18": (
+        "without a layout for the length the entry is refused whatever the bytes", 'if layout else b"XXXX"'),
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",

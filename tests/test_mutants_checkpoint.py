@@ -1237,3 +1237,49 @@ def test_a_single_file_is_not_crc_checked_but_pieces_are(tmp_path) -> None:
         b"".join(checkpoint.iter_bytes(checkpoint.tensors["w"]))
     assert str(caught.value) == ("archive/data/0: CRC-32 differs from the archive's: the pieces of a (+1 pieces) are "
                                  "out of order, or one is damaged")
+
+
+def pieces_of(tmp_path, raw: bytes, cut: int) -> list:
+    (tmp_path / "a").write_bytes(raw[:cut])
+    (tmp_path / "b").write_bytes(raw[cut:])
+    return [tmp_path / "a", tmp_path / "b"]
+
+
+def test_pieces_stream_exactly_the_range_asked_after_the_crc(tmp_path) -> None:
+    """Pieces: a stored storage is read whole once to check its CRC-32, handing out the range asked in chunks,
+    the last one only after the check; later reads of that storage read only their range."""
+    from pickle_payloads import write_archive
+
+    storage = bytes(range(256)) * 4 + bytes(range(40))  # 1064 bytes: 266 floats
+    ranges = ((0, 266), (0, 2), (1, 5), (100, 66), (264, 2), (7, 0))
+    path = write_archive(tmp_path / "m.pth", state_dict(
+        *[(f"t{i}", tensor("0", 266, offset, (length,), (1,))) for i, (offset, length) in enumerate(ranges)]),
+        {"0": storage})
+    raw = path.read_bytes()
+    for chunk in (7, 8, 100, 1064, 1 << 20):
+        for i, (offset, length) in enumerate(ranges):
+            with ck.Checkpoint(pieces_of(tmp_path, raw, 300)) as checkpoint:
+                got = list(checkpoint.iter_bytes(checkpoint.tensors[f"t{i}"], chunk))
+                assert b"".join(got) == storage[offset * 4:(offset + length) * 4], (chunk, offset, length)
+                assert all(got), (chunk, offset, length)  # no empty chunk
+                read = []
+                original = checkpoint._file.pread
+                checkpoint._file.pread = lambda n, at: read.append(n) or original(n, at)
+                again = b"".join(checkpoint.iter_bytes(checkpoint.tensors["t2"], chunk))
+                # checked once (by the first read of any bytes): then only the range is read
+                assert again == storage[4:24] and sum(read) == (20 if length else len(storage))
+    # a wrong CRC: refused before the last chunk of the range is handed out, even when it ends on a chunk's end
+    at = raw.rindex(b"archive/data/0") - 46 + 16  # the central record's CRC...
+    local = raw.index(b"archive/data/0") - 30 + 14  # ...and the local header's
+    bad = bytearray(raw)
+    for where in (at, local):
+        struct.pack_into("<L", bad, where, zlib.crc32(storage) ^ 1)
+    for chunk in (8, 16, 1064):
+        with ck.Checkpoint(pieces_of(tmp_path, bytes(bad), 300)) as checkpoint:
+            got = []
+            with pytest.raises(InputError) as caught:
+                for data in checkpoint.iter_bytes(checkpoint.tensors["t1"], chunk):  # bytes 0..8
+                    got.append(data)
+            assert got == [] and str(caught.value) == (
+                "archive/data/0: CRC-32 differs from the archive's: the pieces of a (+1 pieces) are out of order, or "
+                "one is damaged")
