@@ -323,6 +323,12 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "mdist.convert.checkpoint.x__check_layout__mutmut_15": (
         "the 'overlaps' branch is never taken (an entry running into the next is refused first)",
         '"OVERLAPS THE ENTRY BEFORE IT"'),
+    "mdist.convert.checkpoint.x__check_layout__mutmut_16": (
+        "inside `if member.header_offset != expected`, < and <= agree (and the branch is never taken)",
+        "if member.header_offset <= expected else"),
+    "mdist.convert.checkpoint.x__check_local_header__mutmut_58": (
+        "bit 0 (encryption) is refused by _read_central_directory first, and the local flags equal the central "
+        "ones (checked just before): flags & 9 is flags & 8 here", "not (flags & 9 and local == 0)"),
     "mdist.convert.checkpoint.x__descriptor_length__mutmut_3": (
         "bit 0 (encryption) is refused by _read_central_directory first: flags & 9 is flags & 8 here",
         "if not member.flags & 9:"),
