@@ -957,6 +957,12 @@ def test_end_record_must_end_the_file(tmp_path) -> None:
                     InputError)
     empty = zipfile_bytes({})
     follows = "z.zip: bytes follow the zip end record (a comment or appended data)"
+    # a file over 64 KiB: the whole tail searched, to its last byte; the last signature is the record's
+    big = build_zip([Entry("a/x", b"PK\x05\x06" * 20000)])
+    for cut in (1, 10, 18):
+        zip_refused(tmp_path, big[:-cut], "z.zip is truncated: its zip end record is cut short (download it again)",
+                    InputError)
+    zip_refused(tmp_path, big + b"x", follows)
     for appended in (b"x", b"\0" * 100, b"\0" * 0x10000):  # up to 64 KiB (a zip comment's most) after the record
         zip_refused(tmp_path, raw + appended, follows)
     zip_refused(tmp_path, raw + b"\0" * 0x10001, not_zip, InputError)
