@@ -323,6 +323,17 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "mdist.convert.checkpoint.x__check_layout__mutmut_15": (
         "the 'overlaps' branch is never taken (an entry running into the next is refused first)",
         '"OVERLAPS THE ENTRY BEFORE IT"'),
+    # _read_end_records, when the end record is not at the end: the tail read is at least 22 bytes, so a
+    # signature at its byte 0 never has a cut record; one at len(tail) - 22 would be at the end, already read
+    "mdist.convert.checkpoint.x__read_end_records__mutmut_44": (
+        "found = 0 is never a cut record (the tail is at least 22 bytes): > 0 and >= 0 agree",
+        "if found > 0 and found + _END.size > len(tail)"),
+    "mdist.convert.checkpoint.x__read_end_records__mutmut_45": (
+        "found = 0 is never a cut record (the tail is at least 22 bytes): >= 1 and >= 0 agree",
+        "if found >= 1 and found + _END.size > len(tail)"),
+    "mdist.convert.checkpoint.x__read_end_records__mutmut_47": (
+        "a signature exactly 22 bytes before the end is the end record, read first: never here",
+        "found + _END.size >= len(tail)"),
     "mdist.convert.checkpoint.x__check_layout__mutmut_16": (
         "inside `if member.header_offset != expected`, < and <= agree (and the branch is never taken)",
         "if member.header_offset <= expected else"),
