@@ -220,7 +220,7 @@ class FolderContents:
         --out DIR`, then SRC removed) is a file like any other: only a known release asks more."""
         return name in self.derived.stale and name not in self.derived.orphaned
 
-    def choose(self, purpose: str, note: Callable[[str], None] | None = None) -> Layout:
+    def choose(self, purpose: str, note: Callable[[str], None] | None = None, replacing: str | None = None) -> Layout:
         """The layout `purpose` uses; refuses a known release that holds foreign weights, and a
         config or tokenizer that is a link or special file (never followed)."""
         linked = [name for name in self.others  # where a layout reads (top level), or, in a known
@@ -233,12 +233,15 @@ class FolderContents:
         if doubled:
             raise InputError(f"{self.path} holds both {doubled[0]} and its raw pieces ({self.pieces[doubled[0]][0]} "
                              f"...): mdist will not guess which to read; remove one")
-        foreign = self.foreign_weights()
+        # `replacing`: the layout kind `convert --force` is about to write here; its foreign files
+        # are never read (convert reads the release) and are overwritten
+        foreign = [name for name in self.foreign_weights() if replacing is None or self._kind_of(name) != replacing]
         if foreign:
             raise UnsafeContentError(
                 f"{self.path} looks like {self.release.name} but also holds {foreign[0]}, which is not part "  # type: ignore[union-attr]
-                f"of that release and was not derived by mdist here; refusing to load weights from this folder "
-                f"(remove the file, or run `mdist verify {self.path}`)")
+                f"of that release and was not derived by mdist here (nor by this user: a folder copied from "
+                f"another machine or account); refusing to load weights from this folder "
+                f"({self._remedy(foreign[0])})")
         wanted = PREFERENCE[purpose]
         usable = [layout for kind in wanted for layout in self.layouts if layout.kind == kind and self.usable(layout)]
         if not usable:
@@ -253,6 +256,20 @@ class FolderContents:
             note(f"{self.path} holds several layouts ({kinds}); {purpose} uses {chosen.kind} "
                  f"({', '.join(chosen.weights)})")
         return chosen
+
+    def _kind_of(self, name: str) -> str | None:
+        """The kind of the layout that holds the weight file `name` (None if none does)."""
+        return next((layout.kind for layout in self.layouts if name in layout.weights), None)
+
+    def _remedy(self, name: str) -> str:
+        """What the user can do about a foreign weight file: make it again here from the release
+        where mdist writes that layout, else remove it."""
+        flags = {MISTRAL: "", HF: " --layout hf"}
+        kind = self._kind_of(name)
+        if kind in flags and "/" not in name:
+            return (f"remove it, or make it again from the verified release: "
+                    f"`mdist convert {self.path}{flags[kind]} --force`")
+        return f"remove it; `mdist verify {self.path}` lists what the folder holds"
 
     def choose_containing(self, name: str, purpose: str) -> Layout:
         """The usable layout that holds the weight file `name` (a file named on the command line):

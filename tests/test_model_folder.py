@@ -139,6 +139,36 @@ def test_a_copied_folder_cannot_bring_its_derived_record(tmp_path: Path, private
     assert greedy(release).returncode == 1  # the original folder too, under the new key
 
 
+def test_a_copied_folder_is_made_usable_again_by_convert_force(tmp_path: Path, private_state: Path) -> None:
+    """A folder copied from another machine or account: the refusal names the way on,
+    `convert DIR --force`, which writes the file again from the release (the copied one, here
+    altered, is never read); run then gives the release's own tokens. --force of another layout,
+    or into another folder, does not lift the refusal."""
+    release = copy_fixture(tmp_path)
+    first = greedy(release)
+    assert first.returncode == 0, first.stderr
+    shutil.rmtree(private_state)  # another machine: a new key
+    copied = tmp_path / "copied"
+    shutil.copytree(release, copied)
+    save_file(attacker_weights(tmp_path) | {k: v for k, v in load_file(
+        str(copied / "consolidated.safetensors")).items() if k != "output.weight"},
+        str(copied / "consolidated.safetensors"))
+    refused = greedy(copied)
+    assert refused.returncode == 1 and f"`mdist convert {copied} --force`" in refused.stderr, refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    for args in (("--layout", "hf", "--force"), ("--out", str(tmp_path / "elsewhere"), "--force"), ()):
+        result = run_mdist("convert", str(copied), *args)
+        assert result.returncode == 1 and "holds consolidated.safetensors" in result.stderr, (args, result.stderr)
+    fixed = run_mdist("convert", str(copied), "--force")
+    assert fixed.returncode == 0, fixed.stderr
+    # the same bytes as the conversion made on the first machine: written from the release
+    assert (copied / "consolidated.safetensors").read_bytes() == (release / "consolidated.safetensors").read_bytes()
+    again = greedy(copied)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["token_ids"] == json.loads(first.stdout)["token_ids"]
+    assert statuses(run_mdist("verify", str(copied), "--json"))["consolidated.safetensors"] == "derived"
+
+
 def test_a_copy_made_here_is_converted_again_not_loaded(tmp_path: Path) -> None:
     release = copy_fixture(tmp_path)
     first = greedy(release)

@@ -60,7 +60,7 @@ def convert(
                                 tensors=done.tensors, bytes=done.bytes)
     if layout not in ("mistral", "hf"):
         raise InputError(f"unknown layout {layout!r}: use 'mistral', 'hf' or 'gguf'")
-    with open_input(src) as source:
+    with open_input(src, replacing=layout if force and _in_place(src, out) else None) as source:
         side_dir = source.side_dir
         out = Path(out) if out is not None else side_dir
         if source.kind == MISTRAL and layout == "mistral":
@@ -102,6 +102,13 @@ def convert(
     inputs = weight_files + [side_dir / name for name in _SIDE_FILES if (side_dir / name).is_file()]
     record_derived(out, [p for p in result.files if not _is_same_file(p, side_dir)], inputs)
     return result
+
+
+def _in_place(src: Path, out: Path | None) -> bool:
+    """Whether the output goes into the source's own folder (where --force may replace a foreign
+    file of the output's layout: it is overwritten, never read)."""
+    folder = Path(src) if Path(src).is_dir() else Path(src).parent
+    return out is None or Path(out).resolve() == folder.resolve()
 
 
 def _plain_source(tensor: TensorInput) -> TensorSource:

@@ -64,9 +64,10 @@ def _side_files_are_plain(folder: Path) -> None:
                              f"in a model folder")
 
 
-def find_input(src: Path) -> tuple[str, list[Path], Path]:
+def find_input(src: Path, replacing: str | None = None) -> tuple[str, list[Path], Path]:
     """(kind, weight files, folder of the side files) for a .pth path or a model folder, as
-    mdist.model_folder sees it (a known release holding foreign weights is refused)."""
+    mdist.model_folder sees it (a known release holding foreign weights is refused, except files
+    of the layout kind `replacing`, which `convert --force` is about to overwrite there)."""
     src = Path(src)
     if src.is_file() and src.suffix == ".pth":
         _side_files_are_plain(src.parent)
@@ -76,7 +77,7 @@ def find_input(src: Path) -> tuple[str, list[Path], Path]:
     folder = model_path(src)
     contents = inspect_folder(folder)
     layout: Layout = (contents.choose_containing(src.name, "convert") if src.is_file()
-                      else contents.choose("convert"))
+                      else contents.choose("convert", replacing=replacing))
     if layout.kind == PTH and len(layout.weights) > 1 and layout.joined is None:
         raise InputError(f"{src} holds {len(layout.weights)} checkpoint shards; only single-file checkpoints are supported")
     return layout.kind, [folder / name for name in layout.weights], folder
@@ -95,8 +96,8 @@ def open_checkpoint(paths: list[Path]) -> Checkpoint:
 
 
 @contextlib.contextmanager
-def open_input(src: Path) -> Iterator[ConvertInput]:
-    kind, paths, side_dir = find_input(src)
+def open_input(src: Path, replacing: str | None = None) -> Iterator[ConvertInput]:
+    kind, paths, side_dir = find_input(src, replacing)
     if kind == PTH:
         with open_checkpoint(paths) as checkpoint:
             tensors = {name: _checkpoint_tensor(checkpoint, name, t) for name, t in checkpoint.tensors.items()}
