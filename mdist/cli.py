@@ -53,6 +53,11 @@ class _Group(click.Group):
         except Exception as exc:  # a defect in mdist: one line for the user, the traceback with --debug
             self._fail(ctx, f"internal error ({type(exc).__name__}: {exc}); please report it "
                             f"(`mdist --debug ...` shows where)", 2)
+        except BaseException as exc:  # pyo3's PanicException (a Rust extension panicked) is no Exception
+            if type(exc).__name__ != "PanicException":
+                raise
+            self._fail(ctx, f"internal error (a Rust extension panicked: {str(exc)[:200]}); please report it "
+                            f"(`mdist --debug ...` shows where)", 2)
 
     @staticmethod
     def _fail(ctx: click.Context, message: str, code: int) -> None:

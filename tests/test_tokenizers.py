@@ -440,6 +440,35 @@ def test_run_with_a_hostile_tokenizer_is_one_line_exit_2(tmp_path: Path, convert
     assert name in line and ("not a valid SentencePiece model" in line or "has rank 5, expected 260" in line), line
 
 
+def tekken_of_size(vocab_size: int, pattern: str) -> dict:
+    """A v3 tekken document of `vocab_size` ids (20 special), merges of two bytes, with `pattern`."""
+    document = tiny_tekken(config_pattern=pattern, config_default_vocab_size=vocab_size)
+    pairs = (bytes([a, b]) for a in range(97, 123) for b in range(256))
+    document["vocab"] = document["vocab"][:256] + [
+        {"rank": 256 + i, "token_bytes": base64.b64encode(pair).decode(), "token_str": None}
+        for i, pair in zip(range(vocab_size - 20 - 256), pairs)]
+    return document
+
+
+@pytest.mark.parametrize("pattern", [r"(?:x*)*", r"(?<=h)"])
+@pytest.mark.parametrize("chat", [False, True])
+def test_a_pattern_that_matches_empty_text_is_one_line_not_a_rust_panic(tmp_path: Path, converted, pattern: str,
+                                                                        chat: bool) -> None:
+    """tiktoken panics on an empty piece: pyo3's PanicException is a BaseException, so it went past
+    every handler (a Python traceback and Rust's panic message and backtrace on stderr)."""
+    model = copy_converted(converted, tmp_path / "m")
+    (model / "tokenizer.model").unlink()
+    (model / "tekken.json").write_text(json.dumps(tekken_of_size(2048, pattern)))
+    result = run_mdist("run", str(model), "--prompt", "hi", "--max-tokens", "1", *(["--chat"] if chat else []),
+                       env={"RUST_BACKTRACE": "1"})
+    line = error_line(result)
+    assert "tiktoken failed on this file's pattern (Rust panic" in line and "must not match an empty piece" in line
+    assert "tekken.json" in line or chat, line
+    path = tmp_path / "tekken.json"
+    path.write_text(json.dumps(tekken_of_size(2048, r"\p{L}+|[^\p{L}]")))
+    assert Tokenizer(path).encode("hi there") == [1, *Tokenizer(path).encode("hi there", bos=False)]
+
+
 CORRUPT_SENTENCEPIECE = {  # what a damaged tokenizer.model may hold, and the cause the error names
     "random bytes, the size unchanged": (lambda data: os.urandom(len(data)), "do not parse as one"),
     "cut in half": (lambda data: data[: len(data) // 2], "do not parse as one"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 from pathlib import Path
 from typing import Any
 
@@ -107,9 +108,50 @@ def load_tekkenizer(path: Path) -> Any:
                      "is_control": t["is_control"]} for t in Tekkenizer.DEPRECATED_SPECIAL_TOKENS]
     specials = _checked_specials(specials, n_special, what, version)
     try:
-        return Tekkenizer(vocab=vocab, special_tokens=specials, pattern=pattern, vocab_size=vocab_size,
-                          num_special_tokens=n_special, version=TokenizerVersion(version), name="tekken",
-                          _path=path)
+        tekkenizer = Tekkenizer(vocab=vocab, special_tokens=specials, pattern=pattern, vocab_size=vocab_size,
+                                num_special_tokens=n_special, version=TokenizerVersion(version), name="tekken",
+                                _path=path)
     except (ValueError, AssertionError, KeyError, TypeError) as exc:  # e.g. a regex tiktoken cannot compile
         reason = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"{what} is not a usable tekken tokenizer: {printable(reason, 200)}") from None
+    tekkenizer._model = _PanicAsError(tekkenizer._model)
+    return tekkenizer
+
+
+def is_rust_panic(exc: BaseException) -> bool:
+    """pyo3's PanicException: a Rust panic inside an extension (tiktoken), raised as a BaseException
+    that no `except Exception` catches."""
+    return type(exc).__name__ == "PanicException"
+
+
+class _PanicAsError:
+    """tiktoken's Encoding, whose encode's Rust panics are a ValueError (which mdist.runner.tokenizer
+    turns into one line naming the file) with nothing of them on stderr. tiktoken panics on a piece
+    of text its pattern matched empty (a tekken.json pattern such as `x*` or a lone lookaround;
+    Mistral's patterns consume at least a character per piece); Rust's panic hook writes its
+    message and backtrace on stderr before the exception reaches Python, so fd 2 is pointed at
+    /dev/null for the call (encode is short and runs before any output)."""
+
+    def __init__(self, encoding: Any) -> None:
+        self._encoding = encoding
+
+    def encode(self, text: str, *args: Any, **kwargs: Any) -> Any:
+        saved = os.dup(2)
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 2)
+            os.close(null)
+            try:
+                return self._encoding.encode(text, *args, **kwargs)
+            except BaseException as exc:
+                if not is_rust_panic(exc):
+                    raise
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "no message"
+                raise ValueError(f"tiktoken failed on this file's pattern (Rust panic: {reason[:100]}); "
+                                 f"a pattern must not match an empty piece of text") from None
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._encoding, name)
