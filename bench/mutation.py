@@ -334,6 +334,8 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "mdist.convert.checkpoint.x__read_end_records__mutmut_47": (
         "a signature exactly 22 bytes before the end is the end record, read first: never here",
         "found + _END.size >= len(tail)"),
+    "mdist.convert.checkpoint.x__decode_name__mutmut_7": ("codec names are case-insensitive", 'raw.decode("UTF-8")'),
+    "mdist.convert.checkpoint.x__decode_name__mutmut_12": ("codec names are case-insensitive", 'raw.decode("ASCII")'),
     "mdist.convert.checkpoint.x__check_layout__mutmut_16": (
         "inside `if member.header_offset != expected`, < and <= agree (and the branch is never taken)",
         "if member.header_offset <= expected else"),

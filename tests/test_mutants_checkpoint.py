@@ -871,14 +871,21 @@ def test_zip64_values() -> None:
             ck._zip64_values(bad, [ck._U32, ck._U32], (8, 8))
         assert str(caught.value) == "zip entry needs a zip64 field it does not have"
     assert ck._zip64_values(zip64_extra(7, 9), [ck._U32, ck._U32], (8, 8)) == [7, 9]  # exactly enough
+    for bad in (b"", other):  # a 4-byte value (the disk number) needs the field too
+        with pytest.raises(CheckpointError) as caught:
+            ck._zip64_values(bad, [ck._U16], (4,))
+        assert str(caught.value) == "zip entry needs a zip64 field it does not have"
 
 
 def test_extra_fields() -> None:
     assert ck._extra_fields(b"") == {}
     assert ck._extra_fields(struct.pack("<HH", 7, 0)) == {7: b""}  # a header alone, at the very end
     assert ck._extra_fields(struct.pack("<HH", 1, 3) + b"abc" + struct.pack("<HH", 9, 1) + b"z") == {1: b"abc", 9: b"z"}
+    assert ck._extra_fields(struct.pack("<HH", 0x9901, 1) + b"z") == {0x9901: b"z"}  # unsigned tags and lengths
+    assert ck._extra_fields(struct.pack("<HH", 7, 0x8000) + b"\0" * 0x8000) == {7: b"\0" * 0x8000}
     for bad in (b"\x01", b"\x01\x00\x00", struct.pack("<HH", 1, 0) + b"\x02\x00\x00",  # a header cut short
                 struct.pack("<HH", 1, 4) + b"abc",  # a field past the end
+                struct.pack("<HH", 1, 0x8000) + b"abc", struct.pack("<HH", 1, 0xFFFF) + b"\0" * 0xFFFE,
                 struct.pack("<HH", 1, 1) + b"a" + struct.pack("<HH", 1, 1) + b"b"):  # a tag twice
         with pytest.raises(CheckpointError) as caught:
             ck._extra_fields(bad)
@@ -890,7 +897,7 @@ def test_decode_name() -> None:
     assert ck._decode_name(b"a/b.c", 0x800) == "a/b.c"
     assert ck._decode_name("é/ü".encode(), 0x800) == "é/ü"
     assert ck._decode_name("é/ü".encode(), 0x808) == "é/ü"
-    for raw, flags in (("é".encode(), 0), ("é".encode(), 0x8), (b"a\x00b", 0), (b"a\x00b", 0x800), (b"\xff", 0x800),
+    for raw, flags in (("é".encode(), 0), ("é".encode(), 0x8), ("é".encode(), 0x1), (b"a\x00b", 0), (b"a\x00b", 0x800), (b"\xff", 0x800),
                        (b"\xc3" * 150, 0)):
         with pytest.raises(CheckpointError) as caught:
             ck._decode_name(raw, flags)
