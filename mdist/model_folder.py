@@ -12,7 +12,9 @@ names and sizes), a layout is used only if each of its files is part of the rele
 derived by mdist on this machine (mdist.derived); a weight file that is neither makes every
 command refuse the folder (exit 1), because `verify` cannot vouch for it. Among usable layouts,
 `run` prefers mistral, then hf, then pth (converted once); `digest` and `convert` prefer the
-release's own pth. When more than one layout is present, the choice is said on stderr.
+release's own pth. When more than one layout is present, the choice is said on stderr. A folder
+holding a torrent download that has not finished (resume data, no completion record, pieces
+missing) is refused by all three, with how to resume it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ from mdist.tokenizer_files import TOKENIZER_NAMES, tokenizer_file
 from mdist.verify.manifest import Manifest, identify, load_registry
 
 STATE_DIR = ".mdist"  # mdist's own resume, status and derived-file records; never part of a release
+RESUME_FILE = "resume.fastresume"  # libtorrent's resume data, kept while a torrent download runs
+COMPLETE_FILE = "complete.json"  # written once every piece and file was verified (mdist.sources.torrent_fetch)
+RELEASE_TORRENT = "release.torrent"  # the torrent fetched, so that `mdist seed` rejoins its swarm
+MAX_RESUME_READ = 64 << 20  # resume data beyond this is not read to count pieces
 HF_STATE_DIR = ".cache"  # huggingface_hub's download bookkeeping in a --local-dir (.cache/huggingface)
 
 PTH, MISTRAL, HF = "pth", "mistral", "hf"
@@ -221,8 +227,11 @@ class FolderContents:
         return name in self.derived.stale and name not in self.derived.orphaned
 
     def choose(self, purpose: str, note: Callable[[str], None] | None = None, replacing: str | None = None) -> Layout:
-        """The layout `purpose` uses; refuses a known release that holds foreign weights, and a
-        config or tokenizer that is a link or special file (never followed)."""
+        """The layout `purpose` uses; refuses a known release that holds foreign weights, a config
+        or tokenizer that is a link or special file (never followed), and an unfinished download."""
+        unfinished = unfinished_download(self.path)
+        if unfinished:
+            raise InputError(unfinished)
         linked = [name for name in self.others  # where a layout reads (top level), or, in a known
                   if ("/" not in name or self.release is not None)  # release, any weights-like link
                   and (name in SIDE_NAMES or is_weight_file(name))]
@@ -299,6 +308,40 @@ class FolderContents:
             return f"{self.path} holds no consolidated.00.pth checkpoint (nor Mistral-layout safetensors)"
         return (f"{self.path} holds no model weights: expected params.json with consolidated.safetensors or "
                 f"consolidated.00.pth, or config.json with model.safetensors / {HF_INDEX}")
+
+
+def unfinished_download(directory: Path) -> str | None:
+    """Why the folder's files are not whole yet, when a torrent download into it has not finished
+    (interrupted, or still running): its resume data is there, its completion record is not, and
+    the resume data does not list every piece. Its files then have their full size but holes
+    (sparse), so reading them would give a misleading error (a .pth that is "not a zip archive")."""
+    state = Path(directory) / STATE_DIR
+    if os.path.lexists(state / COMPLETE_FILE) or not (state / RESUME_FILE).is_file():
+        return None
+    pieces = _pieces_received(state / RESUME_FILE)
+    if pieces is not None and pieces[0] == pieces[1]:
+        return None  # every piece is there: only the final check was missed; verify says the rest
+    have = f"{pieces[0]} of {pieces[1]} pieces, {100 * pieces[0] // max(1, pieces[1])} %" if pieces else "its pieces"
+    torrent = state / RELEASE_TORRENT
+    again = f" (or `mdist fetch {torrent} --out {directory}`)" if torrent.is_file() else ""
+    return (f"{directory} holds a torrent download that has not finished ({have} received; no {STATE_DIR}/"
+            f"{COMPLETE_FILE}): its files are not whole yet. Resume it by running the same `mdist fetch` "
+            f"command again{again}; it fetches only what is missing")
+
+
+def _pieces_received(resume: Path) -> tuple[int, int] | None:
+    """(pieces received, pieces in the torrent) from libtorrent's resume data; None if unreadable."""
+    from mdist.sources.bt_session import lt
+
+    try:
+        if resume.stat().st_size > MAX_RESUME_READ:
+            return None
+        params = lt().read_resume_data(resume.read_bytes())
+    except (OSError, RuntimeError):
+        return None
+    have = list(params.have_pieces)
+    total = params.ti.num_pieces() if params.ti is not None else len(have)
+    return (sum(1 for piece in have if piece), total) if total else None
 
 
 def _hf_layout(directory: Path, files: dict[str, int], problems: list[str]) -> Layout | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -13,9 +14,10 @@ import libtorrent as lt
 import pytest
 
 from conftest import FIXTURE, run_mdist
+from mdist.errors import InputError
 from mdist.sources.torrent_meta import create_torrent
 from swarm import (aria2, copy_release, corrupt_every_piece, free_port, http_tracker, machine_key,  # noqa: F401
-                   mdist_seeder, range_http_server, stop, strip_peers, wait_for_port)
+                   mdist_seeder, peer_of, range_http_server, stop, strip_peers, wait_for_port)
 
 RELEASE_FILES = ("consolidated.00.pth", "params.json", "tokenizer.model")
 MANIFEST = json.loads((Path(__file__).resolve().parents[1] / "checksums" / "tiny-mistral.json").read_text())
@@ -142,6 +144,51 @@ def test_resume_after_kill_9_fetches_only_the_missing_part(release: Path, tmp_pa
     assert_same_files(release, out)
     assert 0 < payload["downloaded_bytes"] < 0.75 * total, payload["downloaded_bytes"]
     assert "resuming" in result.stderr
+
+
+def test_run_on_an_interrupted_download_says_it_is_incomplete_and_how_to_resume(release: Path, tmp_path: Path) -> None:
+    """A real transfer killed mid-way leaves full-size sparse files and .mdist/resume.fastresume: run,
+    convert and digest said '... is not a torch.save zip archive'. They say the download has not
+    finished, how far it got and how to resume; the command they give resumes it, then run works."""
+    from mdist.model_folder import inspect_folder
+
+    out = tmp_path / "got"
+    with mdist_seeder(release, "--upload-limit", "1MB") as magnet:
+        proc = subprocess.Popen([sys.executable, "-m", "mdist", "fetch", magnet, "--out", str(out), "--no-dht",
+                                 "--timeout", "60"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        resume = out / ".mdist" / "resume.fastresume"
+        while time.monotonic() < deadline and not _resume_has_some(resume):
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        have = lt.read_resume_data(resume.read_bytes()).have_pieces
+        assert 0 < sum(have) < len(have) and not (out / ".mdist" / "complete.json").exists(), "not caught mid-way"
+        assert (out / "consolidated.00.pth").exists()  # the file is there, with holes
+        for command in (["run", str(out), "--prompt", "hi", "--max-tokens", "1"], ["convert", str(out), "--out",
+                        str(tmp_path / "c")], ["digest", str(out)]):
+            result = run_mdist(*command)
+            assert result.returncode == 2, (command, result.stderr)
+            lines = result.stderr.splitlines()
+            assert len(lines) == 1 and lines[0].startswith(f"mdist: error: {out} holds a torrent download that "
+                                                           f"has not finished ({sum(have)} of "), lines
+            assert "zip" not in lines[0] and "Resume it by running the same `mdist fetch` command again" in lines[0]
+        with pytest.raises(InputError, match="has not finished"):
+            inspect_folder(out).choose("run")
+        hint = re.search(r"`(mdist fetch [^`]+)`\)", lines[0]).group(1)  # the command the error gives
+        resumed, _ = fetch_json(*hint.split()[2:], "--peer", peer_of(magnet), "--no-dht", "--timeout", "60")
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_files(release, out)
+    result = run_mdist("run", str(out), "--prompt", "hi", "--max-tokens", "1")
+    assert result.returncode == 0, result.stderr
+
+
+def _resume_has_some(resume: Path) -> bool:
+    try:
+        pieces = list(lt.read_resume_data(resume.read_bytes()).have_pieces)
+    except (OSError, RuntimeError):
+        return False
+    return 0.1 * len(pieces) <= sum(pieces) < 0.6 * len(pieces)
 
 
 def _resume_has_half(resume: Path) -> bool:

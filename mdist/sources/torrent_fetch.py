@@ -35,11 +35,8 @@ from mdist.sources.bt_session import Endpoint, lt, make_session, parse_endpoint
 from mdist.paths import UnsafePathError, check_component, check_path_set
 from mdist.sources.torrent_meta import (InfoHashes, check_info_dict, folder_mapping, magnet_peers,
                                        release_torrent_bytes, root_name)
+from mdist.model_folder import COMPLETE_FILE, RELEASE_TORRENT, RESUME_FILE  # one definition: the folder rule reads them too
 from mdist.verify.folder import STATE_DIR
-
-RESUME_FILE = "resume.fastresume"
-COMPLETE_FILE = "complete.json"
-RELEASE_TORRENT = "release.torrent"  # the torrent fetched, so that `mdist seed` rejoins its swarm
 SAVE_RESUME_EVERY = 3.0
 MAC_SUFFIX = ".mac"  # beside each state file: the HMACs that say mdist wrote it here
 MAX_MAC_BYTES = 1024
