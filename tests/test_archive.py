@@ -709,6 +709,24 @@ def test_verify_uses_the_recorded_sha256(tmp_path: Path, env: dict) -> None:
         == "mismatch"
 
 
+@pytest.mark.parametrize("files", [{"params.json": 5}, {"params.json": []}, {"params.json": None},
+                                   {"params.json": "x"}, []])
+def test_a_hand_made_extraction_record_counts_for_nothing(tmp_path: Path, env: dict, files) -> None:
+    """The record is parsed before its MAC is checked: an entry that is not an object was an
+    internal error (AttributeError) in verify; any record mdist did not write is ignored."""
+    folder = tmp_path / "m"
+    (folder / ".mdist").mkdir(parents=True)
+    (folder / "params.json").write_text('{"dim": 8}')
+    (folder / ".mdist" / "extracted.json").write_text(json.dumps(
+        {"record": {"archive": "http://x/a.tar", "md5": "0" * 32, "release": None, "files": files}, "mac": "0" * 64}))
+    from mdist.verify.extracted import read_record
+
+    assert read_record(folder) is None
+    result = run_mdist("verify", str(folder), "--json", env=env)
+    assert result.returncode == 1 and "internal error" not in result.stderr, result.stderr
+    assert json.loads(result.stdout)["report"]["manifest"] is None
+
+
 def test_verify_says_what_md5_does_not_prove(tmp_path: Path) -> None:
     folder = tmp_path / "m"
     folder.mkdir()

@@ -62,9 +62,9 @@ def read_record(directory: Path) -> Extracted | None:
         return None
     if not isinstance(document, dict) or not isinstance(document.get("record"), dict):
         return None
-    try:
+    try:  # parsed before the MAC is checked: anything a hand-made record holds means no record
         record = _parse(document["record"])
-    except (TypeError, ValueError, UnsafePathError):
+    except (TypeError, ValueError, AttributeError, KeyError, UnsafePathError):
         return None
     if record is None or not signed_by_us(_payload(record), document.get("mac"), PURPOSE):
         return None
@@ -79,6 +79,8 @@ def _parse(data: dict[str, Any]) -> Extracted | None:
     parsed: dict[str, tuple[int, str]] = {}
     for path, entry in files.items():
         check_relative_path(path, RECORD_FILE)
+        if not isinstance(entry, dict):  # {"params.json": 5} was an internal error in verify
+            return None
         size, sha256 = entry.get("size"), entry.get("sha256")
         if type(size) is not int or size < 0 or not isinstance(sha256, str) or len(sha256) != 64:
             return None
