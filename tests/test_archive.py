@@ -167,6 +167,26 @@ def test_keep_archive_and_a_rerun(tmp_path: Path, env: dict) -> None:
     assert "verified: md5 of tiny.tar matched" in second.stdout
 
 
+def test_files_already_in_out_are_never_replaced_silently(tmp_path: Path, env: dict) -> None:
+    """OUT held a user's file of the same name (other content), an identical file, a link: the first
+    and the last are named as replaced (stderr and --json), the identical one is not."""
+    out = tmp_path / "got"
+    out.mkdir()
+    name, other = sorted(FILES)[0], sorted(FILES)[1]
+    (out / name).write_bytes(b"my own notes")
+    (out / other).write_bytes(FILES[other])
+    third = sorted(FILES)[2]
+    (tmp_path / "elsewhere").write_bytes(FILES[third])
+    (out / third).symlink_to(tmp_path / "elsewhere")
+    with serve(Served({"/tiny.tar": TINY})) as served:
+        result = fetch(served.url + "/tiny.tar", out, "--md5", TINY_MD5, "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["replaced"] == sorted([name, third])
+    assert f"tiny.tar: replaced 2 file(s) of other content already in {out}: '{min(name, third)}'" in result.stderr
+    assert all((out / n).read_bytes() == data and not (out / n).is_symlink() for n, data in FILES.items())
+    assert (tmp_path / "elsewhere").read_bytes() == FILES[third]
+
+
 def interrupt(served: Served, process: subprocess.Popen, signum: int) -> str:
     """Send signum once a few MB went out (the transfer takes 5 s); the process's stderr."""
     try:

@@ -145,10 +145,14 @@ def _fetch_locked(url: str, name: str, out: Path, state: Path, partial: Path, op
     download, actual = _download_checked(url, name, out, partial, size, md5, options.timeout, reporter)
     reporter.message(f"{name}: md5 {'matched' if md5 else 'not checked'}; extracting into {out}")
     try:
-        files = _extract_into(partial, out, state, limits or Limits(total=download.total or MAX_ARCHIVE_BYTES), name)
+        files, replaced = _extract_into(partial, out, state, limits or Limits(total=download.total or MAX_ARCHIVE_BYTES),
+                                        name)
     except UnsafeContentError:  # the archive itself is refused: it goes too
         partial.unlink(missing_ok=True)
         raise
+    if replaced:
+        shown = ", ".join(_short(path) for path in replaced[:5]) + (", …" if len(replaced) > 5 else "")
+        reporter.message(f"{name}: replaced {len(replaced)} file(s) of other content already in {out}: {shown}")
     if md5 is not None:
         write_record(out, Extracted(url, md5, release, files))
     kept = _keep_or_remove(partial, out, name, files, options.keep_archive, reporter)
@@ -157,7 +161,7 @@ def _fetch_locked(url: str, name: str, out: Path, state: Path, partial: Path, op
                     if md5 else f"none: no md5 was given or published for {name}")
     return {"out": str(out), "name": name[:-4], "url": url, "md5": md5, "archive_md5": actual,
             "archive_bytes": download.total, "received_bytes": download.received, "archive": kept,
-            "files": sorted(files), "total_bytes": sum(size for size, _ in files.values()),
+            "files": sorted(files), "replaced": replaced, "total_bytes": sum(size for size, _ in files.values()),
             "manifest": release, "verification": verification}
 
 
@@ -659,34 +663,58 @@ def _copy_member(archive: tarfile.TarFile, info: tarfile.TarInfo, target: Path,
     return digest.hexdigest()
 
 
-def _extract_into(partial: Path, out: Path, state: Path, limits: Limits, name: str) -> dict[str, tuple[int, str]]:
+def _extract_into(partial: Path, out: Path, state: Path, limits: Limits, name: str
+                  ) -> tuple[dict[str, tuple[int, str]], list[str]]:
     """Extract into a fresh folder under .mdist/, then move each file into OUT (never through a link);
-    an error leaves nothing of the archive in OUT. Refusals name the archive `name`."""
+    an error leaves nothing of the archive in OUT. Refusals name the archive `name`. Also the
+    paths of files OUT held with other content, which the archive's replaced."""
     temporary = Path(tempfile.mkdtemp(prefix=EXTRACT_PREFIX, dir=state))
     try:
         files = extract_checked(partial, temporary, limits, name=name)
-        _move_into(temporary, out, files)
+        replaced = _move_into(temporary, out, files)
     except BaseException:
         with contextlib.suppress(OSError):
             shutil.rmtree(temporary)
         raise
     shutil.rmtree(temporary)
-    return files
+    return files, replaced
 
 
-def _move_into(temporary: Path, out: Path, files: dict[str, tuple[int, str]]) -> None:
+def _move_into(temporary: Path, out: Path, files: dict[str, tuple[int, str]]) -> list[str]:
     """Every file to its place in OUT: folders on the way real (a link there is refused, not
-    followed), an existing file replaced by name (a link there is replaced, never written through)."""
+    followed), an existing file replaced by name (a link there is replaced, never written through).
+    The paths where OUT held something else (another size, a link, a special file; a file of the
+    same size is compared byte for byte), so that a replacement is never silent."""
     refuse_links_on_the_way(out, sorted({p.rsplit("/", 1)[0] for p in files if "/" in p}), "the extraction")
+    replaced = []
     for path in sorted(files):
         target = out / path
         real_folders(out, target.parent)
-        with contextlib.suppress(FileNotFoundError):
-            if stat.S_ISDIR(os.lstat(target).st_mode):
-                raise InputError(f"{target} is a folder where the archive has the file {_short(path)}; refused "
-                                 f"(remove it)")
+        try:
+            info = os.lstat(target)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISDIR(info.st_mode):
+            raise InputError(f"{target} is a folder where the archive has the file {_short(path)}; refused "
+                             f"(remove it)")
+        if not (stat.S_ISREG(info.st_mode) and info.st_size == files[path][0] and _same_bytes(target, files[path][1])):
+            replaced.append(path)
     for path in sorted(files):
         os.replace(temporary / path, out / path)
+    return replaced
+
+
+def _same_bytes(path: Path, sha256: str) -> bool:
+    """The regular file at `path` itself (no link followed) has this sha256."""
+    try:
+        fd = open_nofollow(path)
+    except (OSError, UnsafeContentError):
+        return False
+    digest = hashlib.sha256()
+    with os.fdopen(fd, "rb", buffering=0) as handle:
+        while chunk := handle.read(CHUNK * 4):
+            digest.update(chunk)
+    return digest.hexdigest() == sha256
 
 
 def _keep_or_remove(partial: Path, out: Path, name: str, files: dict[str, tuple[int, str]], keep: bool,
