@@ -54,16 +54,35 @@ def _load_key(create: bool) -> bytes | None:
         return None
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = secrets.token_bytes(_KEY_BYTES)
+    # Written whole under a private name, then linked into place: the key file never exists empty
+    # or short (mdist processes started together all read one complete key), and a link never
+    # replaces an existing file or link (the first process's key wins).
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(key)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.link(temporary, path, follow_symlinks=False)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
     except FileExistsError:  # another mdist process made it first
         return _load_key(create=False)
     except OSError as exc:
         raise InputError(f"cannot create mdist's key {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(key)
-        handle.flush()
-        os.fsync(handle.fileno())
+    return key
+
+
+def signing_key() -> bytes:
+    """The key, made on first use; a key file that is not one (damaged, a link) is an error the
+    user can act on, never overwritten (what was signed under it would silently stop counting)."""
+    key = _load_key(create=True)
+    if key is None:
+        raise InputError(f"mdist's key {_key_path()} is not a {_KEY_BYTES}-byte file (damaged, or a link); "
+                         f"remove it to make a new one (files mdist derived under the old key are converted again)")
     return key
 
 
@@ -79,9 +98,7 @@ def sign_bytes(data: bytes, purpose: str) -> str:
     """An HMAC of `data` under this machine's key, for state mdist keeps beside a download (resume
     data, the saved torrent). `purpose` says what the bytes are (and where), so a record made for one
     file or folder does not vouch for another. Raises InputError when the key cannot be created."""
-    key = _load_key(create=True)
-    assert key is not None
-    return _bytes_mac(key, data, purpose)
+    return _bytes_mac(signing_key(), data, purpose)
 
 
 def signed_by_us(data: bytes, mac: object, purpose: str) -> bool:
@@ -196,8 +213,7 @@ def record_derived(directory: Path, outputs: list[Path], sources: list[Path]) ->
     its absolute path.
     """
     directory = Path(directory)
-    key = _load_key(create=True)
-    assert key is not None
+    key = signing_key()
     source_ids: dict[str, list[int]] = {}
     for source in sources:
         source = Path(source)

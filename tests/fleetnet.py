@@ -240,10 +240,12 @@ def wait_for_note(notes: list[str], pattern: str, timeout: float) -> str:
 
 def start_host(fleet: Fleet, node: Node, command: list[str], out: Path, log: Path,
                env: dict | None = None) -> subprocess.Popen:
-    """A host runs `command` (an `mdist fetch ...` argv without the interpreter) with --out OUT."""
+    """A host runs `command` (an `mdist fetch ...` argv without the interpreter) with --out OUT;
+    with --debug, so that a defect leaves its traceback in the host's log."""
+    assert command[0] == "mdist", command
     with open(log, "ab") as handle:
-        return fleet.spawn(node, [sys.executable, "-m", *command, "--out", str(out)], stdout=handle, stderr=handle,
-                           env=env)
+        return fleet.spawn(node, [sys.executable, "-m", "mdist", "--debug", *command[1:], "--out", str(out)],
+                           stdout=handle, stderr=handle, env=env)
 
 
 def wait_complete(outs: list[Path], started: float, timeout: float,

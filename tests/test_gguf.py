@@ -422,6 +422,11 @@ def test_q8_0_kernel_is_ggmls_arithmetic_and_close_to_float(avx2: bool, rows: in
     assert _relative(out, q8_0_reference(blocks, x)) < 1e-5  # the same integers and scales, float32 sums
     # against float weights times float x: activations rounded to 8 bits, <= half a step of amax/127 each
     assert _relative(out, x @ quants.dequantize(blocks, GGMLQuantizationType.Q8_0).T) < 0.015
+    if tokens == 1:  # one token's rows on one core or split across cores: identical bits
+        serial = np.full((1, rows), np.nan, dtype=np.float32)
+        kernel(blocks, x, serial, parallel=False)
+        kernel(blocks, x, out, parallel=True)
+        assert np.array_equal(serial, out)
     # -128, which ggml's quantiser never writes but a GGUF may hold: |w| = 128 must not saturate the
     # 16-bit pair sums (2 * 128 * 127), so the integers stay exact
     blocks.reshape(rows, -1, 34)[:, :, 2:] = np.where(rng.random((rows, cols // 32, 32)) < 0.5, 0x80, 0x7F)

@@ -7,6 +7,8 @@ a derived file, or a symlinked output must never get other weights loaded or wri
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import shutil
@@ -167,6 +169,54 @@ def test_a_copied_folder_is_made_usable_again_by_convert_force(tmp_path: Path, p
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["token_ids"] == json.loads(first.stdout)["token_ids"]
     assert statuses(run_mdist("verify", str(copied), "--json"))["consolidated.safetensors"] == "derived"
+
+
+def _sign_at_once(state: str, barrier, queue) -> None:
+    os.environ["XDG_STATE_HOME"] = state
+    from mdist import derived
+
+    barrier.wait(timeout=30)
+    try:
+        queue.put(("ok", derived.sign_bytes(b"data", "purpose")))
+    except BaseException as exc:  # noqa: BLE001 - reported to the test
+        queue.put(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def test_mdist_processes_started_together_share_one_complete_key(tmp_path: Path) -> None:
+    """Eight processes make the machine key at the same moment (a fleet's hosts on a fresh machine):
+    each signs with the one key that was written, none reads a key file still being written (it
+    was an internal AssertionError: the file existed, empty, between its creation and its write)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    for attempt in range(6):
+        state = str(tmp_path / f"state{attempt}")
+        barrier, queue = context.Barrier(8), context.Queue()
+        procs = [context.Process(target=_sign_at_once, args=(state, barrier, queue)) for _ in range(8)]
+        for proc in procs:
+            proc.start()
+        results = [queue.get(timeout=60) for _ in procs]
+        for proc in procs:
+            proc.join(timeout=60)
+        assert [kind for kind, _ in results] == ["ok"] * 8, results
+        key = (Path(state) / "mdist" / "derived.key").read_bytes()
+        assert len(key) == 32 and os.listdir(Path(state) / "mdist") == ["derived.key"]  # no temporary left
+        expected = hmac.new(key, b"mdist signed bytes\0purpose\0data", hashlib.sha256).hexdigest()
+        assert {mac for _, mac in results} == {expected}
+
+
+def test_a_damaged_machine_key_is_one_line_and_never_replaced(tmp_path: Path, private_state: Path) -> None:
+    key = private_state / "mdist" / "derived.key"
+    key.parent.mkdir(parents=True)
+    key.write_bytes(b"short")
+    release = copy_fixture(tmp_path)
+    result = run_mdist("convert", str(release))
+    assert result.returncode == 2, result.stderr
+    assert not (release / "consolidated.safetensors").exists()  # said before anything is written
+    assert result.stderr.strip() == (f"mdist: error: mdist's key {key} is not a 32-byte file (damaged, or a link); "
+                                     f"remove it to make a new one (files mdist derived under the old key are "
+                                     f"converted again)")
+    assert key.read_bytes() == b"short"
 
 
 def test_a_copy_made_here_is_converted_again_not_loaded(tmp_path: Path) -> None:

@@ -103,6 +103,27 @@ print("ok")
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
 
 
+@pytest.mark.skipif(__import__("mdist.runner.kernels", fromlist=["x"]).bf16_gemv() is None,
+                    reason="numba missing or MDIST_KERNELS=numpy")
+@pytest.mark.parametrize(("rows", "cols", "tokens"), [(257, 4096, 1), (64, 100, 3)])
+def test_bf16_kernel_is_the_float_product_and_the_same_on_one_core_or_all(rows: int, cols: int, tokens: int) -> None:
+    """The kernel against numpy's float64 product of the widened weights; one token's rows computed
+    on one core or split across cores (chosen by the machine's load) give identical bits."""
+    from mdist.runner.kernels import bf16_gemv
+
+    rng = np.random.default_rng(rows)
+    bits = (rng.standard_normal((rows, cols), dtype=np.float32).view(np.uint32) >> 16).astype(np.uint16)
+    x = rng.standard_normal((tokens, cols), dtype=np.float32)
+    widened = (bits.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    out = {}
+    for parallel in (False, True):
+        out[parallel] = np.full((tokens, rows), np.nan, dtype=np.float32)
+        bf16_gemv()(bits, x, out[parallel], parallel=parallel)
+        expected = x.astype(np.float64) @ widened.T
+        assert np.abs(out[parallel] - expected).max() < 1e-5 * np.abs(expected).max()
+    assert np.array_equal(out[False], out[True])
+
+
 def test_fixture_logits_on_300_tokens(fixture_models) -> None:
     mistral, hf = fixture_models
     tokens = np.random.default_rng(3).integers(0, 2048, 300)

@@ -14,7 +14,7 @@ from mdist.atomic import copy_file_atomic, require_free_space, require_output_fo
 from mdist.convert.checkpoint import Checkpoint
 from mdist.convert.safetensors_writer import TensorSource, plan_shards, write_safetensors
 from mdist.convert.sources import SIDE_FILES as _SIDE_FILES, TensorInput, open_input
-from mdist.derived import record_derived
+from mdist.derived import record_derived, signing_key
 from mdist.errors import InputError
 from mdist.layout import heads_for, interleaved_to_half_rows, mistral_to_hf_name
 from mdist.model_folder import MISTRAL
@@ -52,6 +52,7 @@ def convert(
     """Convert a checkpoint. `on_start(total_bytes)` and `on_bytes(n)` report progress."""
     if out is not None:  # said before the input is read
         require_output_folder(Path(out))
+    signing_key()  # the record of what is written needs it: a damaged key is said before any writing
     if layout == "gguf":  # one .gguf file (mdist.convert.gguf_writer)
         from mdist.convert.gguf_writer import convert_gguf
 

@@ -2,13 +2,15 @@
 
 numpy can only multiply float32, so bf16 weights must first be widened, a pass that runs at
 ~4.5 GB/s of bf16 per core. This kernel widens each weight in registers as it multiplies (one
-pass over the stored bytes): one token on one core reads 15-18 GB/s (measured on an 8x7B-shaped
-model), a few tokens split rows across cores. Set MDIST_KERNELS=numpy to disable it.
+pass over the stored bytes): one token on one core reads 10-18 GB/s (measured on an 8x7B-shaped
+model); rows are split across cores for a few tokens, and for one while cores are idle
+(`decode_in_parallel`). Set MDIST_KERNELS=numpy to disable it.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from typing import Callable
 
 import numpy as np
@@ -34,6 +36,30 @@ def bf16_gemv() -> Callable[[np.ndarray, np.ndarray, np.ndarray], None] | None:
     return _kernel
 
 
+_LOAD_CHECK_SECONDS = 1.0
+_load_checked = (-1e9, False)
+
+
+def decode_in_parallel() -> bool:
+    """Whether one token's product splits its rows across cores: only while the machine has a core
+    to spare (1-minute load average, this process's decoding thread included, below cores - 0.5).
+    A parallel call ends in a barrier. On idle cores that costs microseconds and each core adds
+    memory bandwidth; on a machine whose cores are all busy, waiting for the last thread to be
+    scheduled cost ~8 ms per call here (an 8 MB matrix: 7.5 ms in parallel, 0.5 ms on one core),
+    and one core alone reads 10-18 GB/s. Either path computes each row with the same compiled
+    code, so the results are identical (tested); asked at most once a second."""
+    global _load_checked
+    now = time.monotonic()
+    if now - _load_checked[0] > _LOAD_CHECK_SECONDS:
+        cores = os.cpu_count() or 1
+        try:
+            load = os.getloadavg()[0]
+        except OSError:  # no load average on this platform
+            load = float(cores)
+        _load_checked = (now, cores >= 2 and load < cores - 0.5)
+    return _load_checked[1]
+
+
 def _compile() -> Callable[[np.ndarray, np.ndarray, np.ndarray], None]:
     import numba
     from llvmlite import ir
@@ -48,33 +74,28 @@ def _compile() -> Callable[[np.ndarray, np.ndarray, np.ndarray], None]:
 
         return types.float32(types.uint16), codegen
 
-    @numba.njit(parallel=True, fastmath=True, cache=True)
-    def gemv_few(w, x, out):  # pragma: no cover - compiled
-        rows, cols = w.shape
-        for r in numba.prange(rows):
-            for t in range(x.shape[0]):  # the row stays in cache across the few tokens
-                acc = np.float32(0.0)
-                for c in range(cols):
-                    acc += bf16_to_f32(w[r, c]) * x[t, c]
-                out[t, r] = acc
-
-    # One token runs on one core. Decoding is memory-bound and one core reads ~15-18 GB/s of bf16
-    # here, near the machine's bandwidth; a parallel call ends in a barrier, and on a busy machine
-    # waiting for the other core's thread cost ~8 ms per call (an 8 MB matrix: 7.5 ms in parallel,
-    # 0.5 ms on one core). Mixtral-shaped decode went from 3.3 to 6.8 tok/s (docs/benchmarks.md).
     @numba.njit(fastmath=True, cache=True, nogil=True)
-    def gemv_serial(w, x, out):  # pragma: no cover - compiled; the decode step, kept simplest to vectorise
-        rows, cols = w.shape
-        for r in range(rows):
-            acc = np.float32(0.0)
-            for c in range(cols):
-                acc += bf16_to_f32(w[r, c]) * x[c]
-            out[r] = acc
+    def row_dot(w_row, x):  # pragma: no cover - compiled; one row, the same code on every path
+        acc = np.float32(0.0)
+        for c in range(w_row.shape[0]):
+            acc += bf16_to_f32(w_row[c]) * x[c]
+        return acc
 
-    def gemv(w, x, out):
-        if x.shape[0] == 1:
+    @numba.njit(parallel=True, cache=True)
+    def gemv_parallel(w, x, out):  # pragma: no cover - compiled; rows split across cores
+        for r in numba.prange(w.shape[0]):
+            for t in range(x.shape[0]):  # the row stays in cache across the few tokens
+                out[t, r] = row_dot(w[r], x[t])
+
+    @numba.njit(cache=True, nogil=True)
+    def gemv_serial(w, x, out):  # pragma: no cover - compiled
+        for r in range(w.shape[0]):
+            out[r] = row_dot(w[r], x)
+
+    def gemv(w, x, out, parallel: bool | None = None):
+        if x.shape[0] == 1 and not (decode_in_parallel() if parallel is None else parallel):
             gemv_serial(w, x[0], out[0])
         else:
-            gemv_few(w, x, out)
+            gemv_parallel(w, x, out)
 
     return gemv

@@ -10,8 +10,9 @@ in integers. The activations' quantisation moves results by about 0.5 % of a row
 Two block kernels, written in LLVM IR because numba does not vectorise int8 products across
 34-byte blocks: on AVX2 hosts ggml's own sequence (vpsignb, vpmaddubsw, vpmaddwd: 32 products in
 three instructions), elsewhere a portable one (int8 x int16 products summed pairwise, which LLVM
-turns into pmaddwd where it can). Both give the same integers; one token runs on one core, as
-the bf16 kernel does (mdist.runner.kernels).
+turns into pmaddwd where it can). Both give the same integers. One token's rows are split across
+cores only while cores are idle, as for bf16 (mdist.runner.kernels.decode_in_parallel); each row
+is the same compiled code either way.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import os
 from typing import Callable
 
 import numpy as np
+
+from mdist.runner.kernels import decode_in_parallel
 
 Kernel = Callable[[np.ndarray, np.ndarray, np.ndarray], None]
 BLOCK_BYTES, BLOCK_VALUES = 34, 32
@@ -72,32 +75,32 @@ def compile_q8_0(avx2: bool) -> Kernel:
     # Separate functions per variant, so that numba's on-disk cache never serves one for the other.
     if avx2:
         @numba.njit(cache=True, nogil=True)
-        def one_token_avx2(w, xq, xs, out):  # pragma: no cover - compiled
+        def serial_avx2(w, xq, xs, out):  # pragma: no cover - compiled
             for r in range(w.shape[0]):
                 out[r] = row_dot(w[r], xq, xs)
 
         @numba.njit(parallel=True, cache=True)
-        def few_tokens_avx2(w, xq, xs, out):  # pragma: no cover - compiled; rows split across cores
+        def parallel_avx2(w, xq, xs, out):  # pragma: no cover - compiled; rows split across cores
             for r in numba.prange(w.shape[0]):
                 for t in range(xq.shape[0]):  # the row stays in cache across the few tokens
                     out[t, r] = row_dot(w[r], xq[t], xs[t])
 
-        one_token, few_tokens = one_token_avx2, few_tokens_avx2
+        serial, parallel_rows = serial_avx2, parallel_avx2
     else:
         @numba.njit(cache=True, nogil=True)
-        def one_token_portable(w, xq, xs, out):  # pragma: no cover - compiled
+        def serial_portable(w, xq, xs, out):  # pragma: no cover - compiled
             for r in range(w.shape[0]):
                 out[r] = row_dot(w[r], xq, xs)
 
         @numba.njit(parallel=True, cache=True)
-        def few_tokens_portable(w, xq, xs, out):  # pragma: no cover - compiled
+        def parallel_portable(w, xq, xs, out):  # pragma: no cover - compiled
             for r in numba.prange(w.shape[0]):
                 for t in range(xq.shape[0]):
                     out[t, r] = row_dot(w[r], xq[t], xs[t])
 
-        one_token, few_tokens = one_token_portable, few_tokens_portable
+        serial, parallel_rows = serial_portable, parallel_portable
 
-    def gemv(w: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
+    def gemv(w: np.ndarray, x: np.ndarray, out: np.ndarray, parallel: bool | None = None) -> None:
         if not (w.flags.c_contiguous and w.dtype == np.uint8 and w.shape[1] % BLOCK_BYTES == 0
                 and x.shape[1] == w.shape[1] // BLOCK_BYTES * BLOCK_VALUES
                 and out.shape == (x.shape[0], w.shape[0]) and out.dtype == np.float32):
@@ -105,10 +108,10 @@ def compile_q8_0(avx2: bool) -> Kernel:
         xq = np.empty(x.shape, dtype=x_type)
         xs = np.empty((x.shape[0], x.shape[1] // BLOCK_VALUES), dtype=np.float32)
         quantise(np.ascontiguousarray(x, dtype=np.float32), xq, xs)
-        if x.shape[0] == 1:  # decoding: one core (a parallel call's barrier costs more than it saves)
-            one_token(w, xq[0], xs[0], out[0])
+        if x.shape[0] == 1 and not (decode_in_parallel() if parallel is None else parallel):
+            serial(w, xq[0], xs[0], out[0])  # every core busy: a parallel call's barrier costs more
         else:
-            few_tokens(w, xq, xs, out)
+            parallel_rows(w, xq, xs, out)
 
     return gemv
 
