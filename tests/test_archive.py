@@ -237,6 +237,19 @@ def put_partial(out: Path, url: str, data: bytes) -> Path:
     return partial
 
 
+def test_a_partial_of_another_url_or_md5_is_not_left_without_a_word(tmp_path: Path, env: dict) -> None:
+    """An interrupted fetch of the same archive under another md5 (or from another URL) left its
+    partial (up to the archive's size) that no later fetch resumes or removes: it is named."""
+    out = tmp_path / "got"
+    abandoned = put_partial(out, "http://127.0.0.1:1/elsewhere/tiny.tar", TINY[:5000])
+    with serve(Served({"/tiny.tar": TINY})) as served:
+        result = fetch(served.url + "/tiny.tar", out, "--md5", TINY_MD5, env=env)
+    assert result.returncode == 0, result.stderr
+    assert (f"1 partial download(s) of another archive URL or md5 (0.00 GB) remain in {abandoned.parent}"
+            in result.stderr), result.stderr
+    assert abandoned.read_bytes() == TINY[:5000] and model_files(out) == sorted(FILES)
+
+
 @pytest.mark.parametrize("honour_range", [True, False])
 def test_a_complete_partial_or_a_server_ignoring_range(tmp_path: Path, env: dict, honour_range: bool) -> None:
     """Killed after the download but before the extraction: the rerun learns from a 416 that it has

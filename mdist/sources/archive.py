@@ -139,6 +139,11 @@ def _fetch_locked(url: str, name: str, out: Path, state: Path, partial: Path, op
     note = clear_foreign_partial(partial, name)
     if note:
         reporter.message(note)
+    others = _other_partials(partial)
+    if others:
+        reporter.message(f"{len(others)} partial download(s) of another archive URL or md5 ({sum(others) / 1e9:.2f} GB) "
+                         f"remain in {partial.parent}: only the same URL and md5 resume them; remove them if no "
+                         f"longer needed")
     _remove_old_extractions(state)
     if md5 is None:
         reporter.message(f"no md5 is known for {name}: its content cannot be checked (give --md5)")
@@ -223,6 +228,17 @@ def _remove_old_extractions(state: Path) -> None:
                 shutil.rmtree(entry.path)  # removes links inside, never what they lead to
             else:
                 os.unlink(entry.path)
+
+
+def _other_partials(partial: Path) -> list[int]:
+    """Sizes of the partial downloads beside `partial` (another URL or md5: an abandoned fetch into
+    the same OUT, never resumed by this one), so that they do not hold the disk without a word."""
+    try:
+        entries = list(os.scandir(partial.parent))
+    except OSError:
+        return []
+    return [entry.stat(follow_symlinks=False).st_size for entry in entries
+            if entry.name != partial.name and entry.name.endswith(".tar.incomplete") and entry.is_file(follow_symlinks=False)]
 
 
 def _remove_empty(folder: Path) -> None:
