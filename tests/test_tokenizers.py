@@ -583,3 +583,58 @@ def test_a_linked_tokenizer_is_never_followed(tmp_path: Path, shipped, converted
     (model / name).symlink_to(shipped["v3" if name.startswith("tokenizer") else "tekken"])
     result = run_mdist("run", str(model), "--prompt", "hi", "--max-tokens", "1")
     assert f"{name} is a symbolic link or special file" in error_line(result)
+
+
+# --- HF-layout conversion: transformers' tokenizer config per tokenizer version ----------------------
+
+HF_TOKENIZER_CASES = {  # folder's tokenizer files -> the file transformers must read
+    "v1": (["v1"], "tokenizer.model"),
+    "v3": (["v3"], "tokenizer.model.v3"),
+    "v3 beside a bare tokenizer.model": (["v3", "v1"], "tokenizer.model.v3"),  # as the hub's v0.3 repositories
+    "tekken": (["tekken"], "tekken.json"),
+}
+
+
+@pytest.mark.parametrize("case", list(HF_TOKENIZER_CASES))
+def test_hf_conversion_gives_transformers_the_tokenizer_mdist_reads(tmp_path: Path, case: str) -> None:
+    """--layout hf wrote LlamaTokenizer's v1 config (legacy rules, [INST] as text) beside a v3
+    tokenizer, and nothing transformers could load beside tokenizer.model.v3 alone. A v3 or tekken
+    tokenizer now gets a config naming MistralCommonBackend, so transformers reads that very file
+    through mistral-common: its ids, plain and chat, are mistral-common's (and `mdist run`'s)."""
+    from transformers import AutoTokenizer
+
+    versions, expected = HF_TOKENIZER_CASES[case]
+    src = random_mistral(tmp_path / "src", tokenizer=False)
+    for version in versions:
+        shutil.copy(SHIPPED[version][1], src / SHIPPED[version][0])
+    out = tmp_path / "hf"
+    result = run_mdist("convert", str(src), "--layout", "hf", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    config = json.loads((out / "tokenizer_config.json").read_text())
+    if expected == "tokenizer.model":
+        assert config["tokenizer_class"] == "LlamaTokenizer" and config["legacy"] is True
+    else:
+        assert config == {"tokenizer_class": "MistralCommonBackend"}
+        assert not (out / "special_tokens_map.json").exists()
+    source = SHIPPED[[v for v in versions if SHIPPED[v][0] == expected][0]][1]
+    hf = AutoTokenizer.from_pretrained(str(out), local_files_only=True)
+    mine = Tokenizer.of_folder(out)
+    assert mine.path.name == expected
+    text = "Hello [INST] world, café"
+    assert hf.encode(text) == mine.encode(text) == reference(source).instruct_tokenizer.tokenizer.encode(
+        text, bos=True, eos=False)
+    if expected != "tokenizer.model":  # v1's LlamaTokenizer config has no chat template
+        chat = hf.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=True)
+        ids = chat["input_ids"] if hasattr(chat, "keys") else chat
+        assert list(ids) == mine.encode_chat([("user", "hi")]) == reference_ids(source, [("user", "hi")])
+
+
+def test_hf_conversion_of_a_folder_with_two_tokenizers_is_refused_naming_them(tmp_path: Path) -> None:
+    src = random_mistral(tmp_path / "src", tokenizer=False)
+    for version in ("v3", "tekken"):
+        shutil.copy(SHIPPED[version][1], src / SHIPPED[version][0])
+    result = run_mdist("convert", str(src), "--layout", "hf", "--out", str(tmp_path / "hf"))
+    line = error_line(result)
+    assert line == (f"mdist: error: {src}: the folder holds several tokenizers (tokenizer.model.v3, tekken.json); "
+                    f"mdist will not guess which one the model was trained with: keep only the release's own")
+    assert not (tmp_path / "hf").exists()

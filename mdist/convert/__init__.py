@@ -19,13 +19,13 @@ from mdist.errors import InputError
 from mdist.layout import heads_for, interleaved_to_half_rows, mistral_to_hf_name
 from mdist.model_folder import MISTRAL
 from mdist.modelconfig import MistralConfig, read_json
+from mdist.tokenizer_files import SENTENCEPIECE, TOKENIZER_NAMES, tokenizer_file
 
 __all__ = ["convert", "ConversionResult", "Checkpoint"]
 
 DEFAULT_SHARD_BYTES = 5 * 10**9
 MISTRAL_FILE = "consolidated.safetensors"
 HF_INDEX = "model.safetensors.index.json"
-_HF_TOKENIZER_FILES = ["tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"]
 MAX_SIDE_FILE_BYTES = 64 << 20  # a SentencePiece model is ~0.5 MB (Mistral 7B); params.json a few hundred bytes
 
 
@@ -141,12 +141,40 @@ def _hf_source(tensor: TensorInput, config: MistralConfig) -> TensorSource:
 def _extra_targets(layout: str, out: Path, side_dir: Path) -> list[Path]:
     """Every other file the layout writes: all of them are in the overwrite check."""
     if layout == "hf":
-        names = [HF_INDEX, "config.json", "generation_config.json"]
-        if (side_dir / "tokenizer.model").is_file():
-            names += _HF_TOKENIZER_FILES
-        names += [name for name in _OTHER_TOKENIZERS if (side_dir / name).is_file()]
-        return [out / name for name in names]
+        copied, written = _hf_tokenizer_plan(side_dir)
+        return [out / name for name in [HF_INDEX, "config.json", "generation_config.json", *copied, *written]]
     return [out / f for f in _SIDE_FILES if (side_dir / f).is_file()]
+
+
+_V1_TOKENIZER_CONFIG = {
+    "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+    "add_bos_token": True, "add_eos_token": False, "legacy": True, "clean_up_tokenization_spaces": False,
+}
+_V1_SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+# transformers (5.x, with mistral-common installed) reads a tokenizer.model.vN or tekken.json through
+# mistral-common itself with this class: the same ids as `mdist run`, chat template included.
+_MISTRAL_COMMON_CONFIG = {"tokenizer_class": "MistralCommonBackend"}
+
+
+def _hf_tokenizer_plan(side_dir: Path) -> tuple[list[str], dict[str, dict]]:
+    """(tokenizer files copied as they are, JSON files written) for transformers. The folder's
+    tokenizer is chosen by mdist.tokenizer_files' rule (several versioned or tekken ones: refused).
+    A v1 tokenizer.model gets LlamaTokenizer's config. A v3 (any vN) SentencePiece file or
+    tekken.json must not: LlamaTokenizer's v1 rules know none of their control tokens ([INST] would
+    be text, the chat template v1's), so transformers is pointed at MistralCommonBackend, which
+    reads that very file through mistral-common (a bare tokenizer.model beside it is copied too, as
+    the hub's v0.3 repositories hold it; the versioned file is the one read)."""
+    present = [name for name in TOKENIZER_NAMES if (side_dir / name).is_file()]
+    try:
+        chosen = tokenizer_file(present)
+    except InputError as exc:
+        raise InputError(f"{side_dir}: {exc}") from None
+    if chosen is None:
+        return [], {}
+    if chosen == SENTENCEPIECE:
+        return [SENTENCEPIECE], {"tokenizer_config.json": _V1_TOKENIZER_CONFIG,
+                                 "special_tokens_map.json": _V1_SPECIAL_TOKENS}
+    return present, {"tokenizer_config.json": _MISTRAL_COMMON_CONFIG}
 
 
 def _is_same_file(target: Path, side_dir: Path) -> bool:
@@ -154,7 +182,6 @@ def _is_same_file(target: Path, side_dir: Path) -> bool:
     return target.name in _SIDE_FILES and target.parent.resolve() == side_dir.resolve()
 
 
-_OTHER_TOKENIZERS = tuple(name for name in _SIDE_FILES if name not in ("params.json", "tokenizer.model"))
 _TORCH_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
 
 
@@ -191,28 +218,13 @@ def _write_hf_side_files(
     hf_config["torch_dtype"] = _weights_dtype([t for _, tensors in shards for t in tensors])
     dump("config.json", hf_config)
     dump("generation_config.json", {"bos_token_id": 1, "eos_token_id": 2})
-    for name in _OTHER_TOKENIZERS:  # mistral-common's files (v3, tekken): copied as they are
-        if (side_dir / name).is_file() and not _is_same_file(out / name, side_dir):
+    copied, tokenizer_json = _hf_tokenizer_plan(side_dir)
+    for name in copied:
+        if not _is_same_file(out / name, side_dir):
             copy_file_atomic(side_dir / name, out / name, max_bytes=MAX_SIDE_FILE_BYTES)
             written.append(out / name)
-    if (side_dir / "tokenizer.model").is_file():
-        if not _is_same_file(out / "tokenizer.model", side_dir):
-            copy_file_atomic(side_dir / "tokenizer.model", out / "tokenizer.model", max_bytes=MAX_SIDE_FILE_BYTES)
-            written.append(out / "tokenizer.model")
-        dump(
-            "tokenizer_config.json",
-            {
-                "tokenizer_class": "LlamaTokenizer",
-                "bos_token": "<s>",
-                "eos_token": "</s>",
-                "unk_token": "<unk>",
-                "add_bos_token": True,
-                "add_eos_token": False,
-                "legacy": True,
-                "clean_up_tokenization_spaces": False,
-            },
-        )
-        dump("special_tokens_map.json", {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"})
+    for name, payload in tokenizer_json.items():
+        dump(name, payload)
     weight_map = {t.name: path.name for path, tensors in shards for t in tensors}
     dump(HF_INDEX, {"metadata": {"total_size": total}, "weight_map": weight_map})
     return written
