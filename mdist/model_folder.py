@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -321,10 +322,12 @@ def unfinished_download(directory: Path) -> str | None:
     pieces = _pieces_received(state / RESUME_FILE)
     if pieces is not None and pieces[0] == pieces[1]:
         return None  # every piece is there: only the final check was missed; verify says the rest
-    have = f"{pieces[0]} of {pieces[1]} pieces, {100 * pieces[0] // max(1, pieces[1])} %" if pieces else "its pieces"
+    have = (f"{100 * pieces[0] // max(1, pieces[1])} % received: {pieces[0]} of {pieces[1]} pieces" if pieces
+            else "not every piece received")
     torrent = state / RELEASE_TORRENT
-    again = f" (or `mdist fetch {torrent} --out {directory}`)" if torrent.is_file() else ""
-    return (f"{directory} holds a torrent download that has not finished ({have} received; no {STATE_DIR}/"
+    command = shlex.join(["mdist", "fetch", str(torrent), "--out", str(directory)])
+    again = f" (or `{command}`)" if torrent.is_file() else ""
+    return (f"{directory} holds a torrent download that has not finished ({have}; no {STATE_DIR}/"
             f"{COMPLETE_FILE}): its files are not whole yet. Resume it by running the same `mdist fetch` "
             f"command again{again}; it fetches only what is missing")
 
