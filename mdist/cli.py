@@ -430,7 +430,8 @@ def fetch(source: str, out: Path | None, peers: tuple[str, ...], trackers: tuple
 
 @main.command()
 @click.argument("directory", type=click.Path(path_type=Path))
-@click.option("--listen", metavar="IP:PORT", help="Listen address; when explicit, the magnet carries it as x.pe.")
+@click.option("--listen", metavar="IP:PORT", help="Listen address; when explicit, the magnet carries it as x.pe "
+              "(with --fleet and no address, or 0.0.0.0 / ::, each of this machine's reachable addresses).")
 @click.option("--tracker", "trackers", multiple=True, metavar="URL", help="Tracker to announce to (repeatable).")
 @click.option("--web-seed", "web_seeds", multiple=True, metavar="URL", help="Web seed to list in the torrent.")
 @click.option("--torrent-out", type=click.Path(path_type=Path), help="Also write the .torrent file here.")
