@@ -592,7 +592,8 @@ def write_support(support: Path, tests: list[str], fast_only: dict[str, list[str
 
 def resume(work: Path, files: list[str], ref: str | None, tests: list[str] | None = None,
            settings: dict | None = None) -> None:
-    """Take the repository's current tests, and have the survivors tested again with them.
+    """Take the repository's current tests, and have the survivors tested again with them (but those
+    listed in EQUIVALENT, whose fragment still matches: the slow tests that reach them change nothing).
 
     mutmut keeps every other verdict (their functions are unchanged) and runs the tests that are
     new since the stopped run once to learn what they reach.
@@ -612,8 +613,11 @@ def resume(work: Path, files: list[str], ref: str | None, tests: list[str] | Non
         if meta.exists():
             data = json.loads(meta.read_text())
             codes = data["exit_code_by_key"]
-            data["exit_code_by_key"] = {k: None if STATUS.get(v) in ("survived", "no tests") else v
-                                        for k, v in codes.items()}
+            # a survivor listed as equivalent keeps its verdict (no test can kill it; one whose source moved
+            # is tested again); the report checks its fragment again
+            data["exit_code_by_key"] = {k: None if STATUS.get(v) in ("survived", "no tests") and not (
+                k in EQUIVALENT and STATUS.get(v) == "survived" and EQUIVALENT[k][1] in mutant_diff(work, k)) else v
+                for k, v in codes.items()}
             meta.write_text(json.dumps(data, indent=4))
 
 

@@ -1296,3 +1296,34 @@ def test_pieces_stream_exactly_the_range_asked_after_the_crc(tmp_path) -> None:
             assert got == [] and str(caught.value) == (
                 "archive/data/0: CRC-32 differs from the archive's: the pieces of a (+1 pieces) are out of order, or "
                 "one is damaged")
+
+
+def test_strided_views_of_pieces_are_crc_checked_too(tmp_path) -> None:
+    """A view that is not contiguous is read through array(): of pieces, its stored storage is CRC-checked
+    first (once); of one file, never; a deflated storage is checked by inflating it."""
+    from pickle_payloads import write_archive
+
+    storage = struct.pack("<6f", 0, 1, 2, 3, 4, 5)
+    path = write_archive(tmp_path / "m.pth", state_dict(("t", tensor("0", 6, 0, (3, 2), (1, 3))),
+                                                         ("c", tensor("0", 6, 0, (6,), (1,)))), {"0": storage})
+    expected = torch.arange(6, dtype=torch.float32).reshape(2, 3).t().contiguous().numpy().tobytes()
+    raw = bytearray(path.read_bytes())
+    for chunk in (4, 1 << 20):
+        with ck.Checkpoint(pieces_of(tmp_path, bytes(raw), 120)) as checkpoint:
+            assert b"".join(checkpoint.iter_bytes(checkpoint.tensors["t"], chunk)) == expected
+            assert checkpoint._crc_checked == {"archive/data/0"}
+    for where in (raw.rindex(b"archive/data/0") - 46 + 16, raw.index(b"archive/data/0") - 30 + 14):
+        struct.pack_into("<L", raw, where, zlib.crc32(storage) ^ 1)
+    path.write_bytes(bytes(raw))
+    with ck.Checkpoint(path) as checkpoint:  # one file: no CRC check, as torch.load
+        assert b"".join(checkpoint.iter_bytes(checkpoint.tensors["t"])) == expected
+        assert checkpoint._crc_checked == set()
+    with ck.Checkpoint(pieces_of(tmp_path, bytes(raw), 120)) as checkpoint, pytest.raises(InputError) as caught:
+        checkpoint.array(checkpoint.tensors["t"])
+    assert str(caught.value) == ("archive/data/0: CRC-32 differs from the archive's: the pieces of a (+1 pieces) are "
+                                 "out of order, or one is damaged")
+    # deflated: inflating checks the CRC; the stored-entry check is not run on it
+    deflated_path = deflated_archive(tmp_path / "d.pth", deflate(RAW), ranges=((0, 4),))
+    with ck.Checkpoint(pieces_of(tmp_path, deflated_path.read_bytes(), 150)) as checkpoint:
+        assert checkpoint.array(checkpoint.tensors["t0"]).tobytes() == RAW[:4]
+        assert checkpoint._crc_checked == set()
