@@ -141,6 +141,8 @@ def test_fuzzed_header_fields_give_only_mdists_error(tmp_path: Path, count, leng
 
 
 # -- convert --layout gguf ------------------------------------------------------------------------
+import json  # noqa: E402
+import os  # noqa: E402
 import shutil  # noqa: E402
 
 import torch  # noqa: E402
@@ -355,6 +357,27 @@ def test_two_gguf_tensors_of_one_mistral_name_are_refused_by_every_digest(tmp_pa
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("count", [None, 0, 1000, 1])
+def test_stacked_experts_digest_by_the_expert_count_or_are_one_line(tmp_path: Path, count: int | None) -> None:
+    """blk.N.ffn_*_exps.weight without a usable llama.expert_count was an internal error
+    (IndexError) in digest; with one expert it was digested as one 3-D tensor, not as the runner
+    reads it (expert 0, 2-D)."""
+    from mdist.verify.gguf_digest import gguf_digests
+
+    kvs = [_str("general.architecture") + struct.pack("<I", 8) + _str("llama")]
+    kvs += [] if count is None else [_kv_u32("llama.expert_count", count)]
+    info = [_info("blk.0.ffn_gate_exps.weight", [8, 2, 1], 0, 0)]
+    path = _write(tmp_path, make_gguf(kvs, info, np.zeros(16, np.float32).tobytes()))
+    if count == 1:
+        (digest,) = gguf_digests(path)
+        assert (digest.name, digest.shape) == ("layers.0.feed_forward.experts.0.w1.weight", (2, 8))
+        return
+    result = run_mdist("digest", str(path))
+    assert result.returncode == 2 and "stacks experts, but llama.expert_count is missing" in result.stderr, \
+        result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 def test_digest_of_a_gguf_of_another_architecture_is_one_line(tmp_path: Path) -> None:
     data = make_gguf([_str("general.architecture") + struct.pack("<I", 8) + _str("gpt2")], [], b"")
     result = run_mdist("digest", str(_write(tmp_path, data)))
@@ -432,6 +455,74 @@ def test_q8_0_kernel_is_ggmls_arithmetic_and_close_to_float(avx2: bool, rows: in
     blocks.reshape(rows, -1, 34)[:, :, 2:] = np.where(rng.random((rows, cols // 32, 32)) < 0.5, 0x80, 0x7F)
     kernel(blocks, x, out)
     assert _relative(out, q8_0_reference(blocks, x)) < 1e-5
+
+
+def test_a_gguf_alone_runs_with_a_tokenizer_rebuilt_from_its_vocabulary(converted, tmp_path: Path) -> None:
+    """Most GGUFs come without their tokenizer.model: run writes one from the GGUF's own vocabulary
+    (recorded as derived from it) that encodes as the release's own SentencePiece model does, and
+    generates the tokens run gives with the release's tokenizer.model beside the GGUF."""
+    import sentencepiece
+
+    from mdist.runner.gguf_tokenizer import sentencepiece_model
+
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(converted["q8_0"], alone)
+    first = run_mdist("run", str(alone), "--prompt", "ROMEO:", "--max-tokens", "12", "--json")
+    assert first.returncode == 0, first.stderr
+    assert f"wrote tokenizer.model from {converted['q8_0'].name}'s own vocabulary" in first.stderr
+    beside = run_mdist("run", str(converted["q8_0"].parent), "--prompt", "ROMEO:", "--max-tokens", "12", "--json")
+    assert json.loads(first.stdout)["token_ids"] == json.loads(beside.stdout)["token_ids"]
+    assert json.loads(first.stdout)["prompt_token_ids"] == json.loads(beside.stdout)["prompt_token_ids"]
+    verified = run_mdist("verify", str(alone), "--json")
+    statuses = {row["path"]: row["status"] for row in json.loads(verified.stdout)["report"]["files"]}
+    assert statuses["tokenizer.model"] == "derived"
+    again = run_mdist("run", str(alone), "--prompt", "ROMEO:", "--max-tokens", "12", "--json")
+    assert again.returncode == 0 and "wrote tokenizer.model" not in again.stderr
+    rebuilt = sentencepiece.SentencePieceProcessor(model_proto=sentencepiece_model(read_gguf(converted["bf16"])))
+    original = sentencepiece.SentencePieceProcessor(model_file=str(FIXTURE / "tokenizer.model"))
+    texts = ["ROMEO: But soft, what light through yonder window breaks?", "  two  spaces\tand a tab\n\nlines",
+             "digits 1234567890 3.14159", "unicode: ünïcödé, 日本語, 🤖", "", " ", "x" * 300,
+             (FIXTURE / "README.md").read_text()]
+    for text in texts:
+        assert rebuilt.encode(text) == original.encode(text), text[:40]
+        assert rebuilt.decode(original.encode(text)) == original.decode(original.encode(text))
+
+
+def test_a_gguf_alone_in_a_read_only_folder_or_with_another_tokenizer_kind_is_one_line(converted, tmp_path: Path) -> None:
+    from gguf import GGUFWriter
+
+    from mdist.runner.gguf_tokenizer import sentencepiece_model
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    shutil.copy(converted["bf16"], locked)
+    locked.chmod(0o555)
+    try:
+        result = run_mdist("run", str(locked), "--prompt", "ROMEO:", "--max-tokens", "2")
+    finally:
+        locked.chmod(0o755)
+    assert result.returncode == 2 and result.stderr.strip() == (
+        f"mdist: error: {locked} holds no tokenizer.model and cannot be written; copy {converted['bf16'].name} "
+        f"to a folder you can write, where mdist makes one from the GGUF's own vocabulary"), result.stderr
+    assert sorted(os.listdir(locked)) == [converted["bf16"].name]
+    for kind, tokens, message in (("gpt2", ["a", "b"], "holds a 'gpt2' tokenizer, not SentencePiece's"),
+                                  ("llama", ["a", "a", "b"], "its vocabulary is not a SentencePiece model")):
+        writer = GGUFWriter(str(tmp_path / f"{kind}.gguf"), "llama")
+        writer.add_tokenizer_model(kind)
+        writer.add_token_list(tokens)
+        writer.add_token_scores([0.0] * len(tokens))
+        writer.add_token_types([1] * len(tokens))
+        writer.add_bos_token_id(0)
+        writer.add_eos_token_id(1)
+        writer.add_unk_token_id(1)
+        writer.add_tensor("token_embd.weight", np.zeros((len(tokens), 4), dtype=np.float32))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        with pytest.raises(InputError, match=message):
+            sentencepiece_model(read_gguf(tmp_path / f"{kind}.gguf"))
 
 
 def test_run_refuses_a_tokenizer_that_is_not_the_ggufs_vocabulary(converted, tmp_path: Path) -> None:

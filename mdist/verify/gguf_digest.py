@@ -70,7 +70,10 @@ def gguf_digests(path: Path) -> list[TensorDigest]:
         except InputError:
             names = [tensor.name]  # not a Mistral tensor: digested under its own name
         raw = gguf.raw(tensor)
-        if len(names) > 1:
+        if tensor.name.endswith("_exps.weight"):  # stacked experts, one or more (as the runner reads them)
+            if not names:
+                raise InputError(f"{gguf.path.name}: {tensor.name} stacks experts, but llama.expert_count is "
+                                 f"missing or not an integer in 1..256")
             if len(tensor.shape) != 3 or tensor.shape[0] != len(names):
                 raise InputError(f"{gguf.path.name}: {tensor.name} does not stack {len(names)} experts")
             result += [TensorDigest(name, tensor.type_name, tensor.shape[1:], _sha_rows(raw[j]))
