@@ -474,16 +474,16 @@ def test_a_gguf_alone_runs_with_a_tokenizer_rebuilt_from_its_vocabulary(converte
     beside = run_mdist("run", str(converted["q8_0"].parent), "--prompt", "ROMEO:", "--max-tokens", "12", "--json")
     assert json.loads(first.stdout)["token_ids"] == json.loads(beside.stdout)["token_ids"]
     assert json.loads(first.stdout)["prompt_token_ids"] == json.loads(beside.stdout)["prompt_token_ids"]
-    verified = run_mdist("verify", str(alone), "--json")
-    statuses = {row["path"]: row["status"] for row in json.loads(verified.stdout)["report"]["files"]}
-    assert statuses["tokenizer.model"] == "derived"
+    from mdist.derived import derived_state
+
+    assert "tokenizer.model" in derived_state(alone).valid  # recorded as made here from the GGUF
     again = run_mdist("run", str(alone), "--prompt", "ROMEO:", "--max-tokens", "12", "--json")
     assert again.returncode == 0 and "wrote tokenizer.model" not in again.stderr
     rebuilt = sentencepiece.SentencePieceProcessor(model_proto=sentencepiece_model(read_gguf(converted["bf16"])))
     original = sentencepiece.SentencePieceProcessor(model_file=str(FIXTURE / "tokenizer.model"))
     texts = ["ROMEO: But soft, what light through yonder window breaks?", "  two  spaces\tand a tab\n\nlines",
              "digits 1234567890 3.14159", "unicode: ünïcödé, 日本語, 🤖", "", " ", "x" * 300,
-             (FIXTURE / "README.md").read_text()]
+             (Path(__file__).parents[1] / "README.md").read_text()[:20000]]
     for text in texts:
         assert rebuilt.encode(text) == original.encode(text), text[:40]
         assert rebuilt.decode(original.encode(text)) == original.decode(original.encode(text))

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from mdist.errors import InputError
-from mdist.model_folder import MISTRAL, MISTRAL_WEIGHTS, PTH, FolderContents, Layout, inspect_folder, model_path
+from mdist.model_folder import GGUF, MISTRAL, MISTRAL_WEIGHTS, PTH, FolderContents, Layout, inspect_folder, model_path
+from mdist.tokenizer_files import tokenizer_file
 
 
 def _note(text: str) -> None:
@@ -24,6 +25,12 @@ def resolve_model(path: Path) -> tuple[Path, Layout]:
         layout = contents.choose_containing(Path(path).name, "run")
     else:
         layout = contents.choose("run", note=_note)
+    if layout.kind == GGUF and tokenizer_file(os.listdir(contents.path)) is None:
+        from mdist.runner.gguf_tokenizer import write_tokenizer_beside
+
+        made = write_tokenizer_beside(contents.path / layout.weights[0])
+        _note(f"{contents.path} had no tokenizer: wrote {made.name} from {layout.weights[0]}'s own vocabulary")
+        layout = inspect_folder(contents.path).choose_containing(layout.weights[0], "run")
     if layout.kind != PTH:
         return contents.path, layout
     _require_tokenizer(contents.path)

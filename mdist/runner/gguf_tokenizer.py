@@ -1,0 +1,88 @@
+"""A SentencePiece `tokenizer.model` rebuilt from a GGUF's own vocabulary, for a GGUF that comes alone.
+
+Most GGUFs are downloaded without the tokenizer.model they were made with. A GGUF whose tokenizer
+kind is `llama` carries every piece with its score and type (llama.cpp took the types from
+SentencePiece, with the same numbers) and the bos/eos/unknown ids: that is a SentencePiece BPE
+model, apart from settings llama.cpp fixes for this kind, used here as it uses them: identity
+normalisation, a space before the text unless `tokenizer.ggml.add_space_prefix` is false,
+whitespace kept as it is, bytes for unknown characters when BYTE pieces exist, digits merged as the
+vocabulary allows. `mdist run` writes it beside the GGUF, recorded as derived from it, and then
+reads it like any tokenizer.model (checked against the GGUF as always).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from mdist.atomic import write_bytes_atomic
+from mdist.convert.gguf_reader import GGUFFile, read_gguf
+from mdist.derived import record_derived
+from mdist.errors import InputError
+from mdist.runner.chat import quiet
+from mdist.tokenizer_files import SENTENCEPIECE
+
+_SENTENCEPIECE_TYPES = range(1, 7)  # NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE: GGUF's numbers too
+_BYTE = 6
+
+
+def sentencepiece_model(gguf: GGUFFile) -> bytes:
+    """The serialised SentencePiece ModelProto of the GGUF's vocabulary; InputError naming what is
+    missing or malformed (the bytes are also loaded once, so SentencePiece's own checks apply)."""
+    from sentencepiece import SentencePieceProcessor
+    from sentencepiece import sentencepiece_model_pb2 as spm_pb
+
+    meta, name = gguf.metadata, gguf.path.name
+    kind = meta.get("tokenizer.ggml.model")
+    if kind != "llama":
+        raise InputError(f"{name} holds a {kind!r} tokenizer, not SentencePiece's ('llama'); put the model's "
+                         f"tokenizer.model beside it")
+    tokens, scores, types = (meta.get(f"tokenizer.ggml.{key}") for key in ("tokens", "scores", "token_type"))
+    if not (isinstance(tokens, list) and tokens and all(isinstance(t, str) for t in tokens)
+            and all(isinstance(v, np.ndarray) and v.dtype.kind in "iuf" and v.shape == (len(tokens),)
+                    for v in (scores, types))):
+        raise InputError(f"{name}: its vocabulary (tokens, scores, token types of one length) is missing or malformed")
+    if not np.isfinite(scores.astype(np.float64)).all() or not np.isin(types, _SENTENCEPIECE_TYPES).all():
+        raise InputError(f"{name}: token scores must be finite and token types 1-6")
+    ids = {}
+    for key, field in (("bos", "bos_token_id"), ("eos", "eos_token_id"), ("unk", "unknown_token_id")):
+        value = meta.get(f"tokenizer.ggml.{field}")
+        if not isinstance(value, (int, np.integer)) or not 0 <= int(value) < len(tokens):
+            raise InputError(f"{name}: tokenizer.ggml.{field} is missing or not a token id")
+        ids[key] = int(value)
+    add_prefix = meta.get("tokenizer.ggml.add_space_prefix", True)
+    model = spm_pb.ModelProto()
+    for piece, score, kind_number in zip(tokens, scores.tolist(), types.tolist()):
+        entry = model.pieces.add()
+        entry.piece, entry.score, entry.type = piece, float(score), int(kind_number)
+    trainer = model.trainer_spec
+    trainer.model_type = spm_pb.TrainerSpec.BPE
+    trainer.vocab_size = len(tokens)
+    trainer.byte_fallback = bool((types == _BYTE).any())
+    trainer.unk_id, trainer.bos_id, trainer.eos_id, trainer.pad_id = ids["unk"], ids["bos"], ids["eos"], -1
+    normalizer = model.normalizer_spec
+    normalizer.name = "identity"
+    normalizer.add_dummy_prefix = bool(add_prefix)
+    normalizer.remove_extra_whitespaces = False
+    normalizer.escape_whitespaces = True
+    data = model.SerializeToString()
+    try:
+        with quiet():
+            SentencePieceProcessor(model_proto=data)
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise InputError(f"{name}: its vocabulary is not a SentencePiece model ({str(exc)[:200]})") from None
+    return data
+
+
+def write_tokenizer_beside(gguf_path: Path) -> Path:
+    """Write `tokenizer.model` from the GGUF's vocabulary beside it, recorded as derived from it."""
+    folder = gguf_path.parent
+    if not (os.access(folder, os.W_OK) and os.stat(folder).st_mode & 0o222):
+        raise InputError(f"{folder} holds no tokenizer.model and cannot be written; copy {gguf_path.name} to a "
+                         f"folder you can write, where mdist makes one from the GGUF's own vocabulary")
+    target = folder / SENTENCEPIECE
+    write_bytes_atomic(target, sentencepiece_model(read_gguf(gguf_path)), overwrite=False)
+    record_derived(folder, [target], [gguf_path])
+    return target
