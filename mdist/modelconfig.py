@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from mdist.errors import InputError
 from mdist.jsonio import read_json_file
@@ -234,3 +234,49 @@ def _refuse_other_architecture(params: dict[str, Any], where: str) -> None:
 def read_json(path: Path) -> Any:
     """A small JSON file from outside: bounded, regular files only, errors as one line."""
     return read_json_file(Path(path))
+
+
+def check_tensor_shapes(shapes: Mapping[str, tuple[int, ...]], c: MistralConfig) -> None:
+    """The tensors (Mistral names) are exactly what the config describes, each of its shape: what
+    `run` loads and what `convert` writes for transformers or llama.cpp, which would fail later
+    and less clearly on a file that is not."""
+    expected = {
+        "tok_embeddings.weight": (c.vocab_size, c.dim),
+        "norm.weight": (c.dim,),
+        "output.weight": (c.vocab_size, c.dim),
+    }
+    for layer in range(c.n_layers):
+        p = f"layers.{layer}."
+        expected.update({
+            p + "attention.wq.weight": (c.n_heads * c.head_dim, c.dim),
+            p + "attention.wk.weight": (c.n_kv_heads * c.head_dim, c.dim),
+            p + "attention.wv.weight": (c.n_kv_heads * c.head_dim, c.dim),
+            p + "attention.wo.weight": (c.dim, c.n_heads * c.head_dim),
+            p + "attention_norm.weight": (c.dim,),
+            p + "ffn_norm.weight": (c.dim,),
+        })
+        ffn = [p + "feed_forward."]
+        if c.is_moe:
+            expected[p + "feed_forward.gate.weight"] = (c.n_experts, c.dim)
+            ffn = [f"{p}feed_forward.experts.{e}." for e in range(c.n_experts)]
+        for f in ffn:
+            expected.update({f + "w1.weight": (c.hidden_dim, c.dim), f + "w2.weight": (c.dim, c.hidden_dim),
+                             f + "w3.weight": (c.hidden_dim, c.dim)})
+    moe_weights = any(".feed_forward.experts." in name or name.endswith(".feed_forward.gate.weight") for name in shapes)
+    if moe_weights != c.is_moe:
+        raise InputError("the weights are a mixture of experts but the config has no `moe` block (params.json) or "
+                         "num_local_experts (config.json)" if moe_weights else
+                         f"the config says {c.n_experts} experts but the weights have a dense feed-forward")
+    experts = f" (the config says {c.n_experts} experts)" if c.is_moe else ""
+    router = shapes.get("layers.0.feed_forward.gate.weight")
+    if c.is_moe and router is not None and len(router) == 2 and router[0] != c.n_experts:
+        raise InputError(f"the config says {c.n_experts} experts but the weights hold {router[0]} "
+                         f"(layers.0.feed_forward.gate.weight routes to {router[0]})")
+    for name, shape in expected.items():
+        if name not in shapes:
+            raise InputError(f"weights lack tensor {name}{experts}")
+        if tuple(shapes[name]) != shape:
+            raise InputError(f"tensor {name} has shape {tuple(shapes[name])}, config implies {shape}")
+    extra = sorted(set(shapes) - set(expected))
+    if extra:
+        raise InputError(f"weights hold tensors the config does not explain, e.g. {extra[0]}{experts}")

@@ -329,6 +329,14 @@ def test_moe_block_disagreeing_with_the_tensors_is_one_line(tmp_path: Path, chan
     result = run_mdist("run", str(release), "--prompt", "a", "--max-tokens", "1")
     assert result.returncode == 2, result.stderr
     assert error_line(result) == f"mdist: error: {message}"
+    # convert writes for transformers and llama.cpp only what the config describes (it wrote files
+    # neither could load, exit 0): the same line, and nothing written
+    for layout in ("hf", "gguf"):
+        out = tmp_path / f"out-{layout}"
+        converted = run_mdist("convert", str(release), "--layout", layout, "--out", str(out))
+        assert converted.returncode == 2, (layout, converted.stderr)
+        assert error_line(converted) == f"mdist: error: {message}", layout
+        assert not out.exists() or not any(out.iterdir()), layout
 
 
 def test_a_missing_expert_is_named(tmp_path: Path) -> None:

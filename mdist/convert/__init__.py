@@ -18,7 +18,7 @@ from mdist.derived import record_derived, signing_key
 from mdist.errors import InputError
 from mdist.layout import heads_for, interleaved_to_half_rows, mistral_to_hf_name
 from mdist.model_folder import MISTRAL
-from mdist.modelconfig import MistralConfig, read_json
+from mdist.modelconfig import MistralConfig, check_tensor_shapes, read_json
 from mdist.tokenizer_files import SENTENCEPIECE, TOKENIZER_NAMES, tokenizer_file
 
 __all__ = ["convert", "ConversionResult", "Checkpoint"]
@@ -71,6 +71,7 @@ def convert(
             if not (side_dir / "params.json").is_file():
                 raise InputError(f"--layout hf needs params.json next to {source.label}")
             config = MistralConfig.from_params(read_json(side_dir / "params.json"))
+            check_tensor_shapes({name: tuple(t.shape) for name, t in source.tensors.items()}, config)
         if layout == "mistral":
             sources = [_plain_source(t) for t in source.tensors.values()]
             shards = [(out / MISTRAL_FILE, sources)]

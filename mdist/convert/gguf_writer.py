@@ -23,7 +23,7 @@ from mdist.convert.tensor_sources import ModelSource, SourceTensor, open_model
 from mdist.derived import record_derived
 from mdist.errors import InputError
 from mdist.jsonio import read_small_file
-from mdist.modelconfig import MistralConfig
+from mdist.modelconfig import MistralConfig, check_tensor_shapes
 from mdist.tokenizer_files import SENTENCEPIECE, TEKKEN, TOKENIZER_NAMES
 
 MAX_TOKENIZER_BYTES = 64 << 20
@@ -238,6 +238,7 @@ def convert_gguf(src: Path, out: Path | None = None, *, ggml_type: str = "bf16",
         target = out / f"{name}-{wanted}.gguf"
         if target.exists() and not force:
             raise InputError(f"{target} exists; use --force to overwrite")
+        check_tensor_shapes({t.name: tuple(t.shape) for t in source.tensors}, source.config)
         planned = plan(source.tensors, wanted, getattr(source.config, "n_experts", 0))
         total = sum(t.nbytes for t in planned)
         out.mkdir(parents=True, exist_ok=True)

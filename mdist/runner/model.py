@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from mdist.errors import InputError
-from mdist.modelconfig import MistralConfig
+from mdist.modelconfig import MistralConfig, check_tensor_shapes
 from mdist.model_folder import read_config
 from mdist.runner.weights import DEFAULT_F32_BUDGET, WeightStore, load_tensors
 
@@ -113,11 +113,11 @@ class Model:
             from mdist.runner.gguf_weights import load_gguf
 
             config, weights, shapes = load_gguf(directory, layout.weights[0], f32_budget_bytes)
-            _check_shapes({name: np.broadcast_to(np.float32(0), shape) for name, shape in shapes.items()}, config)
+            check_tensor_shapes(shapes, config)
             return cls(config, weights, "interleaved", directory)
         config = read_config(directory, layout)
         tensors = load_tensors(directory, layout)
-        _check_shapes(tensors, config)
+        check_tensor_shapes({name: tuple(array.shape) for name, array in tensors.items()}, config)
         weights = WeightStore(tensors, f32_budget_bytes)
         return cls(config, weights, "half" if layout.kind == "hf" else "interleaved", directory)
 
@@ -234,46 +234,3 @@ def _attention_mask(key_positions: np.ndarray, query_positions: np.ndarray, wind
     if window:
         allowed &= j > i - window
     return np.where(allowed, np.float32(0.0), np.float32(-np.inf)).astype(np.float32)
-
-
-def _check_shapes(tensors: dict[str, np.ndarray], c: MistralConfig) -> None:
-    expected = {
-        "tok_embeddings.weight": (c.vocab_size, c.dim),
-        "norm.weight": (c.dim,),
-        "output.weight": (c.vocab_size, c.dim),
-    }
-    for layer in range(c.n_layers):
-        p = f"layers.{layer}."
-        expected.update({
-            p + "attention.wq.weight": (c.n_heads * c.head_dim, c.dim),
-            p + "attention.wk.weight": (c.n_kv_heads * c.head_dim, c.dim),
-            p + "attention.wv.weight": (c.n_kv_heads * c.head_dim, c.dim),
-            p + "attention.wo.weight": (c.dim, c.n_heads * c.head_dim),
-            p + "attention_norm.weight": (c.dim,),
-            p + "ffn_norm.weight": (c.dim,),
-        })
-        ffn = [p + "feed_forward."]
-        if c.is_moe:
-            expected[p + "feed_forward.gate.weight"] = (c.n_experts, c.dim)
-            ffn = [f"{p}feed_forward.experts.{e}." for e in range(c.n_experts)]
-        for f in ffn:
-            expected.update({f + "w1.weight": (c.hidden_dim, c.dim), f + "w2.weight": (c.dim, c.hidden_dim),
-                             f + "w3.weight": (c.hidden_dim, c.dim)})
-    moe_weights = any(".feed_forward.experts." in name or name.endswith(".feed_forward.gate.weight") for name in tensors)
-    if moe_weights != c.is_moe:
-        raise InputError("the weights are a mixture of experts but the config has no `moe` block (params.json) or "
-                         "num_local_experts (config.json)" if moe_weights else
-                         f"the config says {c.n_experts} experts but the weights have a dense feed-forward")
-    experts = f" (the config says {c.n_experts} experts)" if c.is_moe else ""
-    router = tensors.get("layers.0.feed_forward.gate.weight")
-    if c.is_moe and router is not None and router.ndim == 2 and router.shape[0] != c.n_experts:
-        raise InputError(f"the config says {c.n_experts} experts but the weights hold {router.shape[0]} "
-                         f"(layers.0.feed_forward.gate.weight routes to {router.shape[0]})")
-    for name, shape in expected.items():
-        if name not in tensors:
-            raise InputError(f"weights lack tensor {name}{experts}")
-        if tuple(tensors[name].shape) != shape:
-            raise InputError(f"tensor {name} has shape {tuple(tensors[name].shape)}, config implies {shape}")
-    extra = sorted(set(tensors) - set(expected))
-    if extra:
-        raise InputError(f"weights hold tensors the config does not explain, e.g. {extra[0]}{experts}")
