@@ -126,6 +126,23 @@ def test_a_duplicate_entry_is_refused_where_torch_and_zipfile_disagree(tmp_path:
     assert_refused(path, "two entries named 'consolidated.00/data/0'")
 
 
+@pytest.mark.parametrize("external", [0x10, 0o040755 << 16], ids=["ms-dos", "unix"])
+def test_an_entry_marked_as_a_directory_is_refused(tmp_path: Path, external: int) -> None:
+    """torch's zip reader gives no data for an entry whose attributes say directory (its tensor is
+    then uninitialised memory, different at each load); zipfile reads the stored bytes. Found by
+    the fuzzer below (test_hostile.py), which then failed at random."""
+    path = saved(tmp_path)
+    body, records = split_archive(path.read_bytes())
+    name = b"consolidated.00/data/0"
+    marked = [record[:38] + struct.pack("<L", external) + record[42:] if record[46:46 + len(name)] == name
+              and len(record) >= 46 + len(name) else record for record in records]
+    assert marked != records
+    path.write_bytes(with_records(body, marked))
+    with zipfile.ZipFile(path) as archive:
+        assert struct.unpack("<4f", archive.read(name.decode())) == tuple(ORIGINAL)  # the bytes are there
+    assert_refused(path, "consolidated.00/data/0 is marked as a directory in the zip directory, not a file")
+
+
 def test_names_differing_only_in_case_are_duplicates(tmp_path: Path) -> None:
     """miniz finds names ignoring case: torch can be steered to a DATA/0 entry that zipfile never reads as data/0."""
     entries = entries_of(saved(tmp_path))

@@ -70,6 +70,7 @@ class ZipMember:
     file_size: int
     header_offset: int
     data_start: int = -1
+    folder: bool = False  # marked as a directory (MS-DOS or Unix attribute, or a name ending in "/")
 
 
 class Checkpoint:
@@ -131,6 +132,7 @@ class Checkpoint:
         )
 
     def _read_small(self, member: ZipMember, limit: int) -> bytes:
+        _refuse_folder(member)
         if member.file_size > limit:
             raise CheckpointError(f"{member.name} is larger than allowed ({member.file_size} > {limit} bytes)")
         _check_ratio(member)
@@ -147,6 +149,7 @@ class Checkpoint:
         member = self._members.get(name)
         if member is None:
             raise CheckpointError(f"persistent id points to {name!r}, which is not in the archive")
+        _refuse_folder(member)
         _check_ratio(member)
         if member.file_size != numel * dtype.itemsize:
             raise CheckpointError(
@@ -359,7 +362,7 @@ def _read_central_directory(data: bytes, count: int) -> list[ZipMember]:
         if pos + _CENTRAL.size > len(data):
             raise CheckpointError(f"the central directory is too short for its {count} entries")
         fields = _CENTRAL.unpack_from(data, pos)
-        sig, _, _, flags, method, _, _, crc, csize, usize, name_len, extra_len, comment_len, disk, _, _, offset = fields
+        sig, _, _, flags, method, _, _, crc, csize, usize, name_len, extra_len, comment_len, disk, _, external, offset = fields
         raw_name = data[pos + _CENTRAL.size : pos + _CENTRAL.size + name_len]
         extra = data[pos + _CENTRAL.size + name_len : pos + _CENTRAL.size + name_len + extra_len]
         pos += _CENTRAL.size + name_len + extra_len + comment_len
@@ -377,10 +380,21 @@ def _read_central_directory(data: bytes, count: int) -> list[ZipMember]:
             raise CheckpointError(f"{name[:100]}: unsupported zip flags {flags:#x}, method {method} or disk {disk}")
         if method == _STORED and csize != usize:
             raise CheckpointError(f"{name[:100]}: stored entry sizes disagree")
-        members.append(ZipMember(name, raw_name, flags, method, crc, csize, usize, offset))
+        folder = bool(external & _MSDOS_FOLDER) or (external >> 16) & 0o170000 == 0o040000 or raw_name.endswith(b"/")
+        members.append(ZipMember(name, raw_name, flags, method, crc, csize, usize, offset, folder=folder))
     if pos != len(data):
         raise CheckpointError(f"the central directory holds {len(data) - pos} bytes its {count} entries do not use")
     return members
+
+
+_MSDOS_FOLDER = 0x10
+
+
+def _refuse_folder(member: ZipMember) -> None:
+    """An entry mdist reads must be a file: torch's zip reader gives no data for one marked as a
+    directory (a tensor of uninitialised memory), so the two would read different weights."""
+    if member.folder:
+        raise CheckpointError(f"{member.name[:100]} is marked as a directory in the zip directory, not a file")
 
 
 def _decode_name(raw: bytes, flags: int) -> str:
