@@ -310,7 +310,7 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
         "the small entries (data.pkl, byteorder) are at most 16 MiB, CHUNK_BYTES: stored, one read; deflated, "
         "one inflate step unless the compressed bytes exceed 16 MiB, which a pickle that parses up to there "
         "cannot (its opcodes add known bytes: it compresses): nothing is joined", 'b"XXXX".join('),
-    "mdist.convert.checkpoint.xǁCheckpointǁarray__mutmut_51": ("as_strided takes writeable=None as false",
+    "mdist.convert.checkpoint.xǁCheckpointǁarray__mutmut_46": ("as_strided takes writeable=None as false",
                                                               "writeable=None"),
     # _check_layout: an entry never starts before `expected` (the one before it ends, with its descriptor, at or
     # before the next header: checked), so the "overlaps" branch is never taken; what overlaps "runs into" it
@@ -342,6 +342,12 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "mdist.convert.checkpoint.xǁCheckpointǁ_iter_member__mutmut_26": (
         "unreachable since reads go through JoinedFile: a file cut short while open is its InputError",
         "raise CheckpointError(None)"),
+    "mdist.convert.checkpoint.xǁCheckpointǁ_check_entry_crc__mutmut_13": (
+        "the loop only drives the CRC check: the bytes it hands out (none either way) are discarded",
+        "_checked_stream(member, 1, 0, CHUNK_BYTES)"),
+    "mdist.convert.checkpoint.xǁCheckpointǁ_check_entry_crc__mutmut_14": (
+        "the loop only drives the CRC check: the bytes it hands out (one byte instead of none) are discarded",
+        "_checked_stream(member, 0, 1, CHUNK_BYTES)"),
     "mdist.convert.checkpoint.x__decode_name__mutmut_7": ("codec names are case-insensitive", 'raw.decode("UTF-8")'),
     "mdist.convert.checkpoint.x__decode_name__mutmut_12": ("codec names are case-insensitive", 'raw.decode("ASCII")'),
     "mdist.convert.checkpoint.x__check_layout__mutmut_16": (
