@@ -134,6 +134,7 @@ class DerivedState:
     stale: frozenset[str]  # derived by mdist, but it or a source changed: overwrite, never load
     sources: dict[str, tuple[str, ...]] = field(default_factory=dict)  # valid file -> what it was made from
     orphaned: frozenset[str] = frozenset()  # stale only because sources were deleted: itself and the rest unchanged
+    remakeable: frozenset[str] = frozenset()  # stale, and a file it was made from is still in this folder
 
     def known(self, name: str) -> bool:
         return name in self.valid or name in self.stale
@@ -173,7 +174,7 @@ def derived_state(directory: Path) -> DerivedState:
     key = _load_key(create=False) if records else None
     if key is None:
         return NONE
-    valid, stale, made_from, orphaned = set(), set(), {}, set()
+    valid, stale, made_from, orphaned, remakeable = set(), set(), {}, set(), set()
     for name, record in records.items():
         if not (isinstance(name, str) and isinstance(record, dict) and isinstance(record.get("mac"), str)):
             continue
@@ -192,7 +193,9 @@ def derived_state(directory: Path) -> DerivedState:
             stale.add(name)
             if now == record["identity"] and _only_deleted(directory, recorded_sources):
                 orphaned.add(name)
-    return DerivedState(frozenset(valid), frozenset(stale), made_from, frozenset(orphaned))
+            if any(not os.path.isabs(source) and os.path.lexists(directory / source) for source in recorded_sources):
+                remakeable.add(name)
+    return DerivedState(frozenset(valid), frozenset(stale), made_from, frozenset(orphaned), frozenset(remakeable))
 
 
 def _only_deleted(directory: Path, sources: dict) -> bool:

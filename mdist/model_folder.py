@@ -222,10 +222,17 @@ class FolderContents:
         return self.release is None or all(self.trusted(name) for name in files)
 
     def outdated(self, name: str) -> bool:
-        """A stale derivation that changed, or whose source here changed: never loaded (`run`
-        converts again). One that is stale only because its sources were deleted (`convert SRC
-        --out DIR`, then SRC removed) is a file like any other: only a known release asks more."""
-        return name in self.derived.stale and name not in self.derived.orphaned
+        """A stale derivation that is never loaded (`run` converts again). In a known release: any
+        but those stale only because their sources were deleted, and never a file of the release
+        itself (the manifest vouches for it, not the record). Outside one: only where a file it was
+        made from is still in this folder, so it can be made again here; one copied elsewhere
+        (`cp -r`), or made from files elsewhere that changed or went (`convert SRC --out DIR`), is a
+        file like any other there: nothing vouches for it, as for a folder without records."""
+        if name not in self.derived.stale or self.in_release(name):
+            return False
+        if self.release is None:
+            return name in self.derived.remakeable
+        return name not in self.derived.orphaned
 
     def choose(self, purpose: str, note: Callable[[str], None] | None = None, replacing: str | None = None) -> Layout:
         """The layout `purpose` uses; refuses a known release that holds foreign weights, a config

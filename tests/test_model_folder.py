@@ -219,6 +219,49 @@ def test_a_damaged_machine_key_is_one_line_and_never_replaced(tmp_path: Path, pr
     assert key.read_bytes() == b"short"
 
 
+def test_a_converted_folder_runs_after_a_copy_or_a_touch_of_its_source(tmp_path: Path) -> None:
+    """`convert SRC --out DIR` makes a folder of its own: copied (same user: its records become
+    stale) it still runs, as the same copy does for a user whose key never signed them; a source
+    merely touched does not stop the known release DIR holds (verify says it is whole). It said
+    'config.json was derived by mdist from files that have changed since', exit 2."""
+    release = copy_fixture(tmp_path)
+    first = greedy(release)
+    assert first.returncode == 0, first.stderr
+    for layout in ("mistral", "hf"):
+        out = tmp_path / f"out-{layout}"
+        assert run_mdist("convert", str(release), "--layout", layout, "--out", str(out)).returncode == 0
+        copied = tmp_path / "elsewhere" / out.name
+        shutil.copytree(out, copied)
+        for folder in (copied, out):
+            result = greedy(folder)
+            assert result.returncode == 0, (folder, result.stderr)
+            assert json.loads(result.stdout)["token_ids"] == json.loads(first.stdout)["token_ids"]
+        os.utime(release / "consolidated.00.pth")  # touched: the conversion's record goes stale
+        result = greedy(out)
+        assert result.returncode == 0, (layout, result.stderr)
+        if layout == "hf":  # the tiny-mistral-hf release, whole by its published hashes
+            assert run_mdist("verify", str(out)).returncode == 0
+
+
+def test_an_unknown_folder_converted_in_place_is_converted_again_when_its_source_changes(tmp_path: Path) -> None:
+    """Outside a known release a stale record still matters where its source is in the folder: the
+    weights were replaced, so run converts them again instead of loading the old conversion."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    torch.save({k: v.clone() for k, v in torch.load(FIXTURE / "consolidated.00.pth", weights_only=True).items()},
+               folder / "consolidated.00.pth")  # the test's own file, so torch.load is safe
+    for name in ("params.json", "tokenizer.model"):
+        shutil.copy(FIXTURE / name, folder)
+    first = greedy(folder)
+    assert first.returncode == 0 and "converting" in first.stderr, first.stderr
+    state = torch.load(folder / "consolidated.00.pth", weights_only=True)
+    state["output.weight"] = state["output.weight"].flip(0).contiguous()
+    torch.save(state, folder / "consolidated.00.pth")
+    again = greedy(folder)
+    assert again.returncode == 0 and "converting" in again.stderr, again.stderr
+    assert json.loads(again.stdout)["token_ids"] != json.loads(first.stdout)["token_ids"]
+
+
 def test_a_copy_made_here_is_converted_again_not_loaded(tmp_path: Path) -> None:
     release = copy_fixture(tmp_path)
     first = greedy(release)
@@ -448,8 +491,9 @@ def test_names_equal_but_for_case_are_refused(tmp_path: Path) -> None:
 
 
 def test_a_conversion_whose_source_was_deleted_still_runs(tmp_path: Path) -> None:
-    """`convert SRC --out DIR`, then SRC deleted: DIR's records are stale, but no changed source is
-    left to prefer, so DIR runs like any folder (and verify says nothing vouches for it)."""
+    """`convert SRC --out DIR`, then SRC deleted or edited: DIR's records are stale, but nothing of
+    its sources is in DIR to convert again from, so DIR runs like any folder, on its own files
+    (and verify says nothing vouches for it)."""
     src = tmp_path / "src"
     shutil.copytree(FIXTURE, src)
     out = tmp_path / "out"
@@ -461,8 +505,9 @@ def test_a_conversion_whose_source_was_deleted_still_runs(tmp_path: Path) -> Non
     assert after.returncode == 0, after.stderr
     assert json.loads(after.stdout)["token_ids"] == json.loads(before.stdout)["token_ids"]
     (src / "params.json").write_text((src / "params.json").read_text() + " ")  # an existing source edited
-    edited = run_mdist("run", str(out), "--prompt", "ROMEO:", "--max-tokens", "6")
-    assert edited.returncode == 2 and "derived by mdist from files that have changed since" in edited.stderr
+    edited = run_mdist("run", str(out), "--prompt", "ROMEO:", "--max-tokens", "6", "--json")
+    assert edited.returncode == 0, edited.stderr  # DIR holds its own params.json
+    assert json.loads(edited.stdout)["token_ids"] == json.loads(before.stdout)["token_ids"]
     shutil.rmtree(src)
     gone = run_mdist("run", str(out), "--prompt", "ROMEO:", "--max-tokens", "6", "--json")
     assert gone.returncode == 0, gone.stderr

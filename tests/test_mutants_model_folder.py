@@ -478,7 +478,10 @@ def test_blob_target(tmp_path: Path) -> None:
 
 def contents(files: dict[str, int], *, release: Manifest | None = TINY, valid=(), stale=(), sources=None,
              others=(), layouts_=()) -> mf.FolderContents:
-    state = derived.DerivedState(frozenset(valid), frozenset(stale), dict(sources or {}))
+    """Stale files here were made from a file still in the folder (remakeable), as by run's own
+    conversion; test_outdated_is_stale_but_not_orphaned covers the other kinds."""
+    state = derived.DerivedState(frozenset(valid), frozenset(stale), dict(sources or {}),
+                                 remakeable=frozenset(stale))
     return mf.FolderContents(Path("/m"), dict(files), list(others), list(layouts_), state, release)
 
 
@@ -1146,6 +1149,9 @@ def test_outdated_is_stale_but_not_orphaned() -> None:
     assert not c.outdated("consolidated.safetensors") and c.usable(MISTRAL_LAYOUT)
     assert c.choose("run") == MISTRAL_LAYOUT
     c.derived = derived.DerivedState(frozenset(), frozenset({"consolidated.safetensors"}), {})
+    assert not c.outdated("consolidated.safetensors") and c.usable(MISTRAL_LAYOUT)  # copied here: a file like any
+    c.derived = derived.DerivedState(frozenset(), frozenset({"consolidated.safetensors"}), {},
+                                     remakeable=frozenset({"consolidated.safetensors"}))  # its source is here
     assert c.outdated("consolidated.safetensors") and not c.usable(MISTRAL_LAYOUT)
     assert not c.outdated("params.json")
     c.release = TINY  # a known release asks more: an orphan is neither in it nor derived from it

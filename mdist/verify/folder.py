@@ -218,8 +218,9 @@ def _judge_extra(path: str, manifest: Manifest | None, contents) -> FileResult:
         # ours, but copied or edited since: never loaded, so not failing
         return FileResult(path, STALE, "derived by mdist, but it or its source changed since (a copy, an edit): "
                                        "never loaded; `mdist run` converts again, `mdist convert --force` too")
-    if path in contents.derived.stale:  # its sources are gone: loaded like any file, vouched for by nothing
-        return FileResult(path, UNEXPECTED, "derived by mdist from files that are no longer here: not checked")
+    if path in contents.derived.stale:  # copied, or its sources elsewhere changed or went: a file like any other
+        return FileResult(path, UNEXPECTED, "derived by mdist, then copied here or made from files that have "
+                                            "changed or gone since: not checked")
     if manifest is None:
         return FileResult(path, UNEXPECTED, "no manifest")
     if is_weight_file(path):
