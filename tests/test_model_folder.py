@@ -243,6 +243,21 @@ def test_a_converted_folder_runs_after_a_copy_or_a_touch_of_its_source(tmp_path:
             assert run_mdist("verify", str(out)).returncode == 0
 
 
+@pytest.mark.parametrize("layout", ["mistral", "hf", "gguf"])
+def test_out_inside_the_model_folder_is_refused_before_anything_is_written(tmp_path: Path, layout: str) -> None:
+    """It was accepted, and the release was then refused for holding hf/model-00001-of-00001.safetensors."""
+    release = copy_fixture(tmp_path)
+    before = sorted(os.listdir(release))
+    result = run_mdist("convert", str(release), "--layout", layout, "--out", str(release / "sub"))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (
+        f"mdist: error: --out {release / 'sub'} is inside the model folder {release}: mdist would then refuse that "
+        f"folder for holding files that are not part of it; write into the folder itself (no --out) or into one "
+        f"beside it")
+    assert sorted(os.listdir(release)) == before
+    assert greedy(release).returncode == 0
+
+
 def test_an_unknown_folder_converted_in_place_is_converted_again_when_its_source_changes(tmp_path: Path) -> None:
     """Outside a known release a stale record still matters where its source is in the folder: the
     weights were replaced, so run converts them again instead of loading the old conversion."""

@@ -52,6 +52,7 @@ def convert(
     """Convert a checkpoint. `on_start(total_bytes)` and `on_bytes(n)` report progress."""
     if out is not None:  # said before the input is read
         require_output_folder(Path(out))
+        _refuse_output_inside_source(Path(src), Path(out))
     signing_key()  # the record of what is written needs it: a damaged key is said before any writing
     if layout == "gguf":  # one .gguf file (mdist.convert.gguf_writer)
         from mdist.convert.gguf_writer import convert_gguf
@@ -104,6 +105,17 @@ def convert(
     inputs = weight_files + [side_dir / name for name in _SIDE_FILES if (side_dir / name).is_file()]
     record_derived(out, [p for p in result.files if not _is_same_file(p, side_dir)], inputs)
     return result
+
+
+def _refuse_output_inside_source(src: Path, out: Path) -> None:
+    """--out in a subfolder of the source's folder would put files there that belong to no release
+    (mdist then refuses the release itself for holding them): the folder itself, or one beside it."""
+    folder = (src if src.is_dir() else src.parent).resolve()
+    target = out.resolve()
+    if target != folder and target.is_relative_to(folder):
+        raise InputError(f"--out {out} is inside the model folder {src if src.is_dir() else src.parent}: mdist would "
+                         f"then refuse that folder for holding files that are not part of it; write into the folder "
+                         f"itself (no --out) or into one beside it")
 
 
 def _in_place(src: Path, out: Path | None) -> bool:
