@@ -88,17 +88,18 @@ def emit_json(payload: Any) -> None:
 @click.option("--layout", type=click.Choice(["mistral", "hf", "gguf"]), default="mistral", show_default=True,
               help="mistral: consolidated.safetensors; hf: transformers shards + config.json; gguf: one .gguf "
                    "file for llama.cpp.")
-@click.option("--type", "gguf_type", type=click.Choice(["bf16", "f16", "f32", "q8_0"]), default="bf16",
+@click.option("--type", "gguf_type", type=click.Choice(["bf16", "f16", "f32", "q8_0"], case_sensitive=False), default="bf16",
               show_default=True, help="--layout gguf: the stored type of the weights (norms stay f32).")
 @click.option("--shard-size", default="5GB", show_default=True, help="Maximum shard size for --layout hf.")
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def convert(src: Path, out: Path | None, layout: str, gguf_type: str, shard_size: str, force: bool,
             as_json: bool) -> None:
-    """Convert a raw consolidated.00.pth to safetensors or GGUF, without torch and without running pickle code.
+    """Convert a release's weights to safetensors, an HF layout or GGUF, without torch and without running pickle code.
 
     SRC is a release folder or its .pth; raw pieces (consolidated.00.pth-split0, ...) are read in
-    place, never joined on disk. Mistral-layout safetensors (Mixtral 8x22B) convert to --layout hf.
+    place, never joined on disk. Mistral-layout safetensors (Mixtral 8x22B) convert to --layout hf;
+    --layout gguf reads any layout mdist reads (a .pth, Mistral-layout safetensors, an HF folder).
 
     \b
     Examples:
@@ -169,8 +170,9 @@ def run(model: Path, prompt: str, max_tokens: int, temperature: float, top_p: fl
         chat: bool, safe_prompt: bool, as_json: bool) -> None:
     """Generate text with the built-in numpy Mistral runner (no torch).
 
-    MODEL is a folder with consolidated.safetensors, an HF layout (config.json + the shards its index names)
-    or a raw consolidated.00.pth (converted safely once, then reused).
+    MODEL is a folder with consolidated.safetensors, an HF layout (config.json + the shards its index names),
+    a raw consolidated.00.pth (converted safely once, then reused), or a .gguf file (F32, F16, BF16, Q8_0)
+    or a folder holding one.
 
     \b
     Example:
@@ -283,7 +285,7 @@ def manifest(directory: Path, name: str, title: str | None, out: Path | None) ->
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--per-tensor", is_flag=True, help="List every tensor's digest.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (roots, verdict, per-tensor digests with --per-tensor).")
 def digest(paths: tuple[Path, ...], per_tensor: bool, as_json: bool) -> None:
     """Root digest over every tensor's (name, dtype, shape, bytes), independent of the file format.
 
@@ -480,7 +482,7 @@ def seed(directory: Path, listen: str | None, trackers: tuple[str, ...], web_see
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the releases as one JSON object.")
 def releases(as_json: bool) -> None:
     """List the known releases in checksums/."""
     from mdist.verify.manifest import load_registry
