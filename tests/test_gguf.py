@@ -457,6 +457,14 @@ def test_q8_0_kernel_is_ggmls_arithmetic_and_close_to_float(avx2: bool, rows: in
     assert _relative(out, q8_0_reference(blocks, x)) < 1e-5
 
 
+def test_convert_lists_the_tokenizer_it_writes_beside_the_gguf(tmp_path: Path) -> None:
+    result = run_mdist("convert", str(FIXTURE), "--layout", "gguf", "--type", "Q8_0", "--out", str(tmp_path), "--json")
+    assert result.returncode == 0, result.stderr
+    files = json.loads(result.stdout)["files"]
+    assert files == [str(tmp_path / "tiny-mistral-Q8_0.gguf"), str(tmp_path / "tokenizer.model")]
+    assert (tmp_path / "tokenizer.model").read_bytes() == (FIXTURE / "tokenizer.model").read_bytes()
+
+
 def test_a_gguf_alone_runs_with_a_tokenizer_rebuilt_from_its_vocabulary(converted, tmp_path: Path) -> None:
     """Most GGUFs come without their tokenizer.model: run writes one from the GGUF's own vocabulary
     (recorded as derived from it) that encodes as the release's own SentencePiece model does, and

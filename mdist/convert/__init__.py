@@ -58,7 +58,7 @@ def convert(
         from mdist.convert.gguf_writer import convert_gguf
 
         done = convert_gguf(src, out, ggml_type=gguf_type, force=force, on_start=on_start, on_bytes=on_bytes)
-        return ConversionResult(out=done.path.parent, layout=f"gguf {done.ggml_type}", files=[done.path],
+        return ConversionResult(out=done.path.parent, layout=f"gguf {done.ggml_type}", files=[done.path, *done.side_files],
                                 tensors=done.tensors, bytes=done.bytes)
     if layout not in ("mistral", "hf"):
         raise InputError(f"unknown layout {layout!r}: use 'mistral', 'hf' or 'gguf'")

@@ -50,6 +50,7 @@ class GGUFResult:
     tensors: int
     bytes: int
     ggml_type: str
+    side_files: tuple[Path, ...] = ()  # the tokenizer.model copied beside the GGUF, where it was
 
 
 def plan(tensors: list[SourceTensor], wanted: str, n_experts: int = 0) -> list[Planned]:
@@ -257,4 +258,4 @@ def convert_gguf(src: Path, out: Path | None = None, *, ggml_type: str = "bf16",
             write_bytes_atomic(copied, data)
             outputs.append(copied)
         record_derived(out, outputs, [*source.files, tokenizer])
-    return GGUFResult(target, len(planned), size, wanted)
+    return GGUFResult(target, len(planned), size, wanted, tuple(outputs[1:]))
