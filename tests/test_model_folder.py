@@ -258,6 +258,19 @@ def test_out_inside_the_model_folder_is_refused_before_anything_is_written(tmp_p
     assert greedy(release).returncode == 0
 
 
+def test_verify_of_a_converted_folder_names_the_folder_it_was_made_from(tmp_path: Path) -> None:
+    release = copy_fixture(tmp_path)
+    out = tmp_path / "out"
+    assert run_mdist("convert", str(release), "--out", str(out)).returncode == 0
+    result = run_mdist("verify", str(out), "--manifest", "tiny-mistral", "--json")
+    rows = {row["path"]: row for row in json.loads(result.stdout)["report"]["files"]}
+    assert result.returncode == 1 and rows["consolidated.safetensors"]["status"] == "refused"
+    assert rows["consolidated.safetensors"]["detail"] == (
+        f"written by mdist, but from files in {release.resolve()}, not in this folder "
+        f"(`mdist verify {release.resolve()}` checks those)")
+    assert run_mdist("verify", str(release.resolve())).returncode == 0
+
+
 def test_an_unknown_folder_converted_in_place_is_converted_again_when_its_source_changes(tmp_path: Path) -> None:
     """Outside a known release a stale record still matters where its source is in the folder: the
     weights were replaced, so run converts them again instead of loading the old conversion."""

@@ -349,9 +349,13 @@ def test_derived_files_in_a_release(fixture_copy: Path, tmp_path: Path) -> None:
     assert got["consolidated.safetensors"] == ("derived", "written by mdist here from the release's files "
                                                           "(not re-hashed)")
     assert got["made.json"][0] == "derived"
-    assert got["other.safetensors"] == ("refused", "written by mdist, but from files that are not part of this "
-                                                   "release")
-    assert got["other.json"] == ("unexpected", "written by mdist from files that are not part of this release")
+    elsewhere = f"from files in {tmp_path}, not in this folder (`mdist verify {tmp_path}` checks those)"
+    assert got["other.safetensors"] == ("refused", f"written by mdist, but {elsewhere}")
+    assert got["other.json"] == ("unexpected", f"written by mdist {elsewhere}")
+    both = write(folder / "both.json", b"{}")  # made from a file here that is not the release's, and one elsewhere
+    derived.record_derived(folder, [both], [lone, other])
+    assert {r.path: r.detail for r in vf.verify_folder(folder).files}["both.json"] == (
+        "written by mdist from files that are not part of this release")
     write(lone, b"changed")
     report = vf.verify_folder(folder)
     got = {r.path: (r.status, r.detail) for r in report.files}
@@ -359,7 +363,7 @@ def test_derived_files_in_a_release(fixture_copy: Path, tmp_path: Path) -> None:
                       "`mdist run` converts again, `mdist convert --force` too")
     assert got["other.safetensors"] == got["other.json"] == stale
     assert report.ok  # never loaded, so not failing
-    assert report.counts()["stale"] == 2
+    assert report.counts()["stale"] == 3  # other.safetensors, other.json, both.json
 
 
 def test_derived_files_in_an_unknown_folder(tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -206,14 +208,25 @@ def _judge_blob(result: FileResult, blob: str | None, digests: dict[str, str]) -
     return result
 
 
+def _source_folders(sources: tuple[str, ...]) -> list[str]:
+    """The folders outside this one that a derived file was made from, when it was made from files
+    elsewhere only (absolute source names); empty when one of them is in this folder."""
+    if not sources or not all(os.path.isabs(source) for source in sources):
+        return []
+    return sorted({os.path.dirname(source) for source in sources})
+
+
 def _judge_extra(path: str, manifest: Manifest | None, contents) -> FileResult:
     """A file the manifest does not list: mdist's own derivation, foreign weights, or just extra."""
     if path in contents.derived.valid:
         if contents.release is None or contents.derived_from_release(path):
             return FileResult(path, DERIVED, "written by mdist here from the release's files (not re-hashed)")
+        elsewhere = _source_folders(contents.derived.sources.get(path, ()))
+        origin = (f"from files in {elsewhere[0]}, not in this folder (`mdist verify {elsewhere[0]}` checks those)"
+                  if len(elsewhere) == 1 else "from files that are not part of this release")
         if is_weight_file(path):
-            return FileResult(path, REFUSED, "written by mdist, but from files that are not part of this release")
-        return FileResult(path, UNEXPECTED, "written by mdist from files that are not part of this release")
+            return FileResult(path, REFUSED, f"written by mdist, but {origin}")
+        return FileResult(path, UNEXPECTED, f"written by mdist {origin}")
     if path in contents.derived.stale and (contents.release is not None or contents.outdated(path)):
         # ours, but copied or edited since: never loaded, so not failing
         return FileResult(path, STALE, "derived by mdist, but it or its source changed since (a copy, an edit): "
