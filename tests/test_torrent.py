@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import libtorrent as lt
 import pytest
@@ -131,14 +132,7 @@ def test_resume_after_kill_9_fetches_only_the_missing_part(release: Path, tmp_pa
     total = sum((release / n).stat().st_size for n in RELEASE_FILES)
     out = tmp_path / "got"
     with mdist_seeder(release, "--upload-limit", "1MB") as magnet:
-        proc = subprocess.Popen([sys.executable, "-m", "mdist", "fetch", magnet, "--out", str(out), "--no-dht",
-                                 "--timeout", "60"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        resume = out / ".mdist" / "resume.fastresume"
-        while time.monotonic() < deadline and not _resume_has_half(resume):
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
+        resume = _fetch_killed_when(magnet, out, _resume_has_half)
         assert _resume_has_half(resume), "never reached half way"
         result, payload = fetch_json(magnet, "--out", str(out), "--timeout", "60")
     assert result.returncode == 0, result.stderr
@@ -155,14 +149,7 @@ def test_run_on_an_interrupted_download_says_it_is_incomplete_and_how_to_resume(
 
     out = tmp_path / "got"
     with mdist_seeder(release, "--upload-limit", "1MB") as magnet:
-        proc = subprocess.Popen([sys.executable, "-m", "mdist", "fetch", magnet, "--out", str(out), "--no-dht",
-                                 "--timeout", "60"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        resume = out / ".mdist" / "resume.fastresume"
-        while time.monotonic() < deadline and not _resume_has_some(resume):
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
+        resume = _fetch_killed_when(magnet, out, _resume_has_some)
         state = lt.read_resume_data(resume.read_bytes())
         have, total = sum(state.have_pieces), state.ti.num_pieces()  # the bitfield is padded to whole bytes
         assert 0 < have < total and not (out / ".mdist" / "complete.json").exists(), "not caught mid-way"
@@ -184,6 +171,20 @@ def test_run_on_an_interrupted_download_says_it_is_incomplete_and_how_to_resume(
     assert_same_files(release, out)
     result = run_mdist("run", str(out), "--prompt", "hi", "--max-tokens", "1")
     assert result.returncode == 0, result.stderr
+
+
+def _fetch_killed_when(magnet: str, out: Path, reached: Callable[[Path], bool]) -> Path:
+    """`mdist fetch MAGNET --out OUT`, killed with -9 once its resume data satisfies `reached` (or
+    after 60 s); returns the resume data's path."""
+    proc = subprocess.Popen([sys.executable, "-m", "mdist", "fetch", magnet, "--out", str(out), "--no-dht",
+                             "--timeout", "60"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    resume = out / ".mdist" / "resume.fastresume"
+    while time.monotonic() < deadline and not reached(resume):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    return resume
 
 
 def _resume_has_some(resume: Path) -> bool:
