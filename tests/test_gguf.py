@@ -547,9 +547,9 @@ def test_run_refuses_a_tokenizer_that_is_not_the_ggufs_vocabulary(converted, tmp
     (folder / converted["bf16"].name).write_bytes(bytes(swapped))
     result = run_mdist("run", str(folder), "--prompt", "hi", "--max-tokens", "2")
     assert result.returncode == 1 and "disagree on token 300" in result.stderr, result.stderr
-    (folder / "tokenizer.model").unlink()
+    (folder / "tokenizer.model").unlink()  # alone, the GGUF runs with its own vocabulary, whatever it holds
     result = run_mdist("run", str(folder), "--prompt", "hi", "--max-tokens", "2")
-    assert result.returncode == 2 and "tokenizer.model" in result.stderr
+    assert result.returncode == 0 and "wrote tokenizer.model from" in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize("key", ["tokenizer.ggml.scores", "tokenizer.ggml.token_type"])
