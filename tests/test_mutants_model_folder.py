@@ -1200,3 +1200,80 @@ def test_only_deleted(tmp_path: Path) -> None:
     assert not derived._only_deleted(tmp_path, {"gone": [1], 5: [1]})  # a name that is not text: not ours
     (tmp_path / "sub").mkdir()
     assert derived._only_deleted(tmp_path, {"sub": [1, 2, 3]})  # not a regular file: no identity, as gone
+
+
+# --- an unfinished torrent download, the remedy for a foreign file (after 46a061a) ---------------------------
+
+def resume_data(have: list[bool], pieces: int | None = 3) -> bytes:
+    import libtorrent as lt
+
+    params = lt.add_torrent_params()
+    if pieces is None:
+        params.info_hashes = lt.info_hash_t(lt.sha1_hash(bytes(range(20))))
+    else:
+        info = {b"name": b"a", b"length": 16384 * pieces, b"piece length": 16384, b"pieces": b"\1" * 20 * pieces}
+        params.ti = lt.torrent_info(lt.bencode({b"info": info}))
+    params.have_pieces = have
+    return lt.write_resume_data_buf(params)
+
+
+def test_pieces_received(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    resume = tmp_path / "resume.fastresume"
+    resume.write_bytes(resume_data([True, False, True]))
+    assert mf._pieces_received(resume) == (2, 3)  # the torrent's pieces, not the padded bit field
+    resume.write_bytes(resume_data([True, True, True]))
+    assert mf._pieces_received(resume) == (3, 3)
+    resume.write_bytes(resume_data([True, False, True], pieces=None))  # no torrent in it: the bit field's length
+    assert mf._pieces_received(resume) == (2, 8)
+    resume.write_bytes(resume_data([], pieces=None))
+    assert mf._pieces_received(resume) is None  # nothing to count
+    resume.write_bytes(b"not bencoded")
+    assert mf._pieces_received(resume) is None
+    assert mf._pieces_received(tmp_path / "missing") is None
+    resume.write_bytes(resume_data([True, False, True]))
+    monkeypatch.setattr(mf, "MAX_RESUME_READ", resume.stat().st_size)
+    assert mf._pieces_received(resume) == (2, 3)  # at the limit: read
+    monkeypatch.setattr(mf, "MAX_RESUME_READ", resume.stat().st_size - 1)
+    assert mf._pieces_received(resume) is None
+
+
+def test_unfinished_download(tmp_path: Path) -> None:
+    folder = tmp_path / "my model"
+    state = folder / ".mdist"
+    state.mkdir(parents=True)
+    assert mf.unfinished_download(folder) is None  # no resume data
+    (state / "resume.fastresume").write_bytes(resume_data([True, False, False]))
+    assert mf.unfinished_download(folder) == (
+        f"{folder} holds a torrent download that has not finished (33 % received: 1 of 3 pieces; no .mdist/"
+        "complete.json): its files are not whole yet. Resume it by running the same `mdist fetch` command again; it "
+        "fetches only what is missing")
+    (state / "release.torrent").write_bytes(b"d")
+    assert mf.unfinished_download(folder).endswith(
+        f"again (or `mdist fetch '{state / 'release.torrent'}' --out '{folder}'`); it fetches only what is missing")
+    (state / "resume.fastresume").write_bytes(b"x")
+    assert "(not every piece received; no .mdist/complete.json)" in mf.unfinished_download(folder)
+    (state / "resume.fastresume").write_bytes(resume_data([True, True, True]))
+    assert mf.unfinished_download(folder) is None  # every piece: only the final check was missed
+    (state / "resume.fastresume").write_bytes(resume_data([True, False, False]))
+    (state / "complete.json").write_bytes(b"{}")
+    assert mf.unfinished_download(folder) is None
+    (state / "complete.json").unlink()
+    (state / "complete.json").symlink_to(tmp_path / "nowhere")  # there, even as a dangling link
+    assert mf.unfinished_download(folder) is None
+    (state / "complete.json").unlink()
+    (state / "resume.fastresume").unlink()
+    (state / "resume.fastresume").mkdir()
+    assert mf.unfinished_download(folder) is None
+
+
+def test_the_remedy_for_a_foreign_weight_file() -> None:
+    hf = mf.Layout("hf", "config.json", ("model.safetensors",))
+    nested = mf.Layout("hf", "config.json", ("sub/model.safetensors",))
+    c = contents(TINY_FILES, layouts_=[PTH_LAYOUT, MISTRAL_LAYOUT, hf, nested])
+    assert c._remedy("consolidated.safetensors") == (
+        "remove it, or make it again from the verified release: `mdist convert /m --force`")
+    assert c._remedy("model.safetensors") == (
+        "remove it, or make it again from the verified release: `mdist convert /m --layout hf --force`")
+    for name in ("consolidated.00.pth", "sub/model.safetensors", "evil.bin"):
+        assert c._remedy(name) == "remove it; `mdist verify /m` lists what the folder holds"
+    assert c._kind_of("model.safetensors") == "hf" and c._kind_of("evil.bin") is None
