@@ -106,7 +106,7 @@ def torch_reads(path: Path) -> list[float]:
 
 def assert_refused(path: Path, cause: str, exit_code: int = 1, command: str = "digest") -> str:
     """The real CLI refuses the file, in one line naming the cause, with the expected exit code."""
-    result = run_mdist_capped(command, str(path), *(("--out", str(path.parent / "out")) if command == "convert" else ()))
+    result = run_mdist_capped(command, str(path), *(("--out", str(path.parent.parent / "out")) if command == "convert" else ()))
     lines = result.stderr.strip().splitlines()
     assert result.returncode == exit_code, (result.returncode, result.stderr[-2000:])
     assert len(lines) == 1 and lines[0].startswith("mdist: error:"), result.stderr[-2000:]
@@ -425,7 +425,7 @@ def test_zero_stride_conversion_cannot_fill_the_disk(tmp_path: Path) -> None:
     path = _archive(tmp_path, state_dict(("w", tensor(numel=1, size=(1 << 29,), stride=(0,)))), {"0": bytes(4)})
     assert path.stat().st_size < 1000
     assert_refused(path, "tensor has 536870912 elements but storage '0' has 1", command="convert")
-    assert not (path.parent / "out").exists()
+    assert not (path.parent.parent / "out").exists()
 
 
 @pytest.mark.parametrize("size, stride", [((3, 2), (1, 2)), ((2, 3), (3, 2)), ((4, 4, 1), (2, 1, 0))])
