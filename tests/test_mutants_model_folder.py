@@ -1277,3 +1277,11 @@ def test_the_remedy_for_a_foreign_weight_file() -> None:
     for name in ("consolidated.00.pth", "sub/model.safetensors", "evil.bin"):
         assert c._remedy(name) == "remove it; `mdist verify /m` lists what the folder holds"
     assert c._kind_of("model.safetensors") == "hf" and c._kind_of("evil.bin") is None
+
+
+def test_model_path_of_a_gguf_file_or_a_piece(tmp_path: Path) -> None:
+    for name in ("m.gguf", "consolidated.00.pth-split3", "consolidated.safetensors", "consolidated.00.pth"):
+        assert mf.model_path(sized(tmp_path / "f" / name, 1)) == tmp_path / "f", name
+    with pytest.raises(InputError) as info:
+        mf.model_path(sized(tmp_path / "f" / "m.GGUF", 1))
+    assert str(info.value) == f"{tmp_path / 'f' / 'm.GGUF'} is not a model folder"
