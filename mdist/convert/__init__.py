@@ -107,22 +107,25 @@ def convert(
     return result
 
 
+def _model_folder_of(src: Path) -> Path:
+    """The folder a conversion reads: SRC itself, or the folder of the file SRC names."""
+    return Path(src) if Path(src).is_dir() else Path(src).parent
+
+
 def _refuse_output_inside_source(src: Path, out: Path) -> None:
     """--out in a subfolder of the source's folder would put files there that belong to no release
     (mdist then refuses the release itself for holding them): the folder itself, or one beside it."""
-    folder = (src if src.is_dir() else src.parent).resolve()
-    target = out.resolve()
-    if target != folder and target.is_relative_to(folder):
-        raise InputError(f"--out {out} is inside the model folder {src if src.is_dir() else src.parent}: mdist would "
-                         f"then refuse that folder for holding files that are not part of it; write into the folder "
-                         f"itself (no --out) or into one beside it")
+    folder, target = _model_folder_of(src), out.resolve()
+    if target != folder.resolve() and target.is_relative_to(folder.resolve()):
+        raise InputError(f"--out {out} is inside the model folder {folder}: mdist would then refuse that folder for "
+                         f"holding files that are not part of it; write into the folder itself (no --out) or into "
+                         f"one beside it")
 
 
 def _in_place(src: Path, out: Path | None) -> bool:
     """Whether the output goes into the source's own folder (where --force may replace a foreign
     file of the output's layout: it is overwritten, never read)."""
-    folder = Path(src) if Path(src).is_dir() else Path(src).parent
-    return out is None or Path(out).resolve() == folder.resolve()
+    return out is None or Path(out).resolve() == _model_folder_of(src).resolve()
 
 
 def _plain_source(tensor: TensorInput) -> TensorSource:
