@@ -12,7 +12,6 @@ reads it like any tokenizer.model (checked against the GGUF as always).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -39,10 +38,11 @@ def sentencepiece_model(gguf: GGUFFile) -> bytes:
     if kind != "llama":
         raise InputError(f"{name} holds a {kind!r} tokenizer, not SentencePiece's ('llama'); put the model's "
                          f"tokenizer.model beside it")
-    tokens, scores, types = (meta.get(f"tokenizer.ggml.{key}") for key in ("tokens", "scores", "token_type"))
-    if not (isinstance(tokens, list) and tokens and all(isinstance(t, str) for t in tokens)
-            and all(isinstance(v, np.ndarray) and v.dtype.kind in "iuf" and v.shape == (len(tokens),)
-                    for v in (scores, types))):
+    tokens = meta.get("tokenizer.ggml.tokens")
+    if not (isinstance(tokens, list) and all(isinstance(t, str) for t in tokens)):
+        tokens = []
+    scores, types = (gguf.numbers(f"tokenizer.ggml.{key}", len(tokens)) for key in ("scores", "token_type"))
+    if not tokens or scores is None or types is None:
         raise InputError(f"{name}: its vocabulary (tokens, scores, token types of one length) is missing or malformed")
     if not np.isfinite(scores.astype(np.float64)).all() or not np.isin(types, _SENTENCEPIECE_TYPES).all():
         raise InputError(f"{name}: token scores must be finite and token types 1-6")
@@ -77,11 +77,9 @@ def sentencepiece_model(gguf: GGUFFile) -> bytes:
 
 
 def write_tokenizer_beside(gguf_path: Path) -> Path:
-    """Write `tokenizer.model` from the GGUF's vocabulary beside it, recorded as derived from it."""
+    """Write `tokenizer.model` from the GGUF's vocabulary beside it, recorded as derived from it
+    (the caller has checked that the folder may be written)."""
     folder = gguf_path.parent
-    if not (os.access(folder, os.W_OK) and os.stat(folder).st_mode & 0o222):
-        raise InputError(f"{folder} holds no tokenizer.model and cannot be written; copy {gguf_path.name} to a "
-                         f"folder you can write, where mdist makes one from the GGUF's own vocabulary")
     target = folder / SENTENCEPIECE
     write_bytes_atomic(target, sentencepiece_model(read_gguf(gguf_path)), overwrite=False)
     record_derived(folder, [target], [gguf_path])

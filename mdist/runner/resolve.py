@@ -28,6 +28,10 @@ def resolve_model(path: Path) -> tuple[Path, Layout]:
     if layout.kind == GGUF and tokenizer_file(os.listdir(contents.path)) is None:
         from mdist.runner.gguf_tokenizer import write_tokenizer_beside
 
+        if not _writable(contents.path):
+            raise InputError(f"{contents.path} holds no tokenizer.model and cannot be written; copy "
+                             f"{layout.weights[0]} to a folder you can write, where mdist makes one from the "
+                             f"GGUF's own vocabulary")
         made = write_tokenizer_beside(contents.path / layout.weights[0])
         _note(f"{contents.path} had no tokenizer: wrote {made.name} from {layout.weights[0]}'s own vocabulary")
         layout = inspect_folder(contents.path).choose_containing(layout.weights[0], "run")
