@@ -94,6 +94,14 @@ class GGUFFile:
         flat = self.mapped[tensor.offset : tensor.offset + tensor.nbytes]
         return flat.reshape(*tensor.shape[:-1], tensor.row_bytes)
 
+    def numbers(self, key: str, length: int) -> np.ndarray | None:
+        """The metadata array `key` when it holds `length` numbers (token scores, token types), else
+        None: a string or a list of strings there is the file's error, not an internal one."""
+        value = self.metadata.get(key)
+        if isinstance(value, np.ndarray) and value.dtype.kind in "iuf" and value.shape == (length,):
+            return value
+        return None
+
     def array(self, tensor: GGUFTensor) -> np.ndarray:
         """F32/F16 as floats, BF16 as raw uint16 bits, in C order; other types as raw rows (uint8)."""
         raw = self.raw(tensor)

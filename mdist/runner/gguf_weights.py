@@ -76,9 +76,9 @@ def check_tokenizer(gguf: GGUFFile, tokenizer: Path, vocab_size: int) -> None:
     if not isinstance(theirs, list) or len(theirs) != len(tokens):
         raise VerificationError(f"{gguf.path.name} carries {len(theirs) if isinstance(theirs, list) else 'no'} "
                                 f"tokens; {tokenizer.name} has {len(tokens)}")
-    their_scores, their_types = meta.get("tokenizer.ggml.scores"), meta.get("tokenizer.ggml.token_type")
-    if not all(isinstance(v, np.ndarray) and v.dtype.kind in "iuf" and v.shape == (len(tokens),)
-               for v in (their_scores, their_types)):  # a string there was an internal error
+    their_scores = gguf.numbers("tokenizer.ggml.scores", len(tokens))
+    their_types = gguf.numbers("tokenizer.ggml.token_type", len(tokens))
+    if their_scores is None or their_types is None:
         raise VerificationError(f"{gguf.path.name}: token scores or types missing, not numbers or of another length")
     their_scores, their_types = their_scores.astype(np.float32), their_types.astype(np.int64)
     mine_scores, mine_types = np.asarray(scores, dtype=np.float32), np.asarray(types)
