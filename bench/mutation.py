@@ -102,7 +102,8 @@ MODULES: list[tuple[str, list[str], list[str], dict]] = [
      {"skip_functions": {"mdist/sources/torrent_meta.py": [
          "InfoHashes.of", "magnet_link", "folder_mapping", "_bencode_key", "release_torrent_bytes", "magnet_peers"]}}),
     ("atomic", ["mdist/atomic.py"], ["tests/test_mutants_atomic.py", "tests/test_interrupts.py"], {}),
-    ("safetensors_writer", ["mdist/convert/safetensors_writer.py"], [
+    # the writer, and the kernel copy it hands stored tensors to (shared with the GGUF writer)
+    ("safetensors_writer", ["mdist/convert/safetensors_writer.py", "mdist/convert/kernel_copy.py"], [
         "tests/test_mutants_safetensors_writer.py", "tests/test_documents_hostile.py", "tests/test_convert.py",
         "-k", "not test_documents_hostile or writer or round_trip"], {}),
     # digest.py, and the chunking it shares with conversion (convert/sources.py array_chunks)
@@ -606,6 +607,8 @@ def resume(work: Path, files: list[str], ref: str | None, tests: list[str] | Non
     """
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     (work / "tmp").mkdir(exist_ok=True)
+    if ref:
+        advance(work, ref, settings or {})
     if tests is not None:  # today's plugin and fast-test choice
         write_support(work / "support", tests, (settings or {}).get("fast_tests_only", {}))
     shutil.rmtree(work / "mutants" / ".hypothesis", ignore_errors=True)  # no example replayed from before
@@ -625,6 +628,33 @@ def resume(work: Path, files: list[str], ref: str | None, tests: list[str] | Non
                 k in EQUIVALENT and STATUS.get(v) == "survived" and EQUIVALENT[k][1] in mutant_diff(work, k)) else v
                 for k, v in codes.items()}
             meta.write_text(json.dumps(data, indent=4))
+
+
+def advance(work: Path, ref: str, settings: dict) -> None:
+    """Bring a kept scratch copy made at an older commit to `ref`: its mdist/, tests and data are replaced
+    by ref's (touched, so mutmut makes the mutants again). mutmut keeps the verdict of every function whose
+    source is unchanged (it compares a hash of each function) and tests the mutants of the changed ones
+    afresh, so a long run goes on at the new commit instead of starting over."""
+    head = subprocess.run(["git", "rev-parse", "--short", ref], cwd=REPO, capture_output=True, text=True,
+                          check=True).stdout.strip()
+    source = (work / "SOURCE").read_text() if (work / "SOURCE").exists() else ""
+    if source.startswith(f"commit {head}"):
+        return
+    for name in ("mdist", "tests", "docs", "checksums"):
+        shutil.rmtree(work / name, ignore_errors=True)
+    archive = subprocess.run(["git", "archive", ref, "mdist", "checksums", "tests", "docs", "README.md"],
+                             cwd=REPO, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-m", "-C", str(work)], input=archive, check=True)  # -m: mtime now
+    shutil.copytree(work / "checksums", work / "mdist" / "checksums", dirs_exist_ok=True)
+    # which tests reach which function is learnt again (a changed or new function must not be "no tests")
+    (work / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
+    for key in ("skip_functions", "keep_functions"):
+        for file, names in settings.get(key, {}).items():
+            target = work / file
+            target.write_text(no_mutate(target.read_text(), **{key.split("_")[0]: set(names)}))
+    before = source.strip().removeprefix("commit ").split(" ")[0] or "?"
+    (work / "SOURCE").write_text(f"commit {head} (resumed from a run at {before}: unchanged functions keep "
+                                 f"their verdicts)\n")
 
 
 def environment(work: Path) -> dict[str, str]:
