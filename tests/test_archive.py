@@ -846,3 +846,136 @@ def test_releases_lists_each_source() -> None:
     releases = {r["name"]: r for r in json.loads(run_mdist("releases", "--json").stdout)}
     assert releases["mathstral-7b-v0.1"]["via"] == ["archive", "hub"]
     assert releases["mathstral-7b-v0.1"]["archive"]["md5"] == TABLE["mathstral-7b-v0-1/mathstral-7B-v0.1.tar"]
+
+
+# -- redirects: http -> https followed, https -> http refused --------------------------------------------
+@pytest.mark.parametrize("source, target, refused", [
+    ("https://cdn.example/a.tar", "http://cdn.example/a.tar", "a redirect from https:// to http:// is refused"),
+    ("HTTPS://cdn.example/a.tar", "HTTP://mirror.example/b.tar", "a redirect from https:// to http:// is refused"),
+    ("https://cdn.example/a.tar", "ftp://cdn.example/a.tar", "only http:// and https:// redirects are followed"),
+    ("http://cdn.example/a.tar", "file:///etc/passwd", "only http:// and https:// redirects are followed"),
+    ("http://cdn.example/a.tar", "https://cdn.example/a.tar", None),
+    ("http://cdn.example/a.tar", "http://mirror.example/a.tar", None),
+    ("https://cdn.example/a.tar", "https://mirror.example/a.tar", None),
+])
+def test_the_redirect_policy(source: str, target: str, refused: str | None) -> None:
+    from mdist.errors import InputError
+    from mdist.sources.http_download import check_redirect
+
+    if refused is None:
+        check_redirect(source, target)
+        return
+    with pytest.raises(InputError) as raised:
+        check_redirect(source, target)
+    assert str(raised.value).startswith(f"{source} redirects to {target}: {refused}")
+    assert "\n" not in str(raised.value) and raised.value.exit_code == 2
+
+
+class _Redirect(BaseHTTPRequestHandler):
+    """302 to `location` for every GET; `asked` counts the GETs."""
+
+    location = ""
+    asked: list[str]
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.asked.append(self.path)
+        self.send_response(302)
+        self.send_header("Location", self.location)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@contextmanager
+def tls_serving(handler: type[BaseHTTPRequestHandler], cert: Path, key: Path) -> Iterator[str]:
+    """`handler` over TLS on 127.0.0.1 with `cert` (a client trusts it through SSL_CERT_FILE)."""
+    import ssl
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (subjectAltName IP), signed by its own key: (cert, key) PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+def test_a_redirect_within_http_is_followed(tmp_path: Path, env: dict) -> None:
+    out = tmp_path / "got"
+    with serve(Served({"/m/tiny.tar": TINY})) as served:
+        asked: list[str] = []
+        handler = type("Handler", (_Redirect,), {"location": served.url + "/m/tiny.tar", "asked": asked})
+        with serving(handler) as url:
+            result = fetch(url + "/tiny.tar", out, "--md5", TINY_MD5, env=env)
+    assert result.returncode == 0, result.stderr
+    assert asked == ["/tiny.tar"] and served.ranges == [None]
+    assert all((out / name).read_bytes() == data for name, data in FILES.items())
+
+
+def test_https_to_http_is_refused_and_https_to_https_followed(tmp_path: Path, env: dict) -> None:
+    """Over real TLS (a self-signed certificate the client trusts through SSL_CERT_FILE): a direct
+    https download and an https -> https redirect work, so the refusal of https -> http is the
+    policy's, not a TLS failure: one line naming both URLs, exit 2, the http server never asked,
+    nothing in OUT."""
+    cert, key = self_signed(tmp_path)
+    tls_env = {**env, "SSL_CERT_FILE": str(cert)}
+
+    class Archive(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(TINY)))
+            self.end_headers()
+            self.wfile.write(TINY)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    with serve(Served({"/tiny.tar": TINY})) as plain, tls_serving(Archive, cert, key) as secure:
+        downgrade = type("Handler", (_Redirect,), {"location": plain.url + "/tiny.tar", "asked": []})
+        upgrade = type("Handler", (_Redirect,), {"location": secure + "/tiny.tar", "asked": []})
+        with tls_serving(downgrade, cert, key) as down, tls_serving(upgrade, cert, key) as up:
+            direct = fetch(secure + "/tiny.tar", tmp_path / "direct", "--md5", TINY_MD5, env=tls_env)
+            followed = fetch(up + "/tiny.tar", tmp_path / "followed", "--md5", TINY_MD5, env=tls_env)
+            refused = fetch(down + "/tiny.tar", tmp_path / "refused", "--md5", TINY_MD5, env=tls_env)
+    assert direct.returncode == 0, direct.stderr
+    assert followed.returncode == 0 and upgrade.asked == ["/tiny.tar"], followed.stderr
+    assert model_files(tmp_path / "followed") == sorted(FILES)
+    assert refused.returncode == 2 and downgrade.asked == ["/tiny.tar"], refused.stderr
+    assert refused.stderr.splitlines()[-1] == (
+        f"mdist: error: {down}/tiny.tar redirects to {plain.url}/tiny.tar: a redirect from https:// to http:// is "
+        f"refused (the download would no longer be encrypted or authenticated); give the http:// URL yourself to "
+        f"fetch from it")
+    assert plain.ranges == [] and model_files(tmp_path / "refused") == []

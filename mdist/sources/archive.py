@@ -37,8 +37,8 @@ from mdist import __version__
 from mdist.atomic import real_dir, refuse_links_on_the_way, require_free_space, write_bytes_atomic
 from mdist.errors import InputError, UnsafeContentError, VerificationError
 from mdist.paths import UnsafePathError, check_component, check_path_set, check_relative_path, collision_key
-from mdist.sources.http_download import (clear_foreign_partial, folder_lock, open_nofollow, open_partial, real_folders,
-                                         regular_size, resume_offset)
+from mdist.sources.http_download import (check_redirect, clear_foreign_partial, folder_lock, open_nofollow, open_partial,
+                                         real_folders, regular_size, resume_offset)
 from mdist.verify.extracted import Extracted, write_record
 from mdist.verify.folder import STATE_DIR
 
@@ -248,11 +248,11 @@ def _remove_empty(folder: Path) -> None:
 
 # -- downloading ------------------------------------------------------------------------------------
 class _HttpOnly(urllib.request.HTTPRedirectHandler):
-    """Redirects are followed to http:// and https:// only (urllib would also follow ftp://)."""
+    """Redirects by mdist.sources.http_download.check_redirect: to http:// and https:// only (urllib
+    would also follow ftp://), never from https:// down to http://."""
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 (urllib's signature)
-        if urlsplit(newurl).scheme not in ("http", "https"):
-            raise InputError(f"{req.full_url[:100]} redirects to {_short(newurl)}: only http(s) is followed")
+        check_redirect(req.full_url, newurl)
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 

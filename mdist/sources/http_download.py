@@ -14,6 +14,7 @@ import re
 import stat
 from pathlib import Path
 from typing import BinaryIO, Iterator
+from urllib.parse import urlsplit
 
 from mdist.errors import InputError, UnsafeContentError
 from mdist.jsonio import open_regular
@@ -78,6 +79,28 @@ def clear_foreign_partial(partial: Path, what: str) -> str | None:
     os.unlink(partial)
     return (f"removed {partial}: a link or special file where the partial download of {what} goes "
             f"(what it leads to is untouched)")
+
+
+def check_redirect(source: str, target: str) -> None:
+    """Refuse a redirect that lowers the protection the user asked for: https:// to http:// (the
+    bytes would then arrive unencrypted and unauthenticated, with at most an md5 behind them), or to
+    any scheme but http(s) (ftp://, file://). http:// to https:// only adds protection: followed.
+    Checked at every hop, so a chain cannot step down through an intermediate URL."""
+    old, new = urlsplit(source).scheme.lower(), urlsplit(target).scheme.lower()
+    if new not in ("http", "https"):
+        raise InputError(f"{shown_url(source)} redirects to {shown_url(target)}: only http:// and https:// "
+                         f"redirects are followed; refused")
+    if old == "https" and new == "http":
+        raise InputError(f"{shown_url(source)} redirects to {shown_url(target)}: a redirect from https:// to "
+                         f"http:// is refused (the download would no longer be encrypted or authenticated); "
+                         f"give the http:// URL yourself to fetch from it")
+
+
+def shown_url(url: str, limit: int = 200) -> str:
+    """A URL as one printable line: at most `limit` characters, anything but printable ASCII escaped
+    (a Location header is the server's text)."""
+    text = url[:limit] + ("…" if len(url) > limit else "")
+    return "".join(c if " " < c < "\x7f" or c == "…" else repr(c)[1:-1] for c in text)
 
 
 def resume_offset(status: int, content_range: str | None, start: int, where: str) -> int | None:
