@@ -371,6 +371,11 @@ HOSTILE = {
     "git": [entry(".git/config", b"[core]")],
     "duplicate": [entry("a", b"x"), entry("a", b"y")],
     "case-twins": [entry("Model.pth", b"x"), entry("model.pth", b"y")],
+    "case-folders": [entry("a/x", b"x"), entry("A/y", b"y")],
+    "case-folder-entry": [entry("Sub", kind=tarfile.DIRTYPE), entry("sub/x", b"x")],
+    "case-deep": [entry("m/Tok/a", b"x"), entry("m/tok/b", b"y")],
+    "nfd-twins": [entry("caf\u00e9.json", b"x"), entry("cafe\u0301.json", b"y")],
+    "nfd-folders": [entry("caf\u00e9/x", b"x"), entry("cafe\u0301/y", b"y")],
     "file-and-folder": [entry("a", b"x"), entry("a", kind=tarfile.DIRTYPE)],
     "empty": [entry("d", kind=tarfile.DIRTYPE)],
 }
@@ -428,7 +433,42 @@ def current_umask() -> int:
     return mask
 
 
-@pytest.mark.parametrize("case", ["dotdot", "symlink-then-file", "mdist-state"])
+SPELT_TWICE = {  # case: (first path, second path, the name they spell two ways)
+    "case-twins": ("Model.pth", "model.pth", None),
+    "case-folders": ("a/x", "A/y", "a"),
+    "case-folder-entry": ("Sub", "sub/x", "Sub"),
+    "case-deep": ("m/Tok/a", "m/tok/b", "m/Tok"),
+    "nfd-twins": ("caf\u00e9.json", "cafe\u0301.json", None),
+    "nfd-folders": ("caf\u00e9/x", "cafe\u0301/y", "caf\u00e9"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SPELT_TWICE))
+def test_names_one_file_system_would_merge_are_refused_naming_both(tmp_path: Path, case: str) -> None:
+    """Two paths that differ only in case or Unicode normalisation, of a file or of a folder on the
+    way: one line naming both, before anything is written."""
+    from mdist.errors import UnsafeContentError
+    from mdist.sources.archive import Limits, extract_checked
+
+    first, second, folder = SPELT_TWICE[case]
+    tar = tmp_path / "x.tar"
+    tar.write_bytes(make_tar(HOSTILE[case]))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(UnsafeContentError) as raised:
+        extract_checked(tar, dest, Limits())
+    shown = [repr(p).encode("ascii", "backslashreplace").decode("ascii") for p in (first, second)]
+    message = str(raised.value)
+    if folder is None:  # whole file names: mdist.paths' rule says it (names escaped as UTF-8 bytes)
+        assert re.fullmatch(r"x\.tar: '[^']+' and '[^']+' name the same file; refused", message), message
+    else:
+        spelt = repr(folder).encode("ascii", "backslashreplace").decode("ascii")
+        assert message.startswith(f"x.tar: {shown[0]} and {shown[1]} spell {spelt} differently (case or Unicode "
+                                  f"normalisation)"), message
+    assert "\n" not in message and list(dest.iterdir()) == []
+
+
+@pytest.mark.parametrize("case", ["dotdot", "symlink-then-file", "mdist-state", "case-folders", "nfd-folders"])
 def test_a_hostile_archive_with_the_right_md5_is_refused(tmp_path: Path, env: dict, case: str) -> None:
     """The published md5 matching says nothing of what the tar holds: still refused, exit 1, nothing
     written in OUT or next to it."""

@@ -462,8 +462,8 @@ class _Member:
 def check_members(archive: tarfile.TarFile, limits: Limits, where: str) -> list[_Member]:
     """Every entry of the tar, checked before anything is written: regular files and folders only
     (no link, hard link, device, FIFO, sparse file), names by mdist.paths' rule (no `..`, absolute
-    name, tool-state folder, two names for one file), at most `limits.members` entries and
-    `limits.total` bytes. A leading `./` is the archive's own folder, as `tar -C DIR` reads it."""
+    name, tool-state folder, two names for one file), no folder spelt two ways (check_spellings), at
+    most `limits.members` entries and `limits.total` bytes. A leading `./` is the archive's own folder, as `tar -C DIR` reads it."""
     members: list[_Member] = []
     folders: dict[str, str] = {}
     total = 0
@@ -514,7 +514,27 @@ def check_members(archive: tarfile.TarFile, limits: Limits, where: str) -> list[
     clash = [path for path in files if collision_key(path) in folders]
     if clash:
         raise UnsafeContentError(f"{where}: {_short(clash[0])} is both a file and a folder; refused")
+    check_spellings([member.path for member in members], where)
     return members
+
+
+def check_spellings(paths: list[str], where: str) -> None:
+    """Refuse two spellings of one name anywhere on the paths (`a/x` and `A/y`, `café/` in NFC and
+    NFD): on a case-insensitive or normalising file system (macOS, Windows, some mounts) they are
+    one folder or file, so what lands on disk would differ from what was checked (a file replaced
+    after verification, a folder merged). mdist.paths.check_path_set compares whole file paths; this
+    compares every folder on the way too. Linear in the number of path components."""
+    spelled: dict[str, tuple[str, str]] = {}  # collision key of a path prefix -> (its spelling, a full path)
+    for path in paths:
+        parts = path.split("/")
+        for depth in range(1, len(parts) + 1):
+            prefix = "/".join(parts[:depth])
+            first = spelled.setdefault(collision_key(prefix), (prefix, path))
+            if first[0] != prefix:
+                raise UnsafeContentError(
+                    f"{where}: {_short(first[1])} and {_short(path)} spell {_short(first[0])} differently (case or "
+                    f"Unicode normalisation): one name on a case-insensitive or normalising file system (macOS, "
+                    f"Windows), so one would replace or merge with the other; refused")
 
 
 _TAR_ERRORS = (tarfile.TarError, EOFError, ValueError, IndexError, KeyError, OverflowError, struct.error)
