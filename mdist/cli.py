@@ -385,7 +385,8 @@ def _term_as_interrupt() -> None:
 @click.option("--md5", metavar="HEX", help="Archive URLs only: the archive's published md5 (a release name or a "
                                            "known URL brings its own; a different one is an error).")
 @click.option("--keep-archive", is_flag=True, help="Archive sources only: keep the verified .tar in OUT "
-                                                   "(default: deleted once extracted).")
+                                                   "(default: deleted once extracted); an OUT/NAME.tar that is not "
+                                                   "this archive (md5) is refused, never replaced.")
 @click.option("--endpoint", help="Hub or mirror URL for hf:// sources (default: $HF_ENDPOINT or huggingface.co).")
 @click.option("--to-hf-cache", is_flag=True, help="hf:// only: store in the standard Hugging Face cache layout.")
 @click.option("--include", multiple=True, help="hf:// only: glob of files to fetch (repeatable).")

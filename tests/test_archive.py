@@ -1019,3 +1019,46 @@ def test_https_to_http_is_refused_and_https_to_https_followed(tmp_path: Path, en
         f"refused (the download would no longer be encrypted or authenticated); give the http:// URL yourself to "
         f"fetch from it")
     assert plain.ranges == [] and model_files(tmp_path / "refused") == []
+
+
+# -- --keep-archive never replaces another file ----------------------------------------------------------
+@pytest.mark.parametrize("case", ["other content", "same size", "no md5", "folder", "link"])
+def test_keep_archive_refuses_to_replace_another_file(tmp_path: Path, env: dict, case: str) -> None:
+    """OUT/NAME.tar holds something else: refused before a byte is asked (exit 2, one line saying how
+    to go on), the file untouched, nothing extracted."""
+    out = tmp_path / "got"
+    out.mkdir()
+    kept = out / "tiny.tar"
+    if case == "folder":
+        kept.mkdir()
+    elif case == "link":
+        (tmp_path / "elsewhere").write_bytes(TINY)
+        kept.symlink_to(tmp_path / "elsewhere")
+    else:
+        kept.write_bytes(b"x" * len(TINY) if case == "same size" else b"my own tar")
+    before = kept.read_bytes() if kept.is_file() else None
+    md5 = () if case == "no md5" else ("--md5", TINY_MD5)
+    with serve(Served({"/tiny.tar": TINY})) as served:
+        result = fetch(served.url + "/tiny.tar", out, *md5, "--keep-archive", env=env)
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    cause = {"other content": f"exists with other content than this archive (md5 {TINY_MD5})",
+             "same size": f"exists with other content than this archive (md5 {TINY_MD5})",
+             "no md5": "exists and no md5 is known to tell whether it is this archive",
+             "folder": "is a folder", "link": "is a symbolic link or special file"}[case]
+    assert line.startswith(f"mdist: error: {kept} {cause}") and "remove or rename it, or fetch without " \
+           "--keep-archive" in line, line
+    assert served.ranges == [] and model_files(out) == ["tiny.tar"]
+    assert (kept.read_bytes() if kept.is_file() else None) == before
+    assert kept.is_symlink() == (case == "link")
+
+
+def test_keep_archive_again_over_the_same_archive(tmp_path: Path, env: dict) -> None:
+    """OUT/NAME.tar is this archive (a rerun with --keep-archive): it stays, and the fetch succeeds."""
+    out = tmp_path / "got"
+    with serve(Served({"/tiny.tar": TINY})) as served:
+        first = fetch(served.url + "/tiny.tar", out, "--md5", TINY_MD5, "--keep-archive", env=env)
+        second = fetch(served.url + "/tiny.tar", out, "--md5", TINY_MD5, "--keep-archive", "--json", env=env)
+    assert first.returncode == 0 and second.returncode == 0, second.stderr
+    assert f"{out / 'tiny.tar'} is already this archive (md5 matched); it stays" in second.stderr
+    assert json.loads(second.stdout)["archive"] == str(out / "tiny.tar") and (out / "tiny.tar").read_bytes() == TINY

@@ -145,6 +145,8 @@ def _fetch_locked(url: str, name: str, out: Path, state: Path, partial: Path, op
                          f"remain in {partial.parent}: only the same URL and md5 resume them; remove them if no "
                          f"longer needed")
     _remove_old_extractions(state)
+    if options.keep_archive:
+        _check_kept_archive(out / name, md5, size, reporter)
     if md5 is None:
         reporter.message(f"no md5 is known for {name}: its content cannot be checked (give --md5)")
     download, actual = _download_checked(url, name, out, partial, size, md5, options.timeout, reporter)
@@ -751,6 +753,36 @@ def _same_bytes(path: Path, sha256: str) -> bool:
         while chunk := handle.read(CHUNK * 4):
             digest.update(chunk)
     return digest.hexdigest() == sha256
+
+
+def _check_kept_archive(target: Path, md5: str | None, size: int | None, reporter) -> None:
+    """--keep-archive writes OUT/NAME.tar: a file already there is replaced only when it is this very
+    archive (its md5, and size when published, match); anything else is refused before a byte is
+    downloaded, as `convert` refuses to overwrite an output, so that nobody loses a file by fetching."""
+    try:
+        info = os.lstat(target)
+    except FileNotFoundError:
+        return
+    proceed = "remove or rename it, or fetch without --keep-archive"
+    if not stat.S_ISREG(info.st_mode):
+        what = "a folder" if stat.S_ISDIR(info.st_mode) else "a symbolic link or special file"
+        raise InputError(f"{target} is {what}; --keep-archive would put the archive there: {proceed}")
+    if md5 is None:
+        raise InputError(f"{target} exists and no md5 is known to tell whether it is this archive; --keep-archive "
+                         f"would replace it: {proceed} (or give --md5)")
+    if (size is not None and info.st_size != size) or _file_md5(target) != md5:
+        raise InputError(f"{target} exists with other content than this archive (md5 {md5}); --keep-archive would "
+                         f"replace it: {proceed}")
+    reporter.message(f"{target} is already this archive (md5 matched); it stays")
+
+
+def _file_md5(path: Path) -> str:
+    """md5 of the regular file at `path` itself (never through a link)."""
+    digest = hashlib.md5()
+    with os.fdopen(open_nofollow(path), "rb", buffering=0) as handle:
+        while chunk := handle.read(CHUNK * 4):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _keep_or_remove(partial: Path, out: Path, name: str, files: dict[str, tuple[int, str]], keep: bool,
