@@ -19,8 +19,27 @@ from mdist import __version__, ui
 from mdist.errors import MdistError
 
 
+def _set_debug(ctx: click.Context, param: click.Parameter, value: bool) -> None:  # noqa: ARG001 (click's signature)
+    """--debug given after the command: the same switch as before it (the group's ctx.obj is shared)."""
+    if value:
+        ctx.ensure_object(dict)["debug"] = True
+
+
+class _Command(click.Command):
+    """A command that also takes the group's own options after its name: `mdist run X --debug` as
+    `mdist --debug run X`. Parsed by click as the command's options, so a value that happens to read
+    `--debug` (`--prompt --debug`) stays a value."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.params.append(click.Option(["--debug"], is_flag=True, expose_value=False, callback=_set_debug,
+                                        help="Show tracebacks for errors (also accepted before the command)."))
+
+
 class _Group(click.Group):
     """Maps every error to one stderr line and its exit code (usage errors included)."""
+
+    command_class = _Command
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         try:

@@ -100,3 +100,35 @@ def test_a_local_archive_is_told_to_come_by_url(tmp_path: Path) -> None:
     result = run_mdist("fetch", str(tmp_path / "x.tar"), "--out", str(tmp_path / "out"))
     assert result.returncode == 2 and "mdist fetches archives by URL" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args", [["digest", "{tmp}/missing"], ["verify", "{tmp}/missing"], ["fetch", "ftp://127.0.0.1/x.tar"],
+                                  ["run", "{tmp}/missing", "--prompt", "x"]])
+@pytest.mark.parametrize("where", ["before", "after", "none"])
+def test_debug_is_taken_before_and_after_the_command(tmp_path: Path, args: list[str], where: str) -> None:
+    """`mdist --debug CMD ...` and `mdist CMD ... --debug` both show the traceback above the one
+    error line; without --debug the error line is all."""
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    full = {"before": ["--debug", *args], "after": [*args, "--debug"], "none": args}[where]
+    result = run_mdist(*full, timeout=60)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("mdist: error: ") and "(see `" not in lines[-1], lines[-1]
+    if where == "none":
+        assert len(lines) == 1
+    else:
+        assert lines[0] == "Traceback (most recent call last):" and len(lines) > 3
+
+
+def test_a_value_that_reads_debug_stays_a_value(fixture_copy: Path) -> None:
+    """`--prompt --debug`: click gives --debug to --prompt as its text, never to the debug switch."""
+    result = run_mdist("run", str(fixture_copy), "--prompt", "--debug", "--max-tokens", "1", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["prompt_tokens"] > 1
+
+
+def test_every_command_takes_debug_after_its_name() -> None:
+    from mdist.cli import main
+
+    for name, command in main.commands.items():
+        assert "--debug" in [opt for param in command.params for opt in param.opts], name
