@@ -17,6 +17,7 @@ import click
 
 from mdist import __version__, ui
 from mdist.errors import MdistError
+from mdist.inputs import folder_argument, model_argument
 
 
 def _set_debug(ctx: click.Context, param: click.Parameter, value: bool) -> None:  # noqa: ARG001 (click's signature)
@@ -135,6 +136,7 @@ def convert(src: Path, out: Path | None, layout: str, gguf_type: str, shard_size
         raise click.UsageError("--type applies to --layout gguf only")
     if layout != "hf" and given("shard_size") == click.core.ParameterSource.COMMANDLINE:
         raise click.UsageError("--shard-size applies to --layout hf only")
+    model_argument(src)
     started = time.monotonic()
     with ui.byte_progress("converting", quiet=as_json) as progress:
         task = progress.add_task("converting", total=None)
@@ -199,6 +201,7 @@ def run(model: Path, prompt: str, max_tokens: int, temperature: float, top_p: fl
     """
     from mdist.runner.session import run_prompt
 
+    model_argument(model)
     result = run_prompt(
         model, prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
         chat=chat, safe_prompt=safe_prompt, on_text=None if as_json else _stream_stdout,
@@ -267,6 +270,7 @@ def verify(target: str, manifest_name: str | None, signature: Path | None, publi
     else:
         if endpoint:
             raise click.UsageError("--endpoint applies to hf:// targets only")
+        folder_argument(Path(target))
         outcome = verify_command(Path(target), manifest_name, signature=signature, public_key=public_key,
                                  tensors=tensors, strict=strict, quiet=as_json, progress=ui.byte_progress)
     if as_json:
@@ -290,6 +294,7 @@ def manifest(directory: Path, name: str, title: str | None, out: Path | None) ->
     """
     from mdist.verify.pipeline import build_manifest
 
+    folder_argument(directory)
     data = build_manifest(directory, name, title)
     text = json.dumps(data, indent=2) + "\n"
     if out:
@@ -324,6 +329,8 @@ def digest(paths: tuple[Path, ...], per_tensor: bool, as_json: bool) -> None:
 
     if len(paths) > 2:
         raise click.UsageError("give one path, or two to compare")
+    for path in paths:
+        model_argument(path)
     def note(line: str) -> None:
         click.echo(f"mdist: {line}", err=True)
 
@@ -364,6 +371,7 @@ def sign(directory: Path, private_key: Path, signature: Path | None) -> None:
     """
     from mdist.verify.signing import sign as run_sign
 
+    folder_argument(directory)
     click.echo(f"wrote signature {run_sign(directory, private_key, signature)}")
 
 
@@ -491,6 +499,7 @@ def seed(directory: Path, listen: str | None, trackers: tuple[str, ...], web_see
     """
     from mdist.seeding import SeedOptions, run_seed
 
+    folder_argument(directory)
     _term_as_interrupt()
     options = SeedOptions(listen=listen, trackers=list(trackers), web_seeds=list(web_seeds), peers=list(peers),
                           torrent_out=torrent_out, version=torrent_version, no_dht=no_dht,

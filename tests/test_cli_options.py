@@ -132,3 +132,34 @@ def test_every_command_takes_debug_after_its_name() -> None:
 
     for name, command in main.commands.items():
         assert "--debug" in [opt for param in command.params for opt in param.opts], name
+
+
+PATH_COMMANDS = {  # command -> (arguments after the path, what an existing path of the wrong kind is told)
+    "verify": ([], "is not a folder"),
+    "manifest": (["--name", "x"], "is not a folder"),
+    "sign": (["--private-key", "key.pem"], "is not a folder"),
+    "seed": (["--no-dht"], "is not a folder"),
+    "run": (["--prompt", "x"], "is not a model folder, nor a .pth, .safetensors or .gguf file"),
+    "convert": ([], "is not a model folder, nor a .pth, .safetensors or .gguf file"),
+    "digest": ([], "is not a model folder, nor a .pth, .safetensors or .gguf file"),
+}
+
+
+@pytest.mark.parametrize("command", sorted(PATH_COMMANDS))
+@pytest.mark.parametrize("kind", ["missing", "dangling link", "a file"])
+def test_a_mistyped_path_is_told_the_same_by_every_command(tmp_path: Path, command: str, kind: str) -> None:
+    """Nothing there: 'does not exist' (a link to nothing says so); something of the wrong kind: what
+    the command takes. One line, exit 2, nothing written."""
+    path = tmp_path / "model"
+    if kind == "dangling link":
+        path.symlink_to(tmp_path / "gone")
+    elif kind == "a file":
+        path.write_text("notes")
+    extra, wrong_kind = PATH_COMMANDS[command]
+    result = run_mdist(command, str(path), *extra, cwd=tmp_path, timeout=60,
+                       env={"XDG_STATE_HOME": str(tmp_path / "state")})
+    expected = {"missing": f"{path} does not exist",
+                "dangling link": f"{path} does not exist (a symbolic link to {tmp_path / 'gone'}, which does not exist)",
+                "a file": f"{path} {wrong_kind}"}[kind]
+    assert result.returncode == 2 and result.stderr.splitlines() == [f"mdist: error: {expected}"], result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "state") == ([] if kind == "missing" else ["model"])
