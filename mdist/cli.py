@@ -112,7 +112,8 @@ def emit_json(payload: Any) -> None:
               show_default=True, help="--layout gguf: the stored type of the weights (norms stay f32).")
 @click.option("--shard-size", default="5GB", show_default=True, help="Maximum shard size for --layout hf.")
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (missing: what `mdist run` would still "
+                                                      "need beside the output, such as a tokenizer).")
 def convert(src: Path, out: Path | None, layout: str, gguf_type: str, shard_size: str, force: bool,
             as_json: bool) -> None:
     """Convert a release's weights to safetensors, an HF layout or GGUF, without torch and without running pickle code.
@@ -149,7 +150,10 @@ def convert(src: Path, out: Path | None, layout: str, gguf_type: str, shard_size
     summary = {
         "out": str(result.out), "layout": result.layout, "tensors": result.tensors,
         "bytes": result.bytes, "files": [str(p) for p in result.files], "seconds": round(elapsed, 3),
+        "missing": result.missing, "warnings": result.warnings,
     }
+    for line in result.warnings:
+        click.echo(f"mdist: warning: {ui.printable(line)}", err=True)
     if as_json:
         emit_json(summary)
     else:

@@ -243,3 +243,47 @@ def test_out_naming_a_file_is_one_line_before_anything_is_read(tmp_path: Path, l
     assert taken.read_text() == "not a folder"
     with pytest.raises(InputError, match="is a file, not a folder"):  # the module says it, not only the CLI
         convert(FIXTURE, taken / "sub", layout=layout)
+
+
+TOKENIZER_HINT = "tokenizer (tokenizer.model, tokenizer.model.v3 or tekken.json)"
+
+
+@pytest.mark.parametrize("layout", ["mistral", "hf"])
+@pytest.mark.parametrize("where", ["--out", "in place"])
+def test_a_conversion_without_a_tokenizer_says_it_cannot_run(tmp_path: Path, layout: str, where: str) -> None:
+    """The source has weights and params.json but no tokenizer: converted (exit 0), with one warning
+    line on stderr and `missing` in --json; `run` of the output then indeed refuses for that reason."""
+    src = random_mistral(tmp_path / "src", tokenizer=False)
+    out = tmp_path / "out" if where == "--out" else src
+    args = ["--out", str(out)] if where == "--out" else []
+    env = {"XDG_STATE_HOME": str(tmp_path / "state")}
+    result = run_mdist("convert", str(src), "--layout", layout, *args, "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    nor = f" (nor has {src})" if where == "--out" else ""
+    warning = f"{out} has no {TOKENIZER_HINT}{nor}: `mdist run` cannot use it until it is copied there from the release"
+    assert result.stderr.splitlines() == [f"mdist: warning: {warning}"]
+    payload = json.loads(result.stdout)
+    assert payload["missing"] == ["tokenizer"] and payload["warnings"] == [warning]
+    target = out if layout == "hf" or where == "--out" else src / "consolidated.safetensors"
+    ran = run_mdist("run", str(target), "--prompt", "x", "--max-tokens", "1", env=env)
+    assert ran.returncode == 2 and "holds no tokenizer" in ran.stderr, ran.stderr
+
+
+def test_a_conversion_without_params_names_both(tmp_path: Path) -> None:
+    src = random_mistral(tmp_path / "src", tokenizer=False)
+    (src / "params.json").unlink()
+    result = run_mdist("convert", str(src), "--out", str(tmp_path / "out"), "--json",
+                       env={"XDG_STATE_HOME": str(tmp_path / "state")})
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["missing"] == ["tokenizer", "params.json"]
+    assert f"has no {TOKENIZER_HINT} and no params.json (nor has {src}): `mdist run` cannot use it until they are " \
+           f"copied" in payload["warnings"][0]
+
+
+def test_a_conversion_with_its_tokenizer_warns_of_nothing(tmp_path: Path) -> None:
+    src = random_mistral(tmp_path / "src")
+    result = run_mdist("convert", str(src), "--out", str(tmp_path / "out"), "--layout", "hf", "--json",
+                       env={"XDG_STATE_HOME": str(tmp_path / "state")})
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert json.loads(result.stdout)["missing"] == [] and json.loads(result.stdout)["warnings"] == []

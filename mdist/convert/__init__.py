@@ -36,6 +36,8 @@ class ConversionResult:
     files: list[Path] = field(default_factory=list)
     tensors: int = 0
     bytes: int = 0
+    missing: list[str] = field(default_factory=list)  # what `mdist run` needs beside the weights and finds nowhere
+    warnings: list[str] = field(default_factory=list)  # one line each, for stderr
 
 
 def convert(
@@ -104,7 +106,28 @@ def convert(
         result.files += _copy_side_files(side_dir, out)
     inputs = weight_files + [side_dir / name for name in _SIDE_FILES if (side_dir / name).is_file()]
     record_derived(out, [p for p in result.files if not _is_same_file(p, side_dir)], inputs)
+    result.missing = missing_to_run(out, layout)
+    result.warnings = [_missing_warning(out, side_dir, result.missing)] if result.missing else []
     return result
+
+
+def missing_to_run(out: Path, layout: str) -> list[str]:
+    """What the converted folder lacks for `mdist run` (and transformers): a tokenizer file, and for
+    the mistral layout params.json (an HF conversion writes config.json). The weights alone convert
+    fine, so this is a warning, not a refusal; said now rather than at the first run."""
+    names = [name for name in TOKENIZER_NAMES if (out / name).is_file()]
+    missing = [] if names else ["tokenizer"]
+    if layout == "mistral" and not (out / "params.json").is_file():
+        missing.append("params.json")
+    return missing
+
+
+def _missing_warning(out: Path, side_dir: Path, missing: list[str]) -> str:
+    what = " and no ".join("tokenizer (tokenizer.model, tokenizer.model.v3 or tekken.json)" if name == "tokenizer"
+                           else name for name in missing)
+    source = "" if out.resolve() == side_dir.resolve() else f" (nor has {side_dir})"
+    them = "they are" if len(missing) > 1 else "it is"
+    return f"{out} has no {what}{source}: `mdist run` cannot use it until {them} copied there from the release"
 
 
 def _model_folder_of(src: Path) -> Path:
