@@ -190,7 +190,9 @@ def parse_size(text: str) -> int:
               "<s>[INST] ... [/INST], encoded by mistral-common for the folder's tokenizer ([INST] is a control "
               "token from v3 on).")
 @click.option("--safe-prompt", is_flag=True, help="Add Mistral's guardrail system prompt (implies --chat).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (text, token ids, timings).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (text, token ids, timings; weights_bytes: "
+              "the weights as the file stores them, e.g. a Q8_0 GGUF's blocks, whether or not widened to float32 "
+              "in memory, which weights_cached_f32 says).")
 def run(model: Path, prompt: str, max_tokens: int, temperature: float, top_p: float, seed: int | None,
         chat: bool, safe_prompt: bool, as_json: bool) -> None:
     """Generate text with the built-in numpy Mistral runner (no torch).

@@ -601,3 +601,30 @@ def test_gguf_without_a_sentencepiece_tokenizer_says_what_it_needs(tmp_path: Pat
     assert result.returncode == 2, result.stderr
     assert result.stderr == f"mdist: error: {folder} {message}\n"
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_run_reports_the_weights_as_the_file_stores_them(fixture_copy: Path, tmp_path: Path) -> None:
+    """weights_bytes of a Q8_0 GGUF is the bytes of its tensors in the file (counted by the gguf
+    package's own reader), whether mdist widened them to float32 (a small model) or decodes on the
+    fly; of a bf16 safetensors model, its tensors' bytes (counted by the safetensors package)."""
+    import json
+
+    from gguf import GGUFReader
+
+    from mdist.runner import Model
+
+    path = convert(fixture_copy, tmp_path / "q8", layout="gguf", gguf_type="q8_0").files[0]
+    tensors = GGUFReader(path).tensors
+    stored = sum(int(t.n_bytes) for t in tensors)
+    assert any(t.tensor_type.name == "Q8_0" for t in tensors) and stored < sum(int(t.n_elements) * 4 for t in tensors)
+    result = run_mdist("run", str(path), "--prompt", "x", "--max-tokens", "1", "--json")
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["weights_cached_f32"] is True and payload["weights_bytes"] == stored
+    assert Model.load(path, f32_budget_bytes=0).weights.stored_bytes == stored  # decoded on the fly: the same
+    release = run_mdist("run", str(fixture_copy), "--prompt", "x", "--max-tokens", "1", "--json")
+    assert release.returncode == 0, release.stderr
+    raw = (fixture_copy / "consolidated.safetensors").read_bytes()  # the header's own offsets, read here
+    header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
+    bf16 = sum(end - begin for key, t in header.items() if key != "__metadata__" for begin, end in [t["data_offsets"]])
+    assert json.loads(release.stdout)["weights_bytes"] == bf16 == len(raw) - 8 - int.from_bytes(raw[:8], "little")

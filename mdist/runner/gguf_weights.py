@@ -99,10 +99,12 @@ class GGUFWeightStore(WeightStore):
     def __init__(self, tensors: dict[str, np.ndarray], q8: dict[str, np.ndarray],
                  f32_budget_bytes: int = DEFAULT_F32_BUDGET) -> None:
         total = sum(a.size * 4 for a in tensors.values()) + sum(q.shape[0] * q.shape[1] // 34 * 128 for q in q8.values())
+        stored = int(sum(a.nbytes for a in tensors.values()) + sum(q.nbytes for q in q8.values()))
         if total <= f32_budget_bytes:
             tensors = {**tensors, **{name: gl.decode(q, "Q8_0") for name, q in q8.items()}}
             q8 = {}
         super().__init__(tensors, f32_budget_bytes if not q8 else -1)
+        self.stored_bytes = stored  # the Q8_0 blocks as the file holds them, not their float32 widening
         self.q8 = q8
         self._q8_pool = ThreadPoolExecutor(max(1, os.cpu_count() or 1), thread_name_prefix="mdist-q8") if q8 else None
 

@@ -80,8 +80,9 @@ def run_prompt(
 
 def _weights_versus_ram(model: Model) -> dict[str, Any]:
     """Stored weight bytes against physical memory: weights larger than RAM are read from disk
-    for every token (Mixtral 8x7B is 87 GiB), so decoding is disk-bound, not compute-bound."""
-    weights = int(sum(array.nbytes for array in model.weights.stored.values()))
+    for every token (Mixtral 8x7B is 87 GiB), so decoding is disk-bound, not compute-bound. The
+    bytes as the file stores them (a Q8_0 GGUF's blocks, bf16), never a float32 copy made of them."""
+    weights = model.weights.stored_bytes
     try:
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError):

@@ -73,6 +73,7 @@ class WeightStore:
 
     def __init__(self, tensors: dict[str, np.ndarray], f32_budget_bytes: int = DEFAULT_F32_BUDGET) -> None:
         self.stored = tensors
+        self.stored_bytes = int(sum(a.nbytes for a in tensors.values()))  # as in the file, memory-mapped
         total_f32 = sum(a.size * 4 for a in tensors.values())
         self.cached = total_f32 <= f32_budget_bytes
         self._f32: dict[str, np.ndarray] = {}
