@@ -337,12 +337,18 @@ def digest(paths: tuple[Path, ...], per_tensor: bool, as_json: bool) -> None:
         raise click.UsageError("give one path, or two to compare")
     for path in paths:
         model_argument(path)
-    def note(line: str) -> None:
-        click.echo(f"mdist: {line}", err=True)
-
-    results = [tensor_digests(p, note=note) for p in paths]
+    note = ui.once(lambda line: click.echo(f"mdist: {ui.printable(line)}", err=True))
+    with ui.byte_progress("digest", quiet=as_json) as progress:
+        results = []
+        for path in paths:  # no byte count from mdist.verify.digest: a bar that shows it is working, and on what
+            task = progress.add_task(ui.escape(f"digest {path}"), total=None)
+            results.append(tensor_digests(path, note=note))
+            progress.remove_task(task)
+        encoding = progress.add_task("re-encoding the release into the GGUF's types", total=None, visible=False)
+        comparison = digest_pair(list(paths), results, note,
+                                 on_start=lambda total: progress.update(encoding, total=total, visible=True),
+                                 on_bytes=lambda n: progress.advance(encoding, n)) if len(results) == 2 else None
     roots = [root_digest(r) for r in results]
-    comparison = digest_pair(list(paths), results, note) if len(results) == 2 else None
     differing = (comparison.differing or comparison.not_checkable) if comparison else []
     if as_json:
         emit_json({"paths": [

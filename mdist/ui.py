@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import Callable
 
 import click
 from rich.markup import escape
@@ -39,6 +40,19 @@ def byte_progress(description: str, *, quiet: bool = False):
         disable=quiet or not console.is_terminal,
         transient=True,
     )
+
+
+def once(say: Callable[[str], None]) -> Callable[[str], None]:
+    """`say`, but each distinct line only the first time: a command that reads one folder twice
+    (digest reads the release, then re-encodes it for a GGUF) would otherwise say the same note twice."""
+    said: set[str] = set()
+
+    def say_once(line: str) -> None:
+        if line not in said:
+            said.add(line)
+            say(line)
+
+    return say_once
 
 
 STATUS_STYLE = {"ok": "green", "mismatch": "bold red", "missing": "bold red", "refused": "bold red",

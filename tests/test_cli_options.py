@@ -163,3 +163,67 @@ def test_a_mistyped_path_is_told_the_same_by_every_command(tmp_path: Path, comma
                 "a file": f"{path} {wrong_kind}"}[kind]
     assert result.returncode == 2 and result.stderr.splitlines() == [f"mdist: error: {expected}"], result.stderr
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "state") == ([] if kind == "missing" else ["model"])
+
+
+def on_a_terminal(*args: str, env: dict) -> tuple[int, str, str]:
+    """Run mdist with stderr on a pseudo-terminal (stdout piped): (exit code, what the terminal
+    showed without colour codes, stdout). Bounded: 120 s."""
+    import os
+    import pty
+    import re
+    import select
+    import sys
+    import time
+
+    master, slave = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "mdist", *args], stdout=subprocess.PIPE, stderr=slave,
+                               env={**os.environ, **env, "TERM": "xterm-256color", "COLUMNS": "160"})
+    os.close(slave)
+    shown = bytearray()
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            if select.select([master], [], [], 0.2)[0]:
+                try:
+                    data = os.read(master, 1 << 16)
+                except OSError:  # the terminal's other end closed: the process is done with it
+                    break
+                if not data:
+                    break
+                shown += data
+            elif process.poll() is not None:
+                break
+        stdout = process.communicate(timeout=max(1.0, deadline - time.monotonic()))[0].decode()
+    finally:
+        os.close(master)
+        if process.poll() is None:
+            process.kill()
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown.decode("utf-8", "replace"))
+    return process.returncode, text, stdout
+
+
+def test_digest_says_its_layout_once_and_shows_progress_only_on_a_terminal(tmp_path: Path) -> None:
+    """Compared with a Q8_0 GGUF, the release is read twice (digests, then re-encoded): its 'several
+    layouts' note is said once. On a terminal a bar shows each path being digested and the
+    re-encoding; piped or with --json, stderr holds the note alone."""
+    import shutil
+
+    env = {"XDG_STATE_HOME": str(tmp_path / "state")}
+    folder = tmp_path / "m"
+    shutil.copytree(FIXTURE, folder, ignore=shutil.ignore_patterns(".mdist", "consolidated.safetensors"))
+    assert run_mdist("convert", str(folder), env=env).returncode == 0
+    gguf = run_mdist("convert", str(folder), "--layout", "gguf", "--type", "q8_0", "--out", str(tmp_path / "g"),
+                     "--json", env=env)
+    assert gguf.returncode == 0, gguf.stderr
+    note = f"mdist: {folder} holds several layouts (mistral, pth); digest uses pth (consolidated.00.pth)"
+    for extra in ([], ["--json"]):
+        piped = run_mdist("digest", str(folder), str(tmp_path / "g"), *extra, env=env)
+        assert piped.returncode == 0 and piped.stderr.splitlines() == [note], piped.stderr
+    code, shown, stdout = on_a_terminal("digest", str(folder), str(tmp_path / "g"), env=env)
+    assert code == 0 and "same weights" in stdout
+    assert shown.count("holds several layouts") == 1
+    assert f"digest {folder}" in shown and f"digest {tmp_path / 'g'}" in shown
+    assert "re-encoding the release into the GGUF's types" in shown
+    code, shown, stdout = on_a_terminal("digest", str(folder), str(tmp_path / "g"), "--json", env=env)
+    assert code == 0 and json.loads(stdout)["same"] is True
+    assert shown.strip().splitlines() == [note]

@@ -113,14 +113,18 @@ def _narrowed(values: np.ndarray, narrow: str) -> tuple[str, str]:
     return (narrow, thin.hexdigest()) if exact else ("F32", wide.hexdigest())
 
 
-def release_digests_as(src: Path, types: dict[str, str], note: Callable[[str], None] | None = None
-                       ) -> list[TensorDigest]:
+def release_digests_as(src: Path, types: dict[str, str], note: Callable[[str], None] | None = None,
+                       on_start: Callable[[int], None] | None = None,
+                       on_bytes: Callable[[int], None] | None = None) -> list[TensorDigest]:
     """The release's tensors (a .pth or a folder, as `digest` chooses), each encoded into the type
-    `types` names for it (its own type when absent), digested in canonical form."""
+    `types` names for it (its own type when absent), digested in canonical form. The longest work
+    of `digest` (minutes for a 7B Q8_0): `on_start(total bytes read)` and `on_bytes(n)` show it."""
     from mdist.convert.tensor_sources import open_model
 
     result = []
     with open_model(Path(src), note) as source:
+        if on_start:
+            on_start(sum(_stored_bytes(tensor.dtype, tensor.shape) for tensor in source.tensors))
         for tensor in source.tensors:
             target = types.get(tensor.name, tensor.dtype)
             if target not in CHECKABLE:
@@ -129,8 +133,18 @@ def release_digests_as(src: Path, types: dict[str, str], note: Callable[[str], N
             hasher = hashlib.sha256()
             for rows in tensor.rows(gl.CHUNK_BYTES):
                 hasher.update(gl.encode(rows, tensor.dtype, target).data)
+                if on_bytes:
+                    on_bytes(rows.nbytes)
             result.append(TensorDigest(tensor.name, target, tensor.shape, hasher.hexdigest()))
     return result
+
+
+_ITEM_BYTES = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8}
+
+
+def _stored_bytes(dtype: str, shape: tuple[int, ...]) -> int:
+    """A release tensor's bytes (for progress only: an unknown type counts as 2 bytes a value)."""
+    return int(np.prod(shape, dtype=np.int64)) * _ITEM_BYTES.get(dtype, 2)
 
 
 @dataclass
@@ -163,7 +177,8 @@ def _plain(a: list[TensorDigest], b: list[TensorDigest]) -> Comparison:
 
 
 def compare_with_release(release: Path, release_digests: list[TensorDigest], gguf: list[TensorDigest],
-                         note: Callable[[str], None] | None = None) -> Comparison:
+                         note: Callable[[str], None] | None = None, on_start: Callable[[int], None] | None = None,
+                         on_bytes: Callable[[int], None] | None = None) -> Comparison:
     """Compare a GGUF's digests with the release's: directly where the types agree, else against the
     release re-encoded into the GGUF's types (read once more, in chunks)."""
     own = {t.name: t.dtype for t in release_digests}
@@ -173,7 +188,7 @@ def compare_with_release(release: Path, release_digests: list[TensorDigest], ggu
         return Comparison(differing=[], not_checkable=unknown, tensors=len(set(own) | set(types)))
     if all(own.get(name) == kind for name, kind in types.items()):
         return _plain(release_digests, gguf)
-    expected = release_digests_as(release, {n: t for n, t in types.items() if n in own}, note)
+    expected = release_digests_as(release, {n: t for n, t in types.items() if n in own}, note, on_start, on_bytes)
     counts: dict[str, int] = {}
     for name, kind in types.items():
         if own.get(name) not in (None, kind):
@@ -221,13 +236,15 @@ def comparison_lines(comparison: Comparison) -> list[str]:
 
 
 def digest_pair(paths: list[Path], results: list[list[TensorDigest]],
-                note: Callable[[str], None] | None = None) -> Comparison:
-    """`mdist digest A B` where one of them is a GGUF (both GGUFs: compared as stored)."""
+                note: Callable[[str], None] | None = None, on_start: Callable[[int], None] | None = None,
+                on_bytes: Callable[[int], None] | None = None) -> Comparison:
+    """`mdist digest A B` where one of them is a GGUF (both GGUFs: compared as stored); `on_start`
+    and `on_bytes` follow the release's re-encoding, when there is one."""
     is_gguf = [Path(p).suffix == ".gguf" or _holds_only_gguf(Path(p)) for p in paths]
     if all(is_gguf) or not any(is_gguf):
         return _plain(*results)
     g = is_gguf.index(True)
-    return compare_with_release(Path(paths[1 - g]), results[1 - g], results[g], note)
+    return compare_with_release(Path(paths[1 - g]), results[1 - g], results[g], note, on_start, on_bytes)
 
 
 def _holds_only_gguf(path: Path) -> bool:
