@@ -63,7 +63,7 @@ def test_usage_errors_point_at_the_command_help() -> None:
 def test_run_of_a_named_file_uses_that_file_or_nothing(tmp_path: Path) -> None:
     import shutil
     folder = tmp_path / "m"
-    shutil.copytree(FIXTURE, folder)
+    shutil.copytree(FIXTURE, folder, ignore=shutil.ignore_patterns(".mdist", "consolidated.safetensors"))  # the release alone
     assert run_mdist("convert", str(folder), "--layout", "hf").returncode == 0
     named = run_mdist("run", str(folder / "model-00001-of-00001.safetensors"), "--prompt", "x", "--max-tokens", "1")
     assert named.returncode == 0 and "converting" not in named.stderr  # the named HF shard, not the .pth
@@ -78,7 +78,7 @@ def test_run_of_a_named_file_uses_that_file_or_nothing(tmp_path: Path) -> None:
 def test_digest_says_which_layout_it_used(tmp_path: Path) -> None:
     import shutil
     folder = tmp_path / "m"
-    shutil.copytree(FIXTURE, folder)
+    shutil.copytree(FIXTURE, folder, ignore=shutil.ignore_patterns(".mdist", "consolidated.safetensors"))  # the release alone
     assert run_mdist("convert", str(folder)).returncode == 0
     result = run_mdist("digest", str(folder))
     assert result.returncode == 0 and "digest uses pth" in result.stderr
