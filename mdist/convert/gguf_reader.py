@@ -48,6 +48,9 @@ _NUMPY = {U8: "<u1", I8: "<i1", U16: "<u2", I16: "<i2", U32: "<u4", I32: "<i4", 
           U64: "<u8", I64: "<i8", F64: "<f8"}
 
 
+_KIND_NAMES = {str: "string", int: "integer", float: "number", bool: "boolean"}
+
+
 def _quant_sizes() -> dict[int, tuple[str, int, int]]:
     """ggml type id -> (name, elements per block, bytes per block), from the gguf package."""
     from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
@@ -101,6 +104,22 @@ class GGUFFile:
         if isinstance(value, np.ndarray) and value.dtype.kind in "iuf" and value.shape == (length,):
             return value
         return None
+
+    def scalar(self, key: str, kind: type, default: Any = None) -> Any:
+        """The metadata value `key` when it is one value of `kind` (str, int, float or bool; bool is
+        no int, an int is a float), `default` when absent. Anything else there (an array, a string
+        for a number) is the file's error, one line: a value compared or truth-tested as the wrong
+        type was an internal error (numpy's 'truth value of an array is ambiguous') or a silent
+        misreading ("false" taken as true)."""
+        if key not in self.metadata:
+            return default
+        value = self.metadata[key]
+        fits = type(value) is kind or (kind is float and type(value) is int)
+        if not fits:
+            shown = "an array" if isinstance(value, (list, np.ndarray)) else f"{value!r}"[:40]
+            raise InputError(f"{printable(self.path.name)}: {printable(key)} must be one "
+                             f"{_KIND_NAMES[kind]}, not {shown}")
+        return value
 
     def array(self, tensor: GGUFTensor) -> np.ndarray:
         """F32/F16 as floats, BF16 as raw uint16 bits, in C order; other types as raw rows (uint8)."""

@@ -34,7 +34,7 @@ def sentencepiece_model(gguf: GGUFFile) -> bytes:
     from sentencepiece import sentencepiece_model_pb2 as spm_pb
 
     meta, name = gguf.metadata, gguf.path.name
-    kind = meta.get("tokenizer.ggml.model")
+    kind = gguf.scalar("tokenizer.ggml.model", str)
     if kind != "llama":
         raise InputError(f"{name} holds a {kind!r} tokenizer, not SentencePiece's ('llama'); put the model's "
                          f"tokenizer.model beside it")
@@ -48,11 +48,11 @@ def sentencepiece_model(gguf: GGUFFile) -> bytes:
         raise InputError(f"{name}: token scores must be finite and token types 1-6")
     ids = {}
     for key, field in (("bos", "bos_token_id"), ("eos", "eos_token_id"), ("unk", "unknown_token_id")):
-        value = meta.get(f"tokenizer.ggml.{field}")
-        if not isinstance(value, (int, np.integer)) or not 0 <= int(value) < len(tokens):
+        value = gguf.scalar(f"tokenizer.ggml.{field}", int)
+        if value is None or not 0 <= value < len(tokens):
             raise InputError(f"{name}: tokenizer.ggml.{field} is missing or not a token id")
         ids[key] = int(value)
-    add_prefix = meta.get("tokenizer.ggml.add_space_prefix", True)
+    add_prefix = gguf.scalar("tokenizer.ggml.add_space_prefix", bool, True)
     model = spm_pb.ModelProto()
     for piece, score, kind_number in zip(tokens, scores.tolist(), types.tolist()):
         entry = model.pieces.add()

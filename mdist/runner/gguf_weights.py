@@ -23,14 +23,15 @@ from mdist.errors import InputError, VerificationError
 from mdist.modelconfig import MistralConfig
 from mdist.runner.kernels import MAX_TOKENS
 from mdist.runner.q8_kernel import q8_0_gemv
-from mdist.runner.weights import DEFAULT_F32_BUDGET, WeightStore
+from mdist.runner.weights import DEFAULT_F32_BUDGET, WeightStore, quiet_floats
 
+_F32_MAX = float(np.finfo(np.float32).max)
 _RUNNABLE = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}
 
 
 def _float(value: Any) -> Any:
     """A float32 from the file as the decimal it was written from (1e-05, not 9.99999974e-06)."""
-    if isinstance(value, float):
+    if isinstance(value, float) and abs(value) <= _F32_MAX:  # an F64 beyond float32 is left for the config check
         return float(np.format_float_positional(np.float32(value), unique=True, trim="-"))
     return value
 
@@ -42,8 +43,9 @@ def _default_head(dim: Any, n_heads: Any) -> Any:
 def config_of(gguf: GGUFFile) -> MistralConfig:
     """MistralConfig from the `llama.*` keys; checked by MistralConfig like any params.json."""
     meta = gguf.metadata
-    if meta.get("general.architecture") != gl.ARCH:
-        raise InputError(f"{gguf.path.name}: architecture {str(meta.get('general.architecture'))[:40]!r}; "
+    architecture = gguf.scalar("general.architecture", str)
+    if architecture != gl.ARCH:
+        raise InputError(f"{gguf.path.name}: architecture {str(architecture)[:40]!r}; "
                          f"mdist runs llama-architecture GGUFs (Mistral)")
 
     def key(name: str, default: Any = None) -> Any:
@@ -87,7 +89,7 @@ def check_tokenizer(gguf: GGUFFile, tokenizer: Path, vocab_size: int) -> None:
             raise VerificationError(f"{tokenizer.name} and {gguf.path.name} disagree on token {i} "
                                     f"({a[:20]!r} vs {str(b)[:20]!r}); refusing to run with either")
     for name, value in (("bos", ids["bos"]), ("eos", ids["eos"]), ("unknown", ids["unk"])):
-        stored = meta.get(f"tokenizer.ggml.{name}_token_id")
+        stored = gguf.scalar(f"tokenizer.ggml.{name}_token_id", int)
         if stored is not None and stored != value:
             raise VerificationError(f"{tokenizer.name} and {gguf.path.name} disagree on the {name} token id")
 
@@ -126,6 +128,7 @@ class GGUFWeightStore(WeightStore):
             job.result()
         return out
 
+    @quiet_floats()
     def _q8_rows(self, x: np.ndarray, blocks: np.ndarray, out: np.ndarray, start: int, stop: int) -> None:
         step = max(1, self.CHUNK_BYTES // (blocks.shape[1] // 34 * 128))
         for a in range(start, stop, step):

@@ -16,7 +16,7 @@ import numpy as np
 from mdist.errors import InputError
 from mdist.modelconfig import MistralConfig, check_tensor_shapes
 from mdist.model_folder import read_config
-from mdist.runner.weights import DEFAULT_F32_BUDGET, WeightStore, load_tensors
+from mdist.runner.weights import DEFAULT_F32_BUDGET, WeightStore, load_tensors, quiet_floats
 
 MAX_CONTEXT = 32768
 _PREFILL_CHUNK = 256
@@ -145,10 +145,11 @@ class Model:
             raise InputError("token id outside the vocabulary")
         step = self._chunk(cache.pos + len(tokens))
         outputs = []
-        for start in range(0, len(tokens), step):
-            out = self._forward_chunk(tokens[start : start + step], cache, last_only=last_only)
-            if not last_only or start + step >= len(tokens):
-                outputs.append(out)
+        with quiet_floats():
+            for start in range(0, len(tokens), step):
+                out = self._forward_chunk(tokens[start : start + step], cache, last_only=last_only)
+                if not last_only or start + step >= len(tokens):
+                    outputs.append(out)
         return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
 
     def _chunk(self, end: int) -> int:

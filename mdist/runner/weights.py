@@ -60,6 +60,15 @@ def to_float32(array: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return out
 
 
+# Weights from a file may hold values whose products overflow (or NaN, infinity): numpy would print
+# a RuntimeWarning with its source line on stderr for each, from every thread. The generator refuses
+# logits that are not finite (one line), so the forward pass computes quietly, in the pool's
+# threads too (numpy's error state is per thread, not inherited).
+def quiet_floats() -> np.errstate:
+    """A fresh context (numpy 2 refuses to enter one errstate twice), also usable as a decorator."""
+    return np.errstate(all="ignore")
+
+
 class WeightStore:
     """Weights as float32 for compute: widened once when that fits the budget, else on the fly.
 
@@ -118,6 +127,7 @@ class WeightStore:
             job.result()
         return out
 
+    @quiet_floats()
     def _matmul_rows(self, x: np.ndarray, weight: np.ndarray, out: np.ndarray, start: int, stop: int) -> None:
         step = max(1, self.CHUNK_BYTES // (weight.shape[1] * 4))
         buffer = getattr(self._local, "buffer", None)

@@ -48,7 +48,7 @@ def _sha_rows(raw: np.ndarray) -> str:
 
 
 def _checked_arch(gguf: GGUFFile) -> None:
-    arch = gguf.metadata.get("general.architecture")
+    arch = gguf.scalar("general.architecture", str)
     if arch != gl.ARCH:
         shown = str(arch)[:40]
         raise InputError(f"{gguf.path.name}: architecture {shown!r}; mdist reads llama-architecture GGUFs "
@@ -60,7 +60,7 @@ def gguf_digests(path: Path) -> list[TensorDigest]:
     gguf = read_gguf(Path(path))
     _checked_arch(gguf)
     experts = gguf.metadata.get("llama.expert_count", 0)
-    experts = experts if isinstance(experts, int) and 0 < experts <= 256 else 0
+    experts = experts if type(experts) is int and 0 < experts <= 256 else 0  # True is no expert count
     file_type = gguf.metadata.get("general.file_type")
     narrow = _NARROW.get(file_type) if type(file_type) is int else None  # an array there is unhashable
     result = []

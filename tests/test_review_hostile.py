@@ -1,0 +1,214 @@
+"""Inputs found by a hostile review: each class of defect, with the input that showed it.
+
+- GGUF metadata of the wrong type where mdist reads one value (an array for the architecture, the
+  tokenizer kind, add_space_prefix or a token id; a string for a boolean): it was an internal error
+  (numpy's 'truth value of an array is ambiguous'), or a silent misreading ("false" read as true).
+- Weights whose products overflow (finite bf16 values near 3e38, or infinities): numpy printed
+  RuntimeWarnings with source lines on stderr before the one error line.
+- run's sampling options: NaN passes click's FloatRange, a negative seed its int type, and a
+  temperature so small that the scaled scores overflow: each was an internal error.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import FIXTURE, run_mdist
+from mdist.convert.gguf_reader import read_gguf
+from mdist.errors import InputError
+
+_STRING, _ARRAY, _U32, _I32, _BOOL = 8, 9, 4, 5, 7
+_SCALAR_FORMATS = {_U32: "<I", _I32: "<i", _BOOL: "<B", 6: "<f"}
+
+
+def _str(text: str) -> bytes:
+    raw = text.encode()
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def _value(value) -> bytes:
+    """GGUF bytes (type, value) of a Python value: str, bool, int, float, list of str, int32 array."""
+    if isinstance(value, str):
+        return struct.pack("<I", _STRING) + _str(value)
+    if isinstance(value, bool):
+        return struct.pack("<IB", _BOOL, value)
+    if isinstance(value, int):
+        return struct.pack("<II", _U32, value)
+    if isinstance(value, float):
+        return struct.pack("<If", 6, value)
+    if isinstance(value, list):
+        return struct.pack("<IIQ", _ARRAY, _STRING, len(value)) + b"".join(_str(v) for v in value)
+    array = np.asarray(value)
+    if array.dtype.kind == "f":
+        return struct.pack("<IIQ", _ARRAY, 6, array.size) + array.astype("<f4").tobytes()
+    return struct.pack("<IIQ", _ARRAY, _I32, array.size) + array.astype("<i4").tobytes()
+
+
+def _rewrite(source: Path, target: Path, changes: dict, fill: dict[str, int] | None = None) -> Path:
+    """`source` GGUF written again with metadata `changes` and tensors filled with raw 16-bit patterns."""
+    gguf = read_gguf(source)
+    metadata = {**gguf.metadata, **changes}
+    head = b"GGUF" + struct.pack("<IQQ", 3, len(gguf.tensors), len(metadata))
+    head += b"".join(_str(key) + _value(value) for key, value in metadata.items())
+    data = b""
+    for tensor in gguf.tensors.values():
+        raw = np.array(gguf.mapped[tensor.offset : tensor.offset + tensor.nbytes])
+        if fill and tensor.name in fill:
+            raw.view(np.uint16)[:] = fill[tensor.name]
+        head += _str(tensor.name) + struct.pack("<I", len(tensor.dims)) + struct.pack(
+            f"<{len(tensor.dims)}Q", *tensor.dims) + struct.pack("<IQ", tensor.type_id, len(data))
+        data += raw.tobytes() + b"\0" * (-tensor.nbytes % 32)
+    head += b"\0" * (-len(head) % 32)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(head + data)
+    return target
+
+
+@pytest.fixture(scope="module")
+def bf16_gguf(tmp_path_factory) -> Path:
+    from mdist.convert import convert
+
+    return convert(FIXTURE, tmp_path_factory.mktemp("gguf") / "out", layout="gguf").files[0]
+
+
+def _one_line(result, code: int) -> str:
+    """The error line (after any `mdist: ` notes, such as a tokenizer written beside a lone GGUF)."""
+    assert result.returncode == code, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines and all(line.startswith("mdist: ") for line in lines), result.stderr
+    assert lines[-1].startswith("mdist: error:") and "internal error" not in lines[-1], result.stderr
+    return lines[-1]
+
+
+_PAIR = np.array([1, 2])
+WRONG_TYPES = {
+    "general.architecture": (_PAIR, "general.architecture must be one string, not an array"),
+    "tokenizer.ggml.model": (_PAIR, "tokenizer.ggml.model must be one string, not an array"),
+    "tokenizer.ggml.add_space_prefix": ("false", "tokenizer.ggml.add_space_prefix must be one boolean, not 'false'"),
+    "tokenizer.ggml.bos_token_id": (True, "tokenizer.ggml.bos_token_id must be one integer, not True"),
+    "tokenizer.ggml.eos_token_id": (_PAIR, "tokenizer.ggml.eos_token_id must be one integer, not an array"),
+}
+
+
+@pytest.mark.parametrize("key", sorted(WRONG_TYPES))
+@pytest.mark.parametrize("with_tokenizer", [False, True])
+def test_gguf_metadata_of_the_wrong_type_is_one_line_naming_the_key(bf16_gguf: Path, tmp_path: Path, key: str,
+                                                                    with_tokenizer: bool) -> None:
+    """A GGUF alone (its tokenizer rebuilt from its vocabulary) and one beside its tokenizer.model
+    (which is then the vocabulary: the tokenizer kind and space prefix are not read)."""
+    import shutil
+
+    value, message = WRONG_TYPES[key]
+    path = _rewrite(bf16_gguf, tmp_path / "m" / "m.gguf", {key: value})
+    if with_tokenizer:
+        shutil.copy(FIXTURE / "tokenizer.model", path.parent)
+    result = run_mdist("run", str(path.parent), "--prompt", "hi", "--max-tokens", "2")
+    if with_tokenizer and key in ("tokenizer.ggml.model", "tokenizer.ggml.add_space_prefix"):
+        assert result.returncode == 0, result.stderr
+        return
+    line = _one_line(result, 2)
+    assert line == f"mdist: error: m.gguf: {message}"
+    if key == "general.architecture":
+        assert _one_line(run_mdist("digest", str(path)), 2) == line
+
+
+def test_gguf_typed_metadata_reads_defaults_and_ints_as_numbers(bf16_gguf: Path) -> None:
+    gguf = read_gguf(bf16_gguf)
+    assert gguf.scalar("general.architecture", str) == "llama"
+    assert gguf.scalar("llama.block_count", float) == 6  # an integer is a number
+    assert gguf.scalar("no.such.key", bool, True) is True
+    with pytest.raises(InputError, match="llama.block_count must be one boolean, not 6"):
+        gguf.scalar("llama.block_count", bool)
+
+
+def test_an_f64_config_value_beyond_float32_is_one_line(bf16_gguf: Path) -> None:
+    """llama.rope.freq_base stored as F64 1e300: narrowing it to float32 printed numpy's overflow
+    warning (two lines of source) before the error."""
+    from mdist.runner.gguf_weights import config_of
+
+    gguf = read_gguf(bf16_gguf)
+    gguf.metadata["llama.rope.freq_base"] = 1e300
+    with _no_warnings(), pytest.raises(InputError, match="rope_theta must be a number in .*got 1e[+]300"):
+        config_of(gguf)
+
+
+class _no_warnings:
+    """Fails when numpy (or anything) warns inside the block."""
+
+    def __enter__(self):
+        import warnings
+
+        self._catch = warnings.catch_warnings(record=True)
+        self.caught = self._catch.__enter__()
+        warnings.simplefilter("always")
+        return self
+
+    def __exit__(self, *exc):
+        self._catch.__exit__(*exc)
+        assert not self.caught, [str(w.message) for w in self.caught]
+        return False
+
+
+_BF16_MAX, _BF16_INF = 0x7F7F, 0x7F80
+
+
+@pytest.mark.parametrize("tensor, pattern, code", [
+    ("output.weight", _BF16_MAX, 2),        # overflow in the output head: scores not finite
+    ("blk.0.attn_q.weight", _BF16_MAX, 2),  # overflow in attention, then NaN through the rotary
+    ("token_embd.weight", _BF16_INF, 2),    # infinity in the embedding: NaN from the first norm
+    ("token_embd.weight", _BF16_MAX, 0),    # the norm's square overflows: computed as torch does, quietly
+])
+def test_weights_that_overflow_give_one_line_and_no_numpy_warnings(bf16_gguf: Path, tmp_path: Path, tensor: str,
+                                                                   pattern: int, code: int) -> None:
+    import shutil
+
+    path = _rewrite(bf16_gguf, tmp_path / "m" / "m.gguf", {}, fill={tensor: pattern})
+    shutil.copy(FIXTURE / "tokenizer.model", path.parent)
+    for extra in ((), ("--temperature", "0.7", "--top-p", "0.9", "--seed", "1")):
+        result = run_mdist("run", str(path.parent), "--prompt", "hi", "--max-tokens", "3", *extra)
+        assert "Warning" not in result.stderr, result.stderr
+        if code:
+            assert "output scores are not finite" in _one_line(result, code)
+        else:
+            assert result.returncode == 0 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_weights_that_overflow_on_the_fly_are_quiet_in_the_pools_threads() -> None:
+    """Past the float32 budget the rows are widened and multiplied in worker threads, where numpy's
+    error state of the caller does not reach."""
+    import warnings
+
+    from mdist.runner.weights import WeightStore
+
+    big = np.full((3 * 4096, 64), 0x7F7F, dtype=np.uint16)  # bf16 3.4e38, 1.5 MiB > SMALL_BYTES
+    store = WeightStore({"w": big}, f32_budget_bytes=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = store.matmul(np.full((20, 64), 1e10, dtype=np.float32), "w")
+    assert not caught, [str(w.message) for w in caught]
+    assert not np.isfinite(out).any()
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--temperature", "nan", "--temperature must be a finite number >= 0, got nan"),
+    ("--top-p", "nan", "--top-p must be a number in (0, 1], got nan"),
+    ("--seed", "-1", "--seed must be a non-negative integer, got -1"),
+])
+def test_sampling_options_that_pass_clicks_types_are_one_line(fixture_copy: Path, option: str, value: str,
+                                                              message: str) -> None:
+    result = run_mdist("run", str(fixture_copy), "--prompt", "hi", "--max-tokens", "2", "--temperature", "0.5", option, value)
+    assert _one_line(result, 2) == f"mdist: error: {message}"
+
+
+def test_a_tiny_temperature_samples_the_best_token() -> None:
+    """--temperature 1e-320: the scores divided by it were infinities, their difference NaN."""
+    from mdist.runner.sampling import Sampler
+
+    logits = np.array([1.0, 5.0, -3.0, 5.0 - 1e-6], dtype=np.float32)
+    with _no_warnings():
+        assert {Sampler(1e-320, seed=seed)(logits) for seed in range(5)} == {1}
+        assert Sampler(1e-320, top_p=0.5, seed=0)(logits) == 1
