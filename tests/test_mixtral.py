@@ -381,13 +381,14 @@ def test_weights_larger_than_ram_are_said_to_be_disk_bound() -> None:
     from types import SimpleNamespace
 
     from mdist.runner.session import _weights_versus_ram
+    from mdist.runner.weights import WeightStore
 
     ram = __import__("os").sysconf("SC_PAGE_SIZE") * __import__("os").sysconf("SC_PHYS_PAGES")
     huge = np.lib.stride_tricks.as_strided(np.zeros(1, np.uint16), shape=(ram // 2 + 1,), strides=(0,))  # no memory
     small = np.zeros(8, np.uint16)
-    big_model = SimpleNamespace(weights=SimpleNamespace(stored={"a": huge, "b": small}))
+    big_model = SimpleNamespace(weights=WeightStore({"a": huge, "b": small}, f32_budget_bytes=0))  # never widened
     assert _weights_versus_ram(big_model) == {"weights_bytes": huge.nbytes + 16, "ram_bytes": ram, "disk_bound": True}
-    assert _weights_versus_ram(SimpleNamespace(weights=SimpleNamespace(stored={"b": small})))["disk_bound"] is False
+    assert _weights_versus_ram(SimpleNamespace(weights=WeightStore({"b": small})))["disk_bound"] is False
 
 
 def test_the_8x7b_mirror_layout_is_recognised_and_held_to_the_published_md5(tmp_path: Path) -> None:
