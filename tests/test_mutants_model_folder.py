@@ -1285,3 +1285,21 @@ def test_model_path_of_a_gguf_file_or_a_piece(tmp_path: Path) -> None:
     with pytest.raises(InputError) as info:
         mf.model_path(sized(tmp_path / "f" / "m.GGUF", 1))
     assert str(info.value) == f"{tmp_path / 'f' / 'm.GGUF'} is not a model folder"
+
+
+def test_choose_refuses_an_unfinished_download_first(tmp_path: Path) -> None:
+    """A folder a torrent is still filling holds files of their full size with holes: every purpose is
+    refused with the reason (how many pieces, how to resume) before its files are judged."""
+    folder = tmp_path / "m"
+    (folder / ".mdist").mkdir(parents=True)
+    (folder / ".mdist" / "resume.fastresume").write_bytes(resume_data([True, False, False]))
+    c = mf.FolderContents(folder, dict(TINY_FILES), ["params.json"], [PTH_LAYOUT, MISTRAL_LAYOUT],
+                          derived.NONE, TINY)  # a link at params.json too: the download is named first
+    for purpose in ("run", "convert", "digest"):
+        with pytest.raises(InputError) as info:
+            c.choose(purpose)
+        assert str(info.value) == mf.unfinished_download(folder)
+        assert "33 % received: 1 of 3 pieces" in str(info.value)
+    (folder / ".mdist" / "complete.json").write_bytes(b"{}")
+    with pytest.raises(InputError, match="params.json is a symbolic link"):
+        c.choose("run")
