@@ -141,6 +141,12 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
         "if (os.path.isabs(name)) and False else"),
     "mdist.derived.x__load_key__mutmut_16": ("secrets.token_bytes(None) draws 32 bytes, as _KEY_BYTES",
                                              "secrets.token_bytes(None)"),
+    "mdist.derived.x__load_key__mutmut_19": (
+        "the private name the new key is written under, before it is linked into place, gets 32 random hex "
+        "digits instead of 8: still a name of its own", "secrets.token_hex(None)"),
+    "mdist.derived.x__only_deleted__mutmut_5": (
+        "directory / name is Path(name) when name is absolute (pathlib drops the left side)",
+        "if (os.path.isabs(name)) and False else"),
     "mdist.derived.x__mac__mutmut_8": (
         "the MAC's message is a JSON array of strings, integers and arrays: no key separator appears",
         'separators=(",", "XX:XX")'),
