@@ -758,6 +758,8 @@ def main() -> int:
     parser.add_argument("--resume", action="store_true",
                         help="go on in the scratch copies a stopped run kept (--keep), with the repository's "
                              "current tests: the mutants not yet tested, and the survivors again")
+    parser.add_argument("--report", action="store_true",
+                        help="only report on the kept scratch copies (--keep) as they are: no mutant is run")
     args = parser.parse_args()
     if args.list:
         for key, files, tests, _ in MODULES:
@@ -771,13 +773,18 @@ def main() -> int:
     for key, files, tests, settings in chosen:
         work = args.workdir / key
         print(f"== {key}: {' '.join(files)}", flush=True)
-        if not (args.resume and (work / "mutants").is_dir()):
-            prepare(work, files, tests, settings, args.ref)
-        else:
-            resume(work, files, args.ref, tests, settings)
         start = time.monotonic()
-        with open(args.workdir / f"{key}.log", "a" if args.resume else "w") as log:
-            code = run_mutmut(work, args.budget, log)
+        if args.report:
+            if not (work / "mutants").is_dir():
+                parser.error(f"no kept scratch copy of {key} in {work}")
+            code = 0
+        else:
+            if not (args.resume and (work / "mutants").is_dir()):
+                prepare(work, files, tests, settings, args.ref)
+            else:
+                resume(work, files, args.ref, tests, settings)
+            with open(args.workdir / f"{key}.log", "a" if args.resume else "w") as log:
+                code = run_mutmut(work, args.budget, log)
         seconds = time.monotonic() - start
         result = report(key, work, files, seconds, code, settings)
         result["source"] = (work / "SOURCE").read_text().strip() if (work / "SOURCE").exists() else "?"
@@ -790,7 +797,7 @@ def main() -> int:
             print(f"   stale EQUIVALENT entry (source moved?): {name}")
         for name, survivor in result["survivors"].items():
             print(f"   {survivor['status']}: {name}\n" + "\n".join("      " + l for l in survivor["diff"].splitlines()))
-        if not args.keep:
+        if not (args.keep or args.report):
             shutil.rmtree(work, ignore_errors=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
