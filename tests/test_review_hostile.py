@@ -212,3 +212,72 @@ def test_a_tiny_temperature_samples_the_best_token() -> None:
     with _no_warnings():
         assert {Sampler(1e-320, seed=seed)(logits) for seed in range(5)} == {1}
         assert Sampler(1e-320, top_p=0.5, seed=0)(logits) == 1
+
+
+# -- concurrent mdist processes deriving into one folder -----------------------------------------------
+def _runs_at_once(folder: Path, count: int, env: dict[str, str]) -> list[tuple[int, str]]:
+    import subprocess
+    import sys
+
+    processes = [subprocess.Popen([sys.executable, "-m", "mdist", "run", str(folder), "--prompt", "hi",
+                                   "--max-tokens", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  text=True, env=env) for _ in range(count)]
+    return [(p.wait(timeout=300), p.stderr.read()) for p in processes]
+
+
+@pytest.mark.parametrize("read_only", [False, True])
+def test_runs_started_together_convert_once_and_all_run(fixture_copy: Path, tmp_path: Path, read_only: bool) -> None:
+    """Each `run` of a raw folder converted it; the later rename replaced the file the earlier
+    record described: a run failed ('did not produce a loadable model' in a read-only folder's
+    cache, or the .pth read as safetensors: 'invalid safetensors header'), and the folder was left
+    stale. Now one converts while the others wait, then use its conversion."""
+    import os
+    import shutil
+
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
+    for round_ in range(3):
+        folder = tmp_path / f"m{round_}"
+        shutil.copytree(fixture_copy, folder)
+        if read_only:
+            folder.chmod(0o555)
+        try:
+            results = _runs_at_once(folder, 4, env)
+        finally:
+            folder.chmod(0o755)
+        assert all(code == 0 for code, _ in results), [err for _, err in results]
+        assert sum("converting" in err for _, err in results) == 1, [err for _, err in results]
+        verdict = run_mdist("verify", str(folder)).stdout.strip().splitlines()[-1]
+        assert "stale" not in verdict, verdict
+
+
+def test_runs_of_a_lone_gguf_started_together_write_its_tokenizer_once(bf16_gguf: Path, tmp_path: Path) -> None:
+    import os
+    import shutil
+
+    for round_ in range(3):
+        folder = tmp_path / f"g{round_}"
+        folder.mkdir()
+        shutil.copy(bf16_gguf, folder)
+        results = _runs_at_once(folder, 3, dict(os.environ))
+        assert all(code == 0 for code, _ in results), [err for _, err in results]
+        assert sum("wrote tokenizer.model" in err for _, err in results) == 1, [err for _, err in results]
+
+
+def test_the_derivation_lock_is_reentrant_and_kept_outside_the_model_folder(tmp_path: Path, monkeypatch) -> None:
+    import fcntl
+    import os
+
+    from mdist.locks import _lock_file, derivation_lock
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    folder = tmp_path / "m"
+    folder.mkdir()
+    with derivation_lock(folder), derivation_lock(folder / "." ):
+        fd = os.open(_lock_file(folder), os.O_RDWR)
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held, as another process would find it
+        os.close(fd)
+    assert list(folder.iterdir()) == []
+    fd = os.open(_lock_file(folder), os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released
+    os.close(fd)

@@ -15,6 +15,7 @@ from mdist.convert.checkpoint import Checkpoint
 from mdist.convert.safetensors_writer import TensorSource, plan_shards, write_safetensors
 from mdist.convert.sources import SIDE_FILES as _SIDE_FILES, TensorInput, open_input
 from mdist.derived import record_derived, signing_key
+from mdist.locks import derivation_lock
 from mdist.errors import InputError
 from mdist.layout import heads_for, interleaved_to_half_rows, mistral_to_hf_name
 from mdist.model_folder import MISTRAL
@@ -56,6 +57,16 @@ def convert(
         require_output_folder(Path(out))
         _refuse_output_inside_source(Path(src), Path(out))
     signing_key()  # the record of what is written needs it: a damaged key is said before any writing
+    # From the overwrite check to the record: another mdist writing the same files would leave
+    # records that describe the other's files (mdist.locks).
+    with derivation_lock(Path(out) if out is not None else _model_folder_of(src)):
+        return _convert_locked(src, out, layout=layout, force=force, shard_bytes=shard_bytes, on_start=on_start,
+                               on_bytes=on_bytes, gguf_type=gguf_type)
+
+
+def _convert_locked(src: Path, out: Path | None, *, layout: str, force: bool, shard_bytes: int,
+                    on_start: Callable[[int], None] | None, on_bytes: Callable[[int], None] | None,
+                    gguf_type: str) -> ConversionResult:
     if layout == "gguf":  # one .gguf file (mdist.convert.gguf_writer)
         from mdist.convert.gguf_writer import convert_gguf
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from mdist.errors import InputError
+from mdist.locks import derivation_lock
 from mdist.model_folder import GGUF, MISTRAL, MISTRAL_WEIGHTS, PTH, FolderContents, Layout, inspect_folder, model_path
 from mdist.tokenizer_files import tokenizer_file
 
@@ -26,19 +27,27 @@ def resolve_model(path: Path) -> tuple[Path, Layout]:
     else:
         layout = contents.choose("run", note=_note)
     if layout.kind == GGUF and tokenizer_file(os.listdir(contents.path)) is None:
-        from mdist.runner.gguf_tokenizer import write_tokenizer_beside
-
-        if not _writable(contents.path):
-            raise InputError(f"{contents.path} holds no tokenizer.model and cannot be written; copy "
-                             f"{layout.weights[0]} to a folder you can write, where mdist makes one from the "
-                             f"GGUF's own vocabulary")
-        made = write_tokenizer_beside(contents.path / layout.weights[0])
-        _note(f"{contents.path} had no tokenizer: wrote {made.name} from {layout.weights[0]}'s own vocabulary")
-        layout = inspect_folder(contents.path).choose_containing(layout.weights[0], "run")
+        layout = _tokenizer_beside(contents, layout)
     if layout.kind != PTH:
         return contents.path, layout
     _require_tokenizer(contents.path)
     return _converted(contents, layout)
+
+
+def _tokenizer_beside(contents: FolderContents, layout: Layout) -> Layout:
+    """Write the lone GGUF's tokenizer.model from its vocabulary (under the folder's lock: another
+    `run` of the same GGUF may have written it meanwhile), then the layout with it."""
+    from mdist.runner.gguf_tokenizer import write_tokenizer_beside
+
+    if not _writable(contents.path):
+        raise InputError(f"{contents.path} holds no tokenizer.model and cannot be written; copy "
+                         f"{layout.weights[0]} to a folder you can write, where mdist makes one from the "
+                         f"GGUF's own vocabulary")
+    with derivation_lock(contents.path):
+        if tokenizer_file(os.listdir(contents.path)) is None:
+            made = write_tokenizer_beside(contents.path / layout.weights[0])
+            _note(f"{contents.path} had no tokenizer: wrote {made.name} from {layout.weights[0]}'s own vocabulary")
+        return inspect_folder(contents.path).choose_containing(layout.weights[0], "run")
 
 
 def _require_tokenizer(folder: Path) -> None:
@@ -52,6 +61,15 @@ def _require_tokenizer(folder: Path) -> None:
 def _converted(contents: FolderContents, layout: Layout) -> tuple[Path, Layout]:
     """Convert the release's .pth into its own folder (derived from the release), or, when that is
     read-only, into a per-user cache whose every file must be mdist's valid derivation."""
+    source = contents.path
+    in_place = _writable(source)
+    target = source if in_place else _cache_dir_for(source)
+    with derivation_lock(target):  # another `run` converting it too: wait, then use its conversion
+        return _convert_once(inspect_folder(source), layout, target, in_place)
+
+
+def _convert_once(contents: FolderContents, layout: Layout, target: Path, in_place: bool) -> tuple[Path, Layout]:
+    """_converted, under the folder's lock, with the folder as it is now."""
     from mdist.convert import convert
 
     source = contents.path
@@ -59,8 +77,6 @@ def _converted(contents: FolderContents, layout: Layout) -> tuple[Path, Layout]:
         if (done.kind == MISTRAL and contents.usable(done) and MISTRAL_WEIGHTS in contents.derived.valid
                 and layout.weights[0] in contents.derived.sources.get(MISTRAL_WEIGHTS, ())):
             return source, done
-    in_place = _writable(source)
-    target = source if in_place else _cache_dir_for(source)
     if not in_place:
         cached = _cached_layout(target)
         if cached is not None:
@@ -71,7 +87,10 @@ def _converted(contents: FolderContents, layout: Layout) -> tuple[Path, Layout]:
     own_output = (MISTRAL_WEIGHTS not in contents.files or contents.derived.known(MISTRAL_WEIGHTS))
     convert(source if layout.joined else source / layout.weights[0], target, force=own_output or not in_place)
     if in_place:
-        return target, inspect_folder(target, release=contents.release).choose("run")
+        chosen = inspect_folder(target, release=contents.release).choose("run")
+        if chosen.kind != PTH:  # never the .pth itself, which the caller would read as safetensors
+            return target, chosen
+        raise InputError(f"the conversion in {target} did not produce a loadable model")
     cached = _cached_layout(target)
     if cached is None:
         raise InputError(f"the conversion in {target} did not produce a loadable model")
