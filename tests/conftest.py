@@ -66,8 +66,18 @@ def random_mistral(directory: Path, *, dim=64, n_layers=2, head_dim=16, hidden_d
 
 @pytest.fixture
 def fixture_copy(tmp_path: Path) -> Path:
-    target = tmp_path / "tiny-mistral"
-    shutil.copytree(FIXTURE, target)
-    for path in target.iterdir():
-        path.chmod(0o644)
+    return copy_fixture(tmp_path / "tiny-mistral")
+
+
+FIXTURE_FILES = ("consolidated.00.pth", "params.json", "tokenizer.model")
+
+
+def copy_fixture(target: Path) -> Path:
+    """A writable copy of the bundled release's three files alone: anything a run left beside them in
+    the package (a conversion, a .mdist/ folder; gitignored) would change what a test sees."""
+    target = Path(target)
+    target.mkdir(parents=True)
+    for name in FIXTURE_FILES:
+        shutil.copyfile(FIXTURE / name, target / name)
+        (target / name).chmod(0o644)
     return target

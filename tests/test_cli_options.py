@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FIXTURE, run_mdist
+from conftest import FIXTURE, copy_fixture, run_mdist
 
 MAGNET = "magnet:?xt=urn:btih:208b101a0f51514ecf285885a8b0f6fb1a1e4d7d&dn=x"
 
@@ -61,9 +61,8 @@ def test_usage_errors_point_at_the_command_help() -> None:
 
 
 def test_run_of_a_named_file_uses_that_file_or_nothing(tmp_path: Path) -> None:
-    import shutil
     folder = tmp_path / "m"
-    shutil.copytree(FIXTURE, folder, ignore=shutil.ignore_patterns(".mdist", "consolidated.safetensors"))  # the release alone
+    copy_fixture(folder)  # the release alone
     assert run_mdist("convert", str(folder), "--layout", "hf").returncode == 0
     named = run_mdist("run", str(folder / "model-00001-of-00001.safetensors"), "--prompt", "x", "--max-tokens", "1")
     assert named.returncode == 0 and "converting" not in named.stderr  # the named HF shard, not the .pth
@@ -76,9 +75,8 @@ def test_run_of_a_named_file_uses_that_file_or_nothing(tmp_path: Path) -> None:
 
 
 def test_digest_says_which_layout_it_used(tmp_path: Path) -> None:
-    import shutil
     folder = tmp_path / "m"
-    shutil.copytree(FIXTURE, folder, ignore=shutil.ignore_patterns(".mdist", "consolidated.safetensors"))  # the release alone
+    copy_fixture(folder)  # the release alone
     assert run_mdist("convert", str(folder)).returncode == 0
     result = run_mdist("digest", str(folder))
     assert result.returncode == 0 and "digest uses pth" in result.stderr
@@ -206,11 +204,10 @@ def test_digest_says_its_layout_once_and_shows_progress_only_on_a_terminal(tmp_p
     """Compared with a Q8_0 GGUF, the release is read twice (digests, then re-encoded): its 'several
     layouts' note is said once. On a terminal a bar shows each path being digested and the
     re-encoding; piped or with --json, stderr holds the note alone."""
-    import shutil
 
     env = {"XDG_STATE_HOME": str(tmp_path / "state")}
     folder = tmp_path / "m"
-    shutil.copytree(FIXTURE, folder, ignore=shutil.ignore_patterns(".mdist", "consolidated.safetensors"))
+    copy_fixture(folder)
     assert run_mdist("convert", str(folder), env=env).returncode == 0
     gguf = run_mdist("convert", str(folder), "--layout", "gguf", "--type", "q8_0", "--out", str(tmp_path / "g"),
                      "--json", env=env)

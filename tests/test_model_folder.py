@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import FIXTURE, run_mdist
+from conftest import FIXTURE, copy_fixture, run_mdist
 
 
 @pytest.fixture(autouse=True)
@@ -51,17 +51,13 @@ def attacker_weights(tmp_path: Path, hf: bool = False) -> dict[str, torch.Tensor
     return {head: tensors[head]}
 
 
-def copy_fixture(tmp_path: Path, name: str = "release") -> Path:
-    target = tmp_path / name
-    shutil.copytree(FIXTURE, target)
-    for path in target.iterdir():
-        path.chmod(0o644)
-    return target
+def release_copy(tmp_path: Path, name: str = "release") -> Path:
+    return copy_fixture(tmp_path / name)
 
 
 # -- critical 1: a planted weight file ------------------------------------------------------------
 def test_planted_consolidated_safetensors_is_refused_everywhere(tmp_path: Path) -> None:
-    release = copy_fixture(tmp_path)
+    release = release_copy(tmp_path)
     honest = greedy(release)
     assert honest.returncode == 0, honest.stderr
     honest_ids = json.loads(honest.stdout)["token_ids"]
@@ -120,7 +116,7 @@ def test_unknown_folder_loads_only_the_shards_its_index_names(tmp_path: Path) ->
 
 # -- derived files: recorded, unforgeable, never stale ---------------------------------------------
 def test_run_output_is_derived_and_verify_says_so(tmp_path: Path) -> None:
-    release = copy_fixture(tmp_path)
+    release = release_copy(tmp_path)
     assert greedy(release).returncode == 0
     assert (release / "consolidated.safetensors").is_file()
     verified = run_mdist("verify", str(release), "--json", "--strict")
@@ -130,7 +126,7 @@ def test_run_output_is_derived_and_verify_says_so(tmp_path: Path) -> None:
 
 def test_a_copied_folder_cannot_bring_its_derived_record(tmp_path: Path, private_state: Path) -> None:
     """A record made under another machine's key is not mdist's own; a copy made here is stale."""
-    release = copy_fixture(tmp_path)
+    release = release_copy(tmp_path)
     assert greedy(release).returncode == 0
     shutil.rmtree(private_state)  # from here on, this is another machine: a new key
     copied = tmp_path / "copied"
@@ -146,7 +142,7 @@ def test_a_copied_folder_is_made_usable_again_by_convert_force(tmp_path: Path, p
     `convert DIR --force`, which writes the file again from the release (the copied one, here
     altered, is never read); run then gives the release's own tokens. --force of another layout,
     or into another folder, does not lift the refusal."""
-    release = copy_fixture(tmp_path)
+    release = release_copy(tmp_path)
     first = greedy(release)
     assert first.returncode == 0, first.stderr
     shutil.rmtree(private_state)  # another machine: a new key
@@ -209,7 +205,7 @@ def test_a_damaged_machine_key_is_one_line_and_never_replaced(tmp_path: Path, pr
     key = private_state / "mdist" / "derived.key"
     key.parent.mkdir(parents=True)
     key.write_bytes(b"short")
-    release = copy_fixture(tmp_path)
+    release = release_copy(tmp_path)
     result = run_mdist("convert", str(release))
     assert result.returncode == 2, result.stderr
     assert not (release / "consolidated.safetensors").exists()  # said before anything is written
@@ -224,7 +220,7 @@ def test_a_converted_folder_runs_after_a_copy_or_a_touch_of_its_source(tmp_path:
     stale) it still runs, as the same copy does for a user whose key never signed them; a source
     merely touched does not stop the known release DIR holds (verify says it is whole). It said
     'config.json was derived by mdist from files that have changed since', exit 2."""
-    release = copy_fixture(tmp_path)
+    release = release_copy(tmp_path)
     first = greedy(release)
     assert first.returncode == 0, first.stderr
     for layout in ("mistral", "hf"):
@@ -246,7 +242,7 @@ def test_a_converted_folder_runs_after_a_copy_or_a_touch_of_its_source(tmp_path:
 @pytest.mark.parametrize("layout", ["mistral", "hf", "gguf"])
 def test_out_inside_the_model_folder_is_refused_before_anything_is_written(tmp_path: Path, layout: str) -> None:
     """It was accepted, and the release was then refused for holding hf/model-00001-of-00001.safetensors."""
-    release = copy_fixture(tmp_path)
+    release = release_copy(tmp_path)
     before = sorted(os.listdir(release))
     result = run_mdist("convert", str(release), "--layout", layout, "--out", str(release / "sub"))
     assert result.returncode == 2, result.stderr
@@ -259,7 +255,7 @@ def test_out_inside_the_model_folder_is_refused_before_anything_is_written(tmp_p
 
 
 def test_verify_of_a_converted_folder_names_the_folder_it_was_made_from(tmp_path: Path) -> None:
-    release = copy_fixture(tmp_path)
+    release = release_copy(tmp_path)
     out = tmp_path / "out"
     assert run_mdist("convert", str(release), "--out", str(out)).returncode == 0
     result = run_mdist("verify", str(out), "--manifest", "tiny-mistral", "--json")
@@ -291,7 +287,7 @@ def test_an_unknown_folder_converted_in_place_is_converted_again_when_its_source
 
 
 def test_a_copy_made_here_is_converted_again_not_loaded(tmp_path: Path) -> None:
-    release = copy_fixture(tmp_path)
+    release = release_copy(tmp_path)
     first = greedy(release)
     copied = tmp_path / "copied"
     shutil.copytree(release, copied)
@@ -306,7 +302,7 @@ def test_a_copy_made_here_is_converted_again_not_loaded(tmp_path: Path) -> None:
 
 
 def test_a_changed_source_makes_the_derived_file_stale(tmp_path: Path) -> None:
-    release = copy_fixture(tmp_path)
+    release = release_copy(tmp_path)
     first = greedy(release)
     assert first.returncode == 0
     derived = release / "consolidated.safetensors"
@@ -324,7 +320,7 @@ def test_a_changed_source_makes_the_derived_file_stale(tmp_path: Path) -> None:
 
 # -- several layouts in one folder -------------------------------------------------------------------
 def test_hf_conversion_into_the_release_folder(tmp_path: Path) -> None:
-    release = copy_fixture(tmp_path)
+    release = release_copy(tmp_path)
     assert run_mdist("convert", str(release), "--layout", "hf").returncode == 0
     result = greedy(release)
     assert result.returncode == 0, result.stderr
@@ -379,7 +375,7 @@ def test_read_only_output_folder_is_one_line(tmp_path: Path) -> None:
 # -- found by a hostile review -----------------------------------------------------------------------
 def evil_release(tmp_path: Path) -> Path:
     """The release's layout with the output head flipped, saved by real torch.save."""
-    folder = copy_fixture(tmp_path, "evil")
+    folder = release_copy(tmp_path, "evil")
     state = torch.load(folder / "consolidated.00.pth", weights_only=True)
     state["output.weight"] = state["output.weight"].flip(0).contiguous()
     torch.save(state, folder / "consolidated.00.pth")
@@ -387,7 +383,7 @@ def evil_release(tmp_path: Path) -> Path:
 
 
 def test_a_conversion_of_other_weights_into_a_release_is_not_derived_from_it(tmp_path: Path) -> None:
-    release = copy_fixture(tmp_path)
+    release = release_copy(tmp_path)
     evil = evil_release(tmp_path)
     lone = tmp_path / "lone"
     lone.mkdir()
@@ -401,7 +397,7 @@ def test_a_conversion_of_other_weights_into_a_release_is_not_derived_from_it(tmp
 
 def test_small_json_files_do_not_hide_the_release(tmp_path: Path) -> None:
     """Files of tiny-mistral-hf (without its weights) must not turn off tiny-mistral's refusal."""
-    release = copy_fixture(tmp_path)
+    release = release_copy(tmp_path)
     hf = tmp_path / "hf"
     assert run_mdist("convert", str(FIXTURE), "--layout", "hf", "--out", str(hf)).returncode == 0
     for name in ("config.json", "generation_config.json", "special_tokens_map.json", "tokenizer_config.json"):
@@ -430,7 +426,7 @@ def test_digest_of_a_shard_is_that_shard_layout(tmp_path: Path) -> None:
 
 
 def test_linked_tokenizer_and_params_are_never_followed(tmp_path: Path) -> None:
-    release = copy_fixture(tmp_path)
+    release = release_copy(tmp_path)
     other = tmp_path / "other.model"
     shutil.move(release / "tokenizer.model", other)
     (release / "tokenizer.model").symlink_to(other)
@@ -445,7 +441,7 @@ def test_linked_tokenizer_and_params_are_never_followed(tmp_path: Path) -> None:
 
 
 def test_a_linked_state_folder_is_refused_not_written_through(tmp_path: Path) -> None:
-    release = copy_fixture(tmp_path)
+    release = release_copy(tmp_path)
     victim = tmp_path / "victim"
     victim.mkdir()
     (release / ".mdist").symlink_to(victim)
@@ -480,7 +476,7 @@ def test_a_plain_file_in_a_cache_snapshot_is_never_read(tmp_path: Path) -> None:
 
 def test_a_config_with_a_repeated_key_is_refused(tmp_path: Path) -> None:
     """json keeps the last of two equal keys silently; which one a reader sees must not be a guess."""
-    folder = copy_fixture(tmp_path)
+    folder = release_copy(tmp_path)
     text = (folder / "params.json").read_text()
     (folder / "params.json").write_text(text.replace("{", '{"n_layers": 1, ', 1))
     result = greedy(folder)
@@ -490,7 +486,7 @@ def test_a_config_with_a_repeated_key_is_refused(tmp_path: Path) -> None:
 def test_a_deeply_nested_folder_is_one_line(tmp_path: Path) -> None:
     """os.walk recursed once per level: 1,200 levels ended in RecursionError and a traceback.
     Now the walk is iterative and refuses folders nested deeper than 64."""
-    release = copy_fixture(tmp_path)
+    release = release_copy(tmp_path)
     deep = release
     for _ in range(100):  # past the 64-folder limit; the walk itself no longer recurses
         deep = deep / "d"
@@ -502,7 +498,7 @@ def test_a_deeply_nested_folder_is_one_line(tmp_path: Path) -> None:
 
 
 def test_a_name_ending_in_a_newline_is_judged_alike_everywhere(tmp_path: Path) -> None:
-    release = copy_fixture(tmp_path)
+    release = release_copy(tmp_path)
     shutil.copy(release / "consolidated.00.pth", release / "consolidated.01.pth\n")
     verified = run_mdist("verify", str(release), "--json")
     assert verified.returncode == 1 and statuses(verified)["consolidated.01.pth\n"] == "refused"
@@ -512,7 +508,7 @@ def test_a_name_ending_in_a_newline_is_judged_alike_everywhere(tmp_path: Path) -
 
 
 def test_names_equal_but_for_case_are_refused(tmp_path: Path) -> None:
-    release = copy_fixture(tmp_path)
+    release = release_copy(tmp_path)
     (release / "Params.json").write_text("{}")
     verified = run_mdist("verify", str(release), "--json")
     assert verified.returncode == 1 and statuses(verified)["Params.json"] == "refused"
@@ -523,7 +519,7 @@ def test_a_conversion_whose_source_was_deleted_still_runs(tmp_path: Path) -> Non
     its sources is in DIR to convert again from, so DIR runs like any folder, on its own files
     (and verify says nothing vouches for it)."""
     src = tmp_path / "src"
-    shutil.copytree(FIXTURE, src)
+    copy_fixture(src)
     out = tmp_path / "out"
     assert run_mdist("convert", str(src), "--out", str(out)).returncode == 0
     before = run_mdist("run", str(out), "--prompt", "ROMEO:", "--max-tokens", "6", "--json")

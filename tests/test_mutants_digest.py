@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import FIXTURE
+from conftest import FIXTURE, copy_fixture
 from mdist.errors import InputError
 from mdist.verify import digest as dg
 from mdist.verify.digest import TensorDigest, compare, root_digest, tensor_digests
@@ -207,7 +207,7 @@ def test_the_layout_used_is_said(tmp_path: Path) -> None:
     from mdist.convert import convert
 
     folder = tmp_path / "m"
-    shutil.copytree(FIXTURE, folder)
+    copy_fixture(folder)
     convert(folder, folder)  # consolidated.safetensors beside the .pth: two layouts
     notes: list[str] = []
     assert as_dict(tensor_digests(folder, note=notes.append)) == torch_reference(FIXTURE / "consolidated.00.pth")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FIXTURE, random_mistral, run_mdist
+from conftest import FIXTURE, copy_fixture, random_mistral, run_mdist
 from mdist.convert import convert
 from mdist.runner import Model, Sampler, StreamDecoder, Tokenizer
 
@@ -169,7 +169,7 @@ def test_stdout_carries_only_the_text_and_stderr_the_stats(fixture_models) -> No
 
 def test_raw_pth_is_converted_once_and_reused(tmp_path: Path) -> None:
     model_dir = tmp_path / "raw"
-    shutil.copytree(FIXTURE, model_dir)
+    copy_fixture(model_dir)
     first = run_mdist("run", str(model_dir), "--prompt", "KING:", "--max-tokens", "5")
     assert first.returncode == 0, first.stderr
     assert "converting" in first.stderr

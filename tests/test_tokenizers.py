@@ -22,7 +22,7 @@ import pytest
 import sentencepiece
 import torch
 
-from conftest import FIXTURE, random_mistral, run_mdist
+from conftest import FIXTURE, copy_fixture, random_mistral, run_mdist
 from mdist.errors import InputError
 from mdist.runner import StreamDecoder, Tokenizer
 from mdist.runner.chat import SAFE_PROMPT
@@ -216,7 +216,7 @@ def test_run_uses_the_versioned_tokenizer_and_checks_its_vocabulary(tmp_path: Pa
 @pytest.mark.parametrize("name", ["tokenizer.model.v3", "tekken.json"])
 def test_a_known_release_never_reads_a_tokenizer_it_does_not_hold(tmp_path: Path, shipped, name: str) -> None:
     """In a recognised release, the tokenizer run would read must be part of it, like the weights."""
-    model = Path(shutil.copytree(FIXTURE, tmp_path / "m"))
+    model = Path(copy_fixture(tmp_path / "m"))
     shutil.copy(shipped["v3" if name.startswith("tokenizer") else "tekken"], model / name)
     result = run_mdist("run", str(model), "--prompt", "hi", "--max-tokens", "1")
     assert f"{name} is not part of tiny-mistral" in error_line(result)
