@@ -467,7 +467,16 @@ def _function(key):
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """When a mutant is tested, run its fastest tests first (mutmut stops at the first failure)."""
+    """In the fast tier (fast_tier.json), only the selection's first test file exists for mutmut: the
+    clean run, the stats, every mutant. Otherwise, when a mutant is tested, run its fastest tests first
+    (mutmut stops at the first failure)."""
+    tier = Path(__file__).with_name("fast_tier.json")
+    if tier.exists():
+        first = json.loads(tier.read_text())["tests"]
+        dropped = [item for item in items if not item.nodeid.split("::")[0].endswith(first)]
+        if dropped:
+            items[:] = [item for item in items if item not in dropped]
+            config.hook.pytest_deselected(items=dropped)
     if os.environ.get("MUTANT_UNDER_TEST", "") in ("", "stats", "fail", "mutant_generation"):
         return
     from mutmut.state import state
@@ -532,7 +541,8 @@ def toml_list(values: list[str]) -> str:
     return "[" + ", ".join(json.dumps(v) for v in values) + "]"
 
 
-def prepare(work: Path, files: list[str], tests: list[str], settings: dict, ref: str | None) -> None:
+def prepare(work: Path, files: list[str], tests: list[str], settings: dict, ref: str | None,
+            fast_first: bool = False) -> None:
     """A scratch copy of the work tree (or of commit `ref`) with mutmut's config for this module."""
     if work.exists():
         shutil.rmtree(work)
@@ -581,11 +591,24 @@ timeout_constant = 2.0
     support = work / "support"
     support.mkdir()
     write_support(support, tests, fast_only)
+    set_fast_tier(support, tests, fast_first)
     (work / "hits").mkdir()
     (work / "tmp").mkdir()
     # On PYTHONPATH before mutmut fills it: a folder missing at start-up is cached by the import
     # system as "nothing here", and mdist would be imported from the repository instead.
     (work / "mutants").mkdir()
+
+
+def set_fast_tier(support: Path, tests: list[str], on: bool) -> None:
+    """The fast tier: every mutant against the module's in-process tests (the selection's first file)
+    alone. A later --resume without --fast-first brings the other tests back: mutmut sees them as new,
+    learns what they reach, and the survivors are tested again against the whole selection (the
+    selection in pyproject.toml never changes: mutmut would then drop every verdict)."""
+    tier = support / "fast_tier.json"
+    if on:
+        tier.write_text(json.dumps({"tests": tests[0].rpartition("/")[2]}))
+    else:
+        tier.unlink(missing_ok=True)
 
 
 def write_support(support: Path, tests: list[str], fast_only: dict[str, list[str]]) -> None:
@@ -604,7 +627,7 @@ def write_support(support: Path, tests: list[str], fast_only: dict[str, list[str
 
 
 def resume(work: Path, files: list[str], ref: str | None, tests: list[str] | None = None,
-           settings: dict | None = None) -> None:
+           settings: dict | None = None, fast_first: bool = False) -> None:
     """Take the repository's current tests, and have the survivors tested again with them (but those
     listed in EQUIVALENT, whose fragment still matches: the slow tests that reach them change nothing).
 
@@ -617,6 +640,7 @@ def resume(work: Path, files: list[str], ref: str | None, tests: list[str] | Non
         advance(work, ref, settings or {})
     if tests is not None:  # today's plugin and fast-test choice
         write_support(work / "support", tests, (settings or {}).get("fast_tests_only", {}))
+        set_fast_tier(work / "support", tests, fast_first)
     shutil.rmtree(work / "mutants" / ".hypothesis", ignore_errors=True)  # no example replayed from before
     if ref:
         for test in (REPO / "tests").glob("test_mutants_*.py"):
@@ -758,6 +782,9 @@ def main() -> int:
     parser.add_argument("--resume", action="store_true",
                         help="go on in the scratch copies a stopped run kept (--keep), with the repository's "
                              "current tests: the mutants not yet tested, and the survivors again")
+    parser.add_argument("--fast-first", action="store_true",
+                        help="the fast tier: mutants against each module's in-process tests only (its first test "
+                             "file); then --resume without it tests the survivors against the whole selection")
     parser.add_argument("--report", action="store_true",
                         help="only report on the kept scratch copies (--keep) as they are: no mutant is run")
     args = parser.parse_args()
@@ -780,9 +807,9 @@ def main() -> int:
             code = 0
         else:
             if not (args.resume and (work / "mutants").is_dir()):
-                prepare(work, files, tests, settings, args.ref)
+                prepare(work, files, tests, settings, args.ref, args.fast_first)
             else:
-                resume(work, files, args.ref, tests, settings)
+                resume(work, files, args.ref, tests, settings, args.fast_first)
             with open(args.workdir / f"{key}.log", "a" if args.resume else "w") as log:
                 code = run_mutmut(work, args.budget, log)
         seconds = time.monotonic() - start
