@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -62,3 +63,29 @@ def derivation_lock(folder: Path) -> Iterator[None]:
             del _held[name]
     finally:
         os.close(fd)  # releases the lock
+
+
+_LEFTOVER = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.partial")  # mdist.atomic's temporary names (mkstemp)
+
+
+def reclaim_leftovers(targets: list[Path]) -> int:
+    """Remove what an interrupted write of one of `targets` left (killed, power lost: the temporary
+    file mdist.atomic renames into place once complete, as large as the output: 14 GB for Mistral
+    7B, never removed, shrinking the free space the next attempt checks). Only regular files named
+    as mdist.atomic names them; call it under the folder's derivation_lock, so that no other mdist
+    process is writing them. Returns the bytes freed, said on stderr."""
+    freed = 0
+    for folder in {Path(t).parent for t in targets}:
+        wanted = {Path(t).name for t in targets if Path(t).parent == folder}
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            for entry in os.scandir(folder):
+                match = _LEFTOVER.fullmatch(entry.name)
+                if match and match["name"] in wanted and entry.is_file(follow_symlinks=False):
+                    size = entry.stat(follow_symlinks=False).st_size
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+                        freed += size
+    if freed:
+        print(f"mdist: removed {freed / 1e6:.1f} MB that an interrupted conversion left in temporary files",
+              file=sys.stderr, flush=True)
+    return freed

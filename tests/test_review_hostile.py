@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 
@@ -281,3 +282,68 @@ def test_the_derivation_lock_is_reentrant_and_kept_outside_the_model_folder(tmp_
     fd = os.open(_lock_file(folder), os.O_RDWR)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released
     os.close(fd)
+
+
+# -- what an interrupted conversion leaves ------------------------------------------------------------
+@pytest.mark.parametrize("layout, output", [("mistral", "consolidated.safetensors"),
+                                            ("hf", "model-00001-of-00001.safetensors"),
+                                            ("gguf", "tiny-mistral-BF16.gguf")])
+def test_a_conversion_reclaims_what_an_interrupted_one_left(fixture_copy: Path, tmp_path: Path, layout: str,
+                                                            output: str) -> None:
+    """A conversion killed mid-write (SIGKILL, power lost) leaves mdist.atomic's temporary file, as
+    large as the output (14 GB for Mistral 7B): it was never removed, each attempt added one, and
+    the next conversion's free-space check counted them against it. Only regular files named as
+    mdist.atomic names the outputs' temporaries go; a link or another file of that form stays."""
+    out = tmp_path / "out"
+    out.mkdir()
+    leftovers = [out / f".{output}.k2x_9q0a.partial", out / ".tokenizer.model.abcdefgh.partial"]
+    for path in leftovers:
+        path.write_bytes(b"\0" * 5000)
+    kept = [out / ".notes.txt.abcdefgh.partial", out / f".{output}.partial", out / f".{output}.toolong99.partial"]
+    for path in kept:
+        path.write_bytes(b"x")
+    link = out / f".{output}.zzzzzzzz.partial"
+    link.symlink_to(fixture_copy / "params.json")
+    result = run_mdist("convert", str(fixture_copy), "--layout", layout, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    removed = [p for p in leftovers if not p.exists()]
+    assert removed == leftovers, sorted(os.listdir(out))
+    assert f"removed {len(leftovers) * 5000 / 1e6:.1f} MB that an interrupted conversion left" in result.stderr
+    assert all(p.exists() for p in kept) and link.is_symlink() and (fixture_copy / "params.json").is_file()
+
+
+def test_a_killed_conversion_is_reclaimed_by_the_next(fixture_copy: Path, tmp_path: Path) -> None:
+    """The real thing: `convert` killed while writing, then run again."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    for delay in (0.2, 0.4, 0.8, 1.6, 3.2):  # until the kill lands while the temporary file exists
+        process = subprocess.Popen([sys.executable, "-c", _SLOW_CONVERT, str(fixture_copy), str(out)],
+                                   stdout=subprocess.PIPE, text=True)
+        assert process.stdout.readline() == "writing\n"
+        time.sleep(delay / 10)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+        if any(name.endswith(".partial") for name in os.listdir(out)):
+            break
+    assert any(name.endswith(".partial") for name in os.listdir(out)), os.listdir(out)
+    result = run_mdist("convert", str(fixture_copy), "--out", str(out), "--force")
+    assert result.returncode == 0 and "interrupted conversion" in result.stderr, result.stderr
+    assert not [name for name in os.listdir(out) if name.endswith(".partial")]
+
+
+_SLOW_CONVERT = """
+import sys, time
+from pathlib import Path
+from mdist.convert import convert
+started = []
+def on_bytes(n):
+    if not started:
+        started.append(1)
+        print("writing", flush=True)
+    time.sleep(0.05)
+convert(Path(sys.argv[1]), Path(sys.argv[2]), on_bytes=on_bytes)
+"""

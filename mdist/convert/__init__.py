@@ -15,7 +15,7 @@ from mdist.convert.checkpoint import Checkpoint
 from mdist.convert.safetensors_writer import TensorSource, plan_shards, write_safetensors
 from mdist.convert.sources import SIDE_FILES as _SIDE_FILES, TensorInput, open_input
 from mdist.derived import record_derived, signing_key
-from mdist.locks import derivation_lock
+from mdist.locks import derivation_lock, reclaim_leftovers
 from mdist.errors import InputError
 from mdist.layout import heads_for, interleaved_to_half_rows, mistral_to_hf_name
 from mdist.model_folder import MISTRAL
@@ -102,6 +102,7 @@ def _convert_locked(src: Path, out: Path | None, *, layout: str, force: bool, sh
             if existing:
                 raise InputError(f"{existing[0]} exists; use --force to overwrite")
         out.mkdir(parents=True, exist_ok=True)
+        reclaim_leftovers(targets)
         require_free_space(out, total + (64 << 20), what="the converted model")
         if on_start:
             on_start(total)

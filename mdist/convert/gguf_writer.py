@@ -23,6 +23,7 @@ from mdist.convert.tensor_sources import ModelSource, SourceTensor, open_model
 from mdist.derived import record_derived
 from mdist.errors import InputError
 from mdist.jsonio import read_small_file
+from mdist.locks import reclaim_leftovers
 from mdist.modelconfig import MistralConfig, check_tensor_shapes
 from mdist.tokenizer_files import SENTENCEPIECE, TEKKEN, TOKENIZER_NAMES
 
@@ -243,6 +244,7 @@ def convert_gguf(src: Path, out: Path | None = None, *, ggml_type: str = "bf16",
         planned = plan(source.tensors, wanted, getattr(source.config, "n_experts", 0))
         total = sum(t.nbytes for t in planned)
         out.mkdir(parents=True, exist_ok=True)
+        reclaim_leftovers([target, out / "tokenizer.model"])  # under convert's derivation_lock
         require_free_space(out, total + (64 << 20), what="the GGUF file")
         if on_start:
             on_start(total)
