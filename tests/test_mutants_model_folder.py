@@ -1303,3 +1303,55 @@ def test_choose_refuses_an_unfinished_download_first(tmp_path: Path) -> None:
     (folder / ".mdist" / "complete.json").write_bytes(b"{}")
     with pytest.raises(InputError, match="params.json is a symbolic link"):
         c.choose("run")
+
+
+def test_remakeable_only_from_a_source_still_in_the_folder(tmp_path: Path) -> None:
+    """A stale derivation can be made again where a source it was made from is in the folder (named
+    relative to it and present); one whose sources are elsewhere (absolute) or deleted cannot."""
+    folder = tmp_path / "m"
+    inside = sized(folder / "consolidated.00.pth", 10, b"source")
+    outside = sized(tmp_path / "src" / "params.json", 2, b"{}")
+    output = sized(folder / "consolidated.safetensors", 4, b"made")
+    derived.record_derived(folder, [output], [inside, outside])
+    assert derived.derived_state(folder).remakeable == frozenset()  # valid: nothing to remake
+    sized(outside, 3, b"{ }")  # a source elsewhere changed; the one inside is still here
+    state = derived.derived_state(folder)
+    assert (state.stale, state.remakeable) == ({"consolidated.safetensors"}, {"consolidated.safetensors"})
+    inside.unlink()  # the only source in the folder gone: stale, not remakeable here
+    state = derived.derived_state(folder)
+    assert (state.stale, state.remakeable) == ({"consolidated.safetensors"}, frozenset())
+    derived.record_derived(folder, [output], [outside])  # made from elsewhere only
+    sized(outside, 2, b"[]")
+    sized(folder / str(outside).lstrip("/"), 2, b"[]")  # the absolute name, as if it were relative, is here
+    state = derived.derived_state(folder)
+    assert (state.stale, state.remakeable) == ({"consolidated.safetensors"}, frozenset())
+
+
+def test_the_key_is_never_written_through_a_planted_link(tmp_path: Path, monkeypatch) -> None:
+    """The key's private name is opened with O_EXCL | O_NOFOLLOW: a link planted there (its name
+    guessed) never makes mdist write the key somewhere else."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.setattr(derived.secrets, "token_hex", lambda n: "guessed")
+    key_path = derived._key_path()
+    key_path.parent.mkdir(parents=True)
+    target = tmp_path / "elsewhere"
+    (key_path.parent / f".{key_path.name}.{os.getpid()}.guessed").symlink_to(target)
+    with pytest.raises(InputError, match="derived.key"):
+        derived.signing_key()
+    assert not os.path.lexists(target) and not os.path.lexists(key_path)
+
+
+def test_the_private_key_file_gone_before_its_clean_up(tmp_path: Path, monkeypatch) -> None:
+    """Removing the private name after the link is best effort: already gone (another process's
+    clean-up) is no error, and the key linked into place is the one returned."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    real_link = os.link
+
+    def link_then_lose(source, destination, *, follow_symlinks=True):
+        real_link(source, destination, follow_symlinks=follow_symlinks)
+        os.unlink(source)
+
+    monkeypatch.setattr(derived.os, "link", link_then_lose)
+    key = derived.signing_key()
+    assert len(key) == 32 and derived._key_path().read_bytes() == key
+    assert [p.name for p in derived._key_path().parent.iterdir()] == ["derived.key"]
