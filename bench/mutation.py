@@ -150,7 +150,15 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "mdist.derived.x__mac__mutmut_8": (
         "the MAC's message is a JSON array of strings, integers and arrays: no key separator appears",
         'separators=(",", "XX:XX")'),
-    "mdist.derived.x__load_key__mutmut_28": ("create=None is false, as create=False", "_load_key(create=None)"),
+    "mdist.derived.x__load_key__mutmut_49": ("create=None is false, as create=False", "_load_key(create=None)"),
+    "mdist.derived.x__load_key__mutmut_20": (
+        "the private name the new key is written under gets 10 random hex digits instead of 8: still a name of "
+        "its own", "secrets.token_hex(5)"),
+    **{f"mdist.derived.x__load_key__mutmut_{n}": (
+        "the private file linked into place is the regular file this process has just created (O_EXCL | "
+        "O_NOFOLLOW, in the user's own state folder): following a link or not links the same file", fragment)
+       for n, fragment in ((42, "follow_symlinks=None"), (45, "os.link(temporary, path, )"),
+                           (46, "follow_symlinks=True"))},
     "mdist.derived.x_derived_state__mutmut_7": (
         "with no records the loop adds nothing: an empty DerivedState equal to NONE (the key is only read)",
         "if (records) or True else None"),
