@@ -1135,6 +1135,9 @@ def test_no_note_when_the_other_layouts_are_the_sources_of_the_chosen_one() -> N
         c.choose("run", notes.append)
         assert notes == ["/m holds several layouts (mistral, pth); run uses mistral (consolidated.safetensors)"]
         notes.clear()
+    only_weights = {"consolidated.safetensors": ("consolidated.00.pth",)}  # exactly the pth's weights
+    c = contents(files, release=None, layouts_=[PTH_LAYOUT, MISTRAL_LAYOUT], valid=only_weights, sources=only_weights)
+    assert c.choose("run", notes.append) == MISTRAL_LAYOUT and notes == []
     two_pth = mf.Layout("pth", "params.json", ("consolidated.00.pth", "consolidated.01.pth"))
     c = contents(files, release=None, layouts_=[two_pth, MISTRAL_LAYOUT], valid=made, sources=made)
     c.choose("run", notes.append)
@@ -1250,6 +1253,8 @@ def test_unfinished_download(tmp_path: Path) -> None:
     (state / "release.torrent").write_bytes(b"d")
     assert mf.unfinished_download(folder).endswith(
         f"again (or `mdist fetch '{state / 'release.torrent'}' --out '{folder}'`); it fetches only what is missing")
+    (state / "resume.fastresume").write_bytes(resume_data([True, True, False]))
+    assert "(66 % received: 2 of 3 pieces;" in mf.unfinished_download(folder)  # rounded down
     (state / "resume.fastresume").write_bytes(b"x")
     assert "(not every piece received; no .mdist/complete.json)" in mf.unfinished_download(folder)
     (state / "resume.fastresume").write_bytes(resume_data([True, True, True]))
