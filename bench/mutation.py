@@ -150,6 +150,13 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "mdist.derived.x__mac__mutmut_8": (
         "the MAC's message is a JSON array of strings, integers and arrays: no key separator appears",
         'separators=(",", "XX:XX")'),
+    "mdist.model_folder.x_unfinished_download__mutmut_28": (
+        "max(2, n) differs from max(1, n) only for a torrent of 0 or 1 pieces, where an unfinished download "
+        "has received 0: 0 % either way", "max(2, pieces[1])"),
+    **{f"mdist.model_folder.xǁFolderContentsǁchoose__mutmut_{n}": (
+        "derived_state records the sources of every valid file (made_from with valid): the default is never "
+        "used", fragment) for n, fragment in ((44, "self.derived.sources.get(name, None)"),
+                                              (46, "self.derived.sources.get(name, )"))},
     "mdist.derived.x__load_key__mutmut_49": ("create=None is false, as create=False", "_load_key(create=None)"),
     "mdist.derived.x__load_key__mutmut_20": (
         "the private name the new key is written under gets 10 random hex digits instead of 8: still a name of "
