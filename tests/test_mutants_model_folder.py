@@ -1360,3 +1360,17 @@ def test_the_private_key_file_gone_before_its_clean_up(tmp_path: Path, monkeypat
     key = derived.signing_key()
     assert len(key) == 32 and derived._key_path().read_bytes() == key
     assert [p.name for p in derived._key_path().parent.iterdir()] == ["derived.key"]
+
+
+def test_a_release_in_pieces_is_recognised_without_its_derived_files(tmp_path: Path) -> None:
+    """Files mdist derived here are left out when the release is recognised (they may differ from the
+    release's own), and the raw pieces count as the file they join into there too."""
+    folder = tiny_release(tmp_path / "m")
+    size = TINY.files["consolidated.00.pth"].size
+    (folder / "consolidated.00.pth").unlink()
+    sized(folder / "consolidated.00.pth-split0", 1000)
+    sized(folder / "consolidated.00.pth-split1", size - 1000)
+    tokenizer = sized(folder / "tokenizer.model", TINY.files["tokenizer.model"].size + 1, b"t")
+    derived.record_derived(folder, [tokenizer], [folder / "params.json"])  # derived here, another size
+    c = mf.inspect_folder(folder)
+    assert c.release is not None and c.release.name == "tiny-mistral"
