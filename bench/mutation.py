@@ -784,6 +784,45 @@ def report(key: str, work: Path, files: list[str], seconds: float, exit_code: in
             "equivalent_mutants": equivalent, "survivors": survivors, "stale_equivalent_entries": stale}
 
 
+def confirm(work: Path, files: list[str], settings: dict, per_mutant: float, log) -> dict[str, int]:
+    """The second tier, after --fast-first: each survivor (not listed as equivalent) is run against the
+    module's whole selection, directly with pytest -x (the mutant chosen by MUTANT_UNDER_TEST, as mutmut's
+    own trampoline reads it), bounded by `per_mutant` seconds. A failing test is a kill, recorded in
+    mutmut's verdicts; a pass, or running out of time, leaves it a survivor."""
+    import tomllib
+
+    set_fast_tier(work / "support", [""], False)
+    config = tomllib.loads((work / "pyproject.toml").read_text())["tool"]["mutmut"]
+    selection = config["pytest_add_cli_args_test_selection"]
+    outcome: dict[str, int] = {}
+    for file in files:
+        meta = work / "mutants" / (file + ".meta")
+        if not meta.exists():
+            continue
+        data = json.loads(meta.read_text())
+        for name, code in sorted(data["exit_code_by_key"].items()):
+            if STATUS.get(code) not in ("survived", "no tests") or left_out(file, name, settings):
+                continue
+            if name in EQUIVALENT and EQUIVALENT[name][1] in mutant_diff(work, name):
+                continue
+            env = environment(work) | {"MUTANT_UNDER_TEST": name}
+            command = ["nice", "-n", "19", "timeout", "--kill-after=20", str(int(per_mutant)), sys.executable, "-m",
+                       "pytest", "-x", "-q", "-p", "mutmut_hits", "-p", "no:cacheprovider", "-p", "no:randomly",
+                       *selection]
+            start = time.monotonic()
+            proc = subprocess.run(command, cwd=work / "mutants", env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
+            outcome[name] = proc.returncode
+            log.write(f"{name}: pytest exit {proc.returncode} in {time.monotonic() - start:.0f} s\n"
+                      + "\n".join(proc.stdout.splitlines()[-3:]) + "\n")
+            log.flush()
+            if proc.returncode == 1:  # a test failed: killed
+                data = json.loads(meta.read_text())
+                data["exit_code_by_key"][name] = 1
+                meta.write_text(json.dumps(data, indent=4))
+    return outcome
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("modules", nargs="*", help="module keys (default: all, in priority order)")
@@ -800,6 +839,9 @@ def main() -> int:
     parser.add_argument("--fast-first", action="store_true",
                         help="the fast tier: mutants against each module's in-process tests only (its first test "
                              "file); then --resume without it tests the survivors against the whole selection")
+    parser.add_argument("--confirm", action="store_true",
+                        help="the second tier, in the kept scratch copies of a --fast-first run: each survivor "
+                             "against the whole selection (pytest -x), at most --budget seconds each")
     parser.add_argument("--report", action="store_true",
                         help="only report on the kept scratch copies (--keep) as they are: no mutant is run")
     args = parser.parse_args()
@@ -816,10 +858,13 @@ def main() -> int:
         work = args.workdir / key
         print(f"== {key}: {' '.join(files)}", flush=True)
         start = time.monotonic()
-        if args.report:
+        if args.report or args.confirm:
             if not (work / "mutants").is_dir():
                 parser.error(f"no kept scratch copy of {key} in {work}")
             code = 0
+            if args.confirm:
+                with open(args.workdir / f"{key}.confirm.log", "a") as log:
+                    confirm(work, files, settings, args.budget, log)
         else:
             if not (args.resume and (work / "mutants").is_dir()):
                 prepare(work, files, tests, settings, args.ref, args.fast_first)
@@ -839,7 +884,7 @@ def main() -> int:
             print(f"   stale EQUIVALENT entry (source moved?): {name}")
         for name, survivor in result["survivors"].items():
             print(f"   {survivor['status']}: {name}\n" + "\n".join("      " + l for l in survivor["diff"].splitlines()))
-        if not (args.keep or args.report):
+        if not (args.keep or args.report or args.confirm):
             shutil.rmtree(work, ignore_errors=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
