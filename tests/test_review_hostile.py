@@ -347,3 +347,144 @@ def on_bytes(n):
     time.sleep(0.05)
 convert(Path(sys.argv[1]), Path(sys.argv[2]), on_bytes=on_bytes)
 """
+
+
+# -- the derivation lock under attack: other paths to one folder, a stopped holder, planted lock files ----
+_HOLD = """
+import sys, time
+from pathlib import Path
+from mdist.locks import derivation_lock
+with derivation_lock(Path(sys.argv[1])):
+    print("held", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def _holder(folder: Path, seconds: float, env: dict[str, str]):
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-c", _HOLD, str(folder), str(seconds)], stdout=subprocess.PIPE,
+                               text=True, env=env)
+    assert process.stdout.readline() == "held\n"
+    return process
+
+
+def _bind(source: Path, target: Path) -> bool:
+    import subprocess
+
+    target.mkdir()
+    return subprocess.run(["mount", "--bind", str(source), str(target)], capture_output=True).returncode == 0
+
+
+def test_one_folder_reached_by_a_bind_mount_is_one_lock(fixture_copy: Path, tmp_path: Path) -> None:
+    """The lock was keyed by the folder's real path: through a bind mount (or another spelling on a
+    case-insensitive file system) a second convert wrote into the folder while the first held it."""
+    import subprocess
+    import time
+
+    bound = tmp_path / "bound"
+    if not _bind(fixture_copy, bound):
+        pytest.skip("needs mount --bind (root)")
+    env = dict(os.environ, XDG_STATE_HOME=str(tmp_path / "state"))
+    try:
+        holder = _holder(fixture_copy, 4, env)
+        started = time.monotonic()
+        result = run_mdist("convert", str(bound), env=env, timeout=120)
+        holder.wait(timeout=60)
+    finally:
+        subprocess.run(["umount", str(bound)], check=True)
+    assert result.returncode == 0, result.stderr
+    assert "waiting for mdist process" in result.stderr and time.monotonic() - started > 2, result.stderr
+
+
+def test_a_stopped_holder_is_said_not_waited_for_forever(fixture_copy: Path, tmp_path: Path) -> None:
+    """A holder stopped by Ctrl-Z or SIGSTOP: the other process waited without end, saying only
+    'waiting for another mdist process'. Now one line names it and how to resume it, exit 2."""
+    import signal
+
+    env = dict(os.environ, XDG_STATE_HOME=str(tmp_path / "state"))
+    holder = _holder(fixture_copy, 60, env)
+    try:
+        os.kill(holder.pid, signal.SIGSTOP)
+        result = run_mdist("convert", str(fixture_copy), env=env, timeout=60)
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
+    assert result.returncode == 2, result.stderr
+    waiting, error = result.stderr.splitlines()
+    assert waiting.startswith(f"mdist: waiting for mdist process {holder.pid}, which is writing into")
+    assert error.startswith(f"mdist: error: mdist process {holder.pid}, which is writing into")
+    assert f"is stopped (Ctrl-Z or SIGSTOP): resume it (`fg`, or `kill -CONT {holder.pid}`)" in error
+    assert not (fixture_copy / "consolidated.safetensors").exists()
+
+
+def test_ctrl_c_while_waiting_is_one_line_and_the_holder_keeps_its_lock(fixture_copy: Path, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    env = dict(os.environ, XDG_STATE_HOME=str(tmp_path / "state"))
+    holder = _holder(fixture_copy, 60, env)
+    try:
+        waiter = subprocess.Popen([sys.executable, "-m", "mdist", "convert", str(fixture_copy)], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        assert waiter.stderr.readline().startswith(f"mdist: waiting for mdist process {holder.pid}")
+        waiter.send_signal(signal.SIGINT)
+        assert waiter.wait(timeout=60) == 130
+        assert waiter.stderr.read() == "mdist: interrupted\n"
+        assert holder.poll() is None
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder", "symlink"])
+def test_a_planted_lock_file_is_one_line_never_a_hang(fixture_copy: Path, tmp_path: Path, kind: str) -> None:
+    from mdist.locks import _lock_file
+
+    env = dict(os.environ, XDG_STATE_HOME=str(tmp_path / "state"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_STATE_HOME", env["XDG_STATE_HOME"])
+        lock = _lock_file(fixture_copy)
+    lock.parent.mkdir(parents=True)
+    {"fifo": os.mkfifo, "folder": os.mkdir, "symlink": lambda p: os.symlink(tmp_path / "elsewhere", p)}[kind](lock)
+    result = run_mdist("convert", str(fixture_copy), env=env, timeout=60)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("mdist: error: ") and "remove it" in result.stderr
+    assert not (tmp_path / "elsewhere").exists()
+
+
+@pytest.mark.parametrize("value", ["", "relative-cache"])
+def test_an_empty_or_relative_cache_home_is_ignored(fixture_copy: Path, tmp_path: Path, value: str) -> None:
+    """XDG_CACHE_HOME='' put a read-only release's conversion in ./mdist/converted/ of wherever the
+    command started (a relative value likewise): the XDG specification says to ignore both."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    home = tmp_path / "home"
+    fixture_copy.chmod(0o555)
+    try:
+        result = run_mdist("run", str(fixture_copy), "--prompt", "hi", "--max-tokens", "1", cwd=cwd,
+                           env={"XDG_CACHE_HOME": value, "HOME": str(home), "XDG_STATE_HOME": str(tmp_path / "s")})
+    finally:
+        fixture_copy.chmod(0o755)
+    assert result.returncode == 0, result.stderr
+    assert list(cwd.iterdir()) == []
+    assert (home / ".cache" / "mdist" / "converted").is_dir()
+
+
+def test_the_leftovers_reclaimed_are_only_mdists_own(tmp_path: Path) -> None:
+    """A hard link named like a leftover is someone's file under another name too (removing the name
+    frees nothing, and the note said it did); a target whose name holds a newline (the GGUF is named
+    after its folder) still has its leftover reclaimed."""
+    from mdist.locks import reclaim_leftovers
+
+    elsewhere = tmp_path / "keep.bin"
+    elsewhere.write_bytes(b"k" * 100)
+    linked = tmp_path / ".out.safetensors.abcdefgh.partial"
+    os.link(elsewhere, linked)
+    odd = tmp_path / ".a\nb-BF16.gguf.k2x_9q0a.partial"
+    odd.write_bytes(b"\0" * 10)
+    assert reclaim_leftovers([tmp_path / "out.safetensors", tmp_path / "a\nb-BF16.gguf"]) == 10
+    assert linked.exists() and not odd.exists()

@@ -11,6 +11,7 @@ from mdist.errors import InputError
 from mdist.locks import derivation_lock
 from mdist.model_folder import GGUF, MISTRAL, MISTRAL_WEIGHTS, PTH, FolderContents, Layout, inspect_folder, model_path
 from mdist.tokenizer_files import tokenizer_file
+from mdist.xdg import user_dir
 
 
 def _note(text: str) -> None:
@@ -110,7 +111,7 @@ def _cached_layout(target: Path) -> Layout | None:
 
 
 def _cache_dir_for(path: Path) -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mdist" / "converted"
+    base = user_dir("XDG_CACHE_HOME") / "mdist" / "converted"
     return base / hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
 
 
