@@ -488,3 +488,60 @@ def test_the_leftovers_reclaimed_are_only_mdists_own(tmp_path: Path) -> None:
     odd.write_bytes(b"\0" * 10)
     assert reclaim_leftovers([tmp_path / "out.safetensors", tmp_path / "a\nb-BF16.gguf"]) == 10
     assert linked.exists() and not odd.exists()
+
+
+# -- archive URLs and redirects: the user's URL and every Location by one rule ---------------------------
+_LOCATIONS = {
+    "/bad-ipv6.tar": ("http://[::1/x", "redirects to http://[::1/x: not a usable URL (Invalid IPv6 URL); refused"),
+    "/credentials.tar": ("http://user:s3cret@127.0.0.1:{port}/x.tar", "a URL with a user name or password is refused"),
+    "/file.tar": ("file:///etc/passwd", "redirects to file:///etc/passwd: only http:// and https:// redirects"),
+    "/data.tar": ("data:,hello", "redirects to data:,hello: only http:// and https:// redirects are followed"),
+    "/loop.tar": ("/loop.tar", "redirects in a loop or more than 10 times; refused"),
+    "/port.tar": ("http://127.0.0.1:99999/x.tar", "not a usable URL (Port out of range 0-65535)"),
+}
+
+
+@pytest.mark.parametrize("path", sorted(_LOCATIONS))
+def test_every_redirect_is_held_to_the_rule_of_the_users_url(tmp_path: Path, path: str) -> None:
+    """A Location urllib cannot parse was an internal error (ValueError: Invalid IPv6 URL); one with
+    a password was followed (the password sent to the resolver as part of a host name, then 'cannot
+    reach 127.0.0.1: Name or service not known' after five retries); file://, data:, an empty
+    Location, a loop or too many hops were all 'answered HTTP 302'. Now each is one line naming it."""
+    from http.server import BaseHTTPRequestHandler
+
+    from hubmirror import serving
+    from test_archive import TINY_MD5
+
+    asked: list[str] = []
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            asked.append(self.path)
+            self.send_response(302)
+            self.send_header("Location", _LOCATIONS[path][0].format(port=self.server.server_address[1]))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    with serving(Redirect) as url:
+        result = run_mdist("fetch", url + path, "--out", str(tmp_path / "out"), "--md5", TINY_MD5, "--timeout", "5",
+                           env={"XDG_STATE_HOME": str(tmp_path / "state")}, timeout=120)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("mdist: error: http://127.0.0.1:") and _LOCATIONS[path][1] in result.stderr
+    assert len(asked) <= 11
+
+
+@pytest.mark.parametrize("url, problem", [("http://[::1/x.tar", "not a usable URL (Invalid IPv6 URL)"),
+                                          ("http://127.0.0.1:99999/x.tar", "Port out of range"),
+                                          ("http://127.0.0.1:abc/x.tar", "Port could not be cast"),
+                                          ("http://127.0.0.1:0/x.tar", "not a usable URL (port 0)")])
+def test_a_users_url_that_does_not_parse_is_one_line_before_any_request(tmp_path: Path, url: str,
+                                                                        problem: str) -> None:
+    """'http://[::1/x.tar' was an internal error; a port that is no number was retried five times
+    ('cannot reach 127.0.0.1: nonnumeric port')."""
+    result = run_mdist("fetch", url, "--out", str(tmp_path / "out"), "--md5", "0" * 32, "--timeout", "2",
+                       env={"XDG_STATE_HOME": str(tmp_path / "state")}, timeout=60)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert problem in result.stderr and "internal error" not in result.stderr

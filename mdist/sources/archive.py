@@ -31,21 +31,21 @@ from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 from mdist import __version__
 from mdist.atomic import real_dir, refuse_links_on_the_way, require_free_space, write_bytes_atomic
 from mdist.errors import InputError, UnsafeContentError, VerificationError
 from mdist.paths import UnsafePathError, check_component, check_path_set, check_relative_path, collision_key
 from mdist.sources.http_download import (check_redirect, clear_foreign_partial, folder_lock, open_nofollow, open_partial,
-                                         real_folders, regular_size, resume_offset)
+                                         real_folders, regular_size, resume_offset, shown_url,
+                                         url_problem)
 from mdist.verify.extracted import Extracted, write_record
 from mdist.verify.folder import STATE_DIR
 
 PARTIAL_DIR = "archive-partial"  # in OUT/.mdist: <key>.tar.incomplete
 EXTRACT_PREFIX = "archive-extract-"  # in OUT/.mdist: a fresh folder per extraction, moved into OUT once complete
 LOCK_FILE = "archive.lock"
-MAX_URL_CHARS = 2048
 MAX_MEMBERS = 4096  # a release archive holds a handful of files; a manifest's complete file list bounds it further
 MAX_ARCHIVE_BYTES = 1 << 41  # 2 TiB: Mixtral 8x22B's archive is about 262 GB
 FREE_SPACE_MARGIN = 1 << 30  # an archive whose size nobody announced stops this far from a full disk
@@ -80,14 +80,10 @@ def is_archive_url(text: str) -> bool:
 def archive_name(url: str) -> str:
     """The archive's file name from its URL (`…/X.tar` -> `X.tar`), refused unless a plain name
     ending in .tar (a compressed archive could expand without bound); checked before any request."""
-    if not isinstance(url, str) or len(url) > MAX_URL_CHARS or re.search(r"[\x00-\x20\x7f-\x9f]", url):
-        raise InputError(f"not a usable URL: at most {MAX_URL_CHARS} characters, no spaces or control characters")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InputError(f"{_short(url)}: only http:// and https:// URLs with a host are fetched")
-    if parts.username or parts.password:
-        raise InputError(f"{_short(url)}: a URL with a user name or password is refused (it would be shown and kept)")
-    name = unquote(parts.path.rsplit("/", 1)[-1])
+    problem = url_problem(url)
+    if problem:
+        raise InputError(problem if problem.startswith("not a usable URL:") else f"{_short(url)}: {problem}")
+    name = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
     try:
         check_component(name, "archive name")
     except UnsafePathError as exc:
@@ -256,6 +252,25 @@ class _HttpOnly(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 (urllib's signature)
         check_redirect(req.full_url, newurl)
         return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+    def http_error_302(self, req, fp, code, msg, headers):  # noqa: ANN001 (urllib's signature)
+        """Every redirect by mdist's policy before urllib's own checks, which said only 'answered HTTP
+        302' for file://, data: or an empty Location, a loop or too many hops, and let a Location
+        urllib cannot parse ('http://[::1/x') out as an internal error."""
+        location = headers.get("Location") or headers.get("URI") or ""
+        try:
+            check_redirect(req.full_url, urljoin(req.full_url, location))
+            return super().http_error_302(req, fp, code, msg, headers)
+        except ValueError as exc:
+            raise InputError(f"{shown_url(req.full_url)} redirects to {shown_url(location)}: not a usable URL "
+                             f"({exc}); refused") from None
+        except urllib.error.HTTPError as exc:
+            if not str(exc.msg).startswith(self.inf_msg):
+                raise
+            raise InputError(f"{shown_url(req.full_url)} redirects in a loop or more than {self.max_redirections} "
+                             f"times; refused") from None
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
 
 
 class _Download:

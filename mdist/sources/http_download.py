@@ -14,7 +14,7 @@ import re
 import stat
 from pathlib import Path
 from typing import BinaryIO, Iterator
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from mdist.errors import InputError, UnsafeContentError
 from mdist.jsonio import open_regular
@@ -81,12 +81,37 @@ def clear_foreign_partial(partial: Path, what: str) -> str | None:
             f"(what it leads to is untouched)")
 
 
+MAX_URL_CHARS = 2048
+
+
+def url_problem(url: str) -> str | None:
+    """Why mdist does not fetch `url` (None when it does): too long, spaces or control characters,
+    unparsable (a bracket left open, a port that is no number), not http(s) with a host, or carrying
+    a user name or password (which would be shown in messages and kept). The same rule for the URL
+    the user gives and for every redirect a server answers with."""
+    if not isinstance(url, str) or len(url) > MAX_URL_CHARS or re.search(r"[\x00-\x20\x7f-\x9f]", url):
+        return f"not a usable URL: at most {MAX_URL_CHARS} characters, no spaces or control characters"
+    try:
+        parts: SplitResult = urlsplit(url)
+        host, credentials = parts.hostname, parts.username or parts.password
+        if parts.port == 0:
+            raise ValueError("port 0")
+    except ValueError as exc:
+        return f"not a usable URL ({exc})"
+    if parts.scheme.lower() not in ("http", "https") or not host:
+        return "only http:// and https:// URLs with a host are fetched"
+    if credentials:
+        return "a URL with a user name or password is refused (it would be shown and kept)"
+    return None
+
+
 def check_redirect(source: str, target: str) -> None:
     """Refuse a redirect that lowers the protection the user asked for: https:// to http:// (the
     bytes would then arrive unencrypted and unauthenticated, with at most an md5 behind them), or to
-    any scheme but http(s) (ftp://, file://). http:// to https:// only adds protection: followed.
-    Checked at every hop, so a chain cannot step down through an intermediate URL."""
-    old, new = urlsplit(source).scheme.lower(), urlsplit(target).scheme.lower()
+    any scheme but http(s) (ftp://, file://); and a Location the user's own URL would be refused
+    for (url_problem). http:// to https:// only adds protection: followed. Checked at every hop, so
+    a chain cannot step down through an intermediate URL."""
+    old, new = urlsplit(source).scheme.lower(), target.split(":", 1)[0].lower() if ":" in target else ""
     if new not in ("http", "https"):
         raise InputError(f"{shown_url(source)} redirects to {shown_url(target)}: only http:// and https:// "
                          f"redirects are followed; refused")
@@ -94,6 +119,9 @@ def check_redirect(source: str, target: str) -> None:
         raise InputError(f"{shown_url(source)} redirects to {shown_url(target)}: a redirect from https:// to "
                          f"http:// is refused (the download would no longer be encrypted or authenticated); "
                          f"give the http:// URL yourself to fetch from it")
+    problem = url_problem(target)
+    if problem:
+        raise InputError(f"{shown_url(source)} redirects to {shown_url(target)}: {problem}; refused")
 
 
 def shown_url(url: str, limit: int = 200) -> str:
