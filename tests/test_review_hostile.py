@@ -545,3 +545,53 @@ def test_a_users_url_that_does_not_parse_is_one_line_before_any_request(tmp_path
                        env={"XDG_STATE_HOME": str(tmp_path / "state")}, timeout=60)
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert problem in result.stderr and "internal error" not in result.stderr
+
+
+# -- archive names one file system would fold, and --keep-archive's target appearing during the fetch ------
+@pytest.mark.parametrize("first, second", [("x.safetensors.", "x.safetensors"), ("d /a", "d/b"), ("a\u200b", "a"),
+                                           ("d\u00ad/a", "d/b")])
+def test_names_windows_fat_or_hfs_fold_into_one_are_refused(first: str, second: str) -> None:
+    """`a.` and `a` (trailing dots and spaces are dropped by Windows, and by Linux's vfat), `a` with
+    a zero-width space or soft hyphen (ignored by HFS+): one name there, accepted as two."""
+    from mdist.errors import UnsafeContentError
+    from mdist.sources.archive import check_spellings
+
+    with pytest.raises(UnsafeContentError, match="spell .* differently"):
+        check_spellings([first, second], "x.tar")
+    check_spellings(["a.b", "ab", "x"], "x.tar")  # different names everywhere
+
+
+@pytest.mark.parametrize("path", [".mdist./complete.json", ".git /config", ".mdist\u200b/extracted.json"])
+def test_a_state_folder_spelt_with_a_trailing_dot_or_space_is_refused(path: str) -> None:
+    from mdist.errors import UnsafeContentError
+    from mdist.sources.archive import check_spellings
+
+    with pytest.raises(UnsafeContentError, match="tool-state folder"):
+        check_spellings([path, "params.json"], "x.tar")
+
+
+def test_keep_archive_never_replaces_a_file_that_appeared_during_the_fetch(tmp_path: Path) -> None:
+    """--keep-archive checked OUT/NAME.tar before the download, then os.replace'd the archive over
+    whatever was there once it was done (a download takes hours): a file saved there meanwhile was
+    lost without a word. Now it is left, and said."""
+    import subprocess
+    import sys
+    import time
+
+    from test_archive import TINY, TINY_MD5, Served, serve
+
+    out = tmp_path / "out"
+    env = dict(os.environ, XDG_STATE_HOME=str(tmp_path / "state"))
+    with serve(Served({"/tiny.tar": TINY}, rate=len(TINY) / 4)) as served:
+        process = subprocess.Popen([sys.executable, "-m", "mdist", "fetch", served.url + "/tiny.tar", "--out", str(out),
+                                    "--md5", TINY_MD5, "--keep-archive"], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True, env=env)
+        deadline = time.monotonic() + 60
+        while served.sent == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (out / "tiny.tar").write_bytes(b"the user's own file")
+        stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    assert (out / "tiny.tar").read_bytes() == b"the user's own file"
+    assert "appeared during the fetch and is not this archive: it is left as it is" in stderr
+    assert not list((out / ".mdist").rglob("*.incomplete"))

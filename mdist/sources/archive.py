@@ -36,7 +36,8 @@ from urllib.parse import unquote, urljoin, urlsplit
 from mdist import __version__
 from mdist.atomic import real_dir, refuse_links_on_the_way, require_free_space, write_bytes_atomic
 from mdist.errors import InputError, UnsafeContentError, VerificationError
-from mdist.paths import UnsafePathError, check_component, check_path_set, check_relative_path, collision_key
+from mdist.paths import (UnsafePathError, check_component, check_not_state, check_path_set, check_relative_path,
+                         collision_key)
 from mdist.sources.http_download import (check_redirect, clear_foreign_partial, folder_lock, open_nofollow, open_partial,
                                          real_folders, regular_size, resume_offset, shown_url,
                                          url_problem)
@@ -158,7 +159,7 @@ def _fetch_locked(url: str, name: str, out: Path, state: Path, partial: Path, op
         reporter.message(f"{name}: replaced {len(replaced)} file(s) of other content already in {out}: {shown}")
     if md5 is not None:
         write_record(out, Extracted(url, md5, release, files))
-    kept = _keep_or_remove(partial, out, name, files, options.keep_archive, reporter)
+    kept = _keep_or_remove(partial, out, name, files, options.keep_archive, reporter, actual)
     verification = (f"md5 of {name} matched {md5} (md5 detects corruption, not a deliberate collision); "
                     f"sha256 of the {len(files)} extracted files recorded in {STATE_DIR}/extracted.json"
                     if md5 else f"none: no md5 was given or published for {name}")
@@ -535,23 +536,43 @@ def check_members(archive: tarfile.TarFile, limits: Limits, where: str) -> list[
     return members
 
 
+# Code points some file systems leave out of a name (HFS+, Linux's casefolding ext4 in some kernels):
+# soft hyphen, zero-width and direction marks, variation selectors, the byte-order mark, tags.
+_IGNORABLE = re.compile("[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e"
+                        "\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8\U0001bca0-\U0001bca3"
+                        "\U0001d173-\U0001d17a\U000e0000-\U000e0fff]")
+
+
+def spelling_key(path: str) -> str:
+    """mdist.paths.collision_key, also folding what Windows and FAT/exFAT drop from a name (trailing
+    dots and spaces: `a.` is `a` there, also on Linux's vfat) and the code points HFS+ ignores."""
+    return "/".join(collision_key(_IGNORABLE.sub("", part)).rstrip(". ") for part in path.split("/"))
+
+
 def check_spellings(paths: list[str], where: str) -> None:
     """Refuse two spellings of one name anywhere on the paths (`a/x` and `A/y`, `café/` in NFC and
-    NFD): on a case-insensitive or normalising file system (macOS, Windows, some mounts) they are
-    one folder or file, so what lands on disk would differ from what was checked (a file replaced
-    after verification, a folder merged). mdist.paths.check_path_set compares whole file paths; this
-    compares every folder on the way too. Linear in the number of path components."""
-    spelled: dict[str, tuple[str, str]] = {}  # collision key of a path prefix -> (its spelling, a full path)
+    NFD, `a./x` and `a/y`, a zero-width space): on a case-insensitive, normalising or Windows-style
+    file system (macOS, Windows, FAT and exFAT drives, some mounts) they are one folder or file, so
+    what lands on disk would differ from what was checked (a file replaced after verification, a
+    folder merged). mdist.paths.check_path_set compares whole file paths; this compares every folder
+    on the way too, by spelling_key. Linear in the number of path components."""
+    spelled: dict[str, tuple[str, str]] = {}  # spelling key of a path prefix -> (its spelling, a full path)
     for path in paths:
         parts = path.split("/")
+        try:  # `.mdist./complete.json` or `.git /config` is inside the state folder on such a file system
+            check_not_state(spelling_key(path).split("/"), where)
+        except UnsafePathError as exc:
+            raise UnsafeContentError(f"{where}: {_short(path)} is inside a tool-state folder where trailing dots or "
+                                     f"spaces are dropped (Windows, FAT); refused") from exc
         for depth in range(1, len(parts) + 1):
             prefix = "/".join(parts[:depth])
-            first = spelled.setdefault(collision_key(prefix), (prefix, path))
+            first = spelled.setdefault(spelling_key(prefix), (prefix, path))
             if first[0] != prefix:
                 raise UnsafeContentError(
-                    f"{where}: {_short(first[1])} and {_short(path)} spell {_short(first[0])} differently (case or "
-                    f"Unicode normalisation): one name on a case-insensitive or normalising file system (macOS, "
-                    f"Windows), so one would replace or merge with the other; refused")
+                    f"{where}: {_short(first[1])} and {_short(path)} spell {_short(first[0])} differently (case or Unicode "
+                    f"normalisation), or with trailing dots, spaces or invisible characters: one name on a "
+                    f"case-insensitive, normalising or Windows-style file system (macOS, Windows, FAT), so one "
+                    f"would replace or merge with the other; refused")
 
 
 _TAR_ERRORS = (tarfile.TarError, EOFError, ValueError, IndexError, KeyError, OverflowError, struct.error)
@@ -791,6 +812,14 @@ def _check_kept_archive(target: Path, md5: str | None, size: int | None, reporte
     reporter.message(f"{target} is already this archive (md5 matched); it stays")
 
 
+def _is_archive(path: Path, md5: str) -> bool:
+    """The regular file at `path` itself has this md5 (a link or special file put there meanwhile: no)."""
+    try:
+        return _file_md5(path) == md5
+    except (OSError, UnsafeContentError):
+        return False
+
+
 def _file_md5(path: Path) -> str:
     """md5 of the regular file at `path` itself (never through a link)."""
     digest = hashlib.md5()
@@ -801,18 +830,39 @@ def _file_md5(path: Path) -> str:
 
 
 def _keep_or_remove(partial: Path, out: Path, name: str, files: dict[str, tuple[int, str]], keep: bool,
-                    reporter) -> str | None:
+                    reporter, md5: str) -> str | None:
     """With --keep-archive the verified archive becomes OUT/NAME.tar; otherwise it goes."""
     if keep:
         if name in files or collision_key(name) in {collision_key(p) for p in files}:
             reporter.message(f"the archive holds a file named {name}: the archive itself is not kept")
         else:
-            target = out / name
-            with contextlib.suppress(FileNotFoundError):
-                if stat.S_ISDIR(os.lstat(target).st_mode):
-                    raise InputError(f"{target} is a folder; cannot keep the archive there")
-            os.replace(partial, target)
-            return str(target)
+            return _keep(partial, out / name, md5, reporter)
     partial.unlink(missing_ok=True)
     return None
+
+
+def _keep(partial: Path, target: Path, md5: str, reporter) -> str | None:
+    """The verified archive as `target`, never replacing what is there: a file that appeared there
+    since _check_kept_archive (a download takes hours) is left alone unless it is this very archive
+    (os.link fails on any existing name, where os.replace replaced it without a word); `md5` is the
+    archive's."""
+    try:
+        os.link(partial, target, follow_symlinks=False)
+    except FileExistsError:
+        if regular_size(target) == os.lstat(partial).st_size and _is_archive(target, md5):
+            partial.unlink(missing_ok=True)
+            return str(target)
+        partial.unlink(missing_ok=True)
+        reporter.message(f"{target} appeared during the fetch and is not this archive: it is left as it is, and "
+                         f"the archive is not kept")
+        return None
+    except OSError:  # no hard links on this file system: the same check, then a rename
+        if os.path.lexists(target):
+            partial.unlink(missing_ok=True)
+            reporter.message(f"{target} appeared during the fetch: it is left as it is, and the archive is not kept")
+            return None
+        os.replace(partial, target)
+        return str(target)
+    partial.unlink(missing_ok=True)
+    return str(target)
 
