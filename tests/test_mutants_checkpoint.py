@@ -1327,3 +1327,65 @@ def test_strided_views_of_pieces_are_crc_checked_too(tmp_path) -> None:
     with ck.Checkpoint(pieces_of(tmp_path, deflated_path.read_bytes(), 150)) as checkpoint:
         assert checkpoint.array(checkpoint.tensors["t0"]).tobytes() == RAW[:4]
         assert checkpoint._crc_checked == set()
+
+
+# -- entries marked as folders, storages and data.pkl named in messages, opcodes (fast-tier survivors) ----
+
+def with_external(record: bytes, external: int) -> bytes:
+    """A central record with its external attributes (4 bytes at offset 38) set."""
+    return record[:38] + struct.pack("<L", external) + record[42:]
+
+
+def test_entries_marked_as_folders() -> None:
+    """An entry is a folder by the MS-DOS directory bit, a Unix directory mode (each alone), or a name
+    ending in '/'; other attributes (archive bit, regular files, links) are files."""
+    def is_folder(name: bytes = b"n", external: int = 0) -> bool:
+        return ck._read_central_directory(with_external(central(name), external), 1)[0].folder
+
+    for external in (0, 0x20, 0x01, (0o100644 << 16) | 0x20, 0o100755 << 16, 0o120777 << 16, 0o060644 << 16):
+        assert not is_folder(external=external), oct(external)
+    for external in (0x10, 0x10 | 0x20, 0o040755 << 16, 0o040000 << 16, (0o040700 << 16) | 0x10):
+        assert is_folder(external=external), oct(external)
+    assert is_folder(b"d/") and is_folder(b"a/b/") and not is_folder(b"a/b") and not is_folder(b"/x")
+
+
+def test_an_entry_marked_as_a_folder_is_refused_where_read() -> None:
+    member = ck.ZipMember(LONG, LONG.encode(), 0, 0, 0, 0, 0, 0, folder=True)
+    with pytest.raises(CheckpointError) as caught:
+        ck._refuse_folder(member)
+    assert str(caught.value) == f"{LONG[:100]} is marked as a directory in the zip directory, not a file"
+    ck._refuse_folder(ck.ZipMember(LONG, LONG.encode(), 0, 0, 0, 0, 0, 0))  # a file: nothing said
+
+
+def test_storage_and_data_pkl_refusals_name_their_cause(tmp_path) -> None:
+    from pickle_payloads import VALID, state_dict, tensor, write_archive
+
+    def refused(path, message: str, error: type = CheckpointError) -> None:
+        with pytest.raises(MdistError) as caught:
+            ck.Checkpoint(path)
+        assert (type(caught.value), str(caught.value)) == (error, message)
+
+    refused(write_archive(tmp_path / "a.pth", state_dict(("w", tensor("7")))),
+            "persistent id points to 'archive/data/7', which is not in the archive")
+    refused(write_archive(tmp_path / "b.pth", state_dict(("w", tensor("0", 4))), {"0": b"\0" * 12}),
+            "storage '0' declares 4 x 4 bytes but its entry holds 12")
+    path = tmp_path / "c.pth"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/byteorder", b"little")
+    refused(path, f"{path.name} is not a torch.save archive: it has no data.pkl", InputError)
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", VALID)
+        z.writestr("other/data.pkl", VALID)
+    refused(path, "expected exactly one */data.pkl in the archive, found 2")
+
+
+def test_opcodes_refused_by_name_and_position(monkeypatch) -> None:
+    refused_pickle(b"\x80\x02N\x82\x01.", "refused pickle opcode EXT1 at byte 3")  # no handler: never run
+    refused_pickle(b"\x80\x02(N\x81.", "refused pickle opcode NEWOBJ at byte 4")
+    monkeypatch.setattr(pr, "MAX_OPCODES", 3)
+    refused_pickle(b"\x80\x02N\x85.", "pickle has more than 3 opcodes")  # the fourth, STOP, is one too many
+
+
+def test_globals_are_named_in_messages() -> None:
+    refused_pickle(b"\x80\x02" + OD + b"}b.", "refused BUILD on collections.OrderedDict")
+    refused_pickle(b"\x80\x02" + OD + b"K\x01a.", "APPEND to a collections.OrderedDict")
