@@ -328,7 +328,12 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
         "numpy (2.3) takes any negative size in reshape as the one to infer, as -1", "view.shape[0], -2)"),
     "mdist.convert.checkpoint.xǁCheckpointǁiter_bytes__mutmut_46": (
         "numpy (2.3) takes any negative size in reshape as the one to infer, as -1", "view.reshape(-2, 1)"),
-    "mdist.convert.checkpoint.xǁCheckpointǁ_read_small__mutmut_5": (
+    **{f"mdist.convert.pickle_reader.xǁ_Interpreterǁrun__mutmut_{n}": (
+        "unreachable: run returns at STOP, and pickletools.genops raises ValueError (refused by the caller) on a "
+        "pickle that ends before one", fragment) for n, fragment in (
+            (27, "raise CheckpointError(None)"), (28, "XXpickle has no STOP opcodeXX"),
+            (29, "pickle has no stop opcode"), (30, "PICKLE HAS NO STOP OPCODE"))},
+    "mdist.convert.checkpoint.xǁCheckpointǁ_read_small__mutmut_6": (
         "the small entries (data.pkl, byteorder) are at most 16 MiB, CHUNK_BYTES: stored, one read; deflated, "
         "one inflate step unless the compressed bytes exceed 16 MiB, which a pickle that parses up to there "
         "cannot (its opcodes add known bytes: it compresses): nothing is joined", 'b"XXXX".join('),
