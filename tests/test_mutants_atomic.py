@@ -252,3 +252,32 @@ def test_refuse_links_cannot_inspect(tmp_path: Path, monkeypatch: pytest.MonkeyP
     with pytest.raises(InputError) as info:
         atomic.refuse_links_on_the_way(tmp_path, ["secret/x"])
     assert str(info.value) == f"cannot inspect {tmp_path / 'secret'}: Permission denied"
+
+
+def test_require_output_folder(tmp_path: Path) -> None:
+    """--out must be a folder or creatable as one; a file there, or on the way to it, is named (with the
+    option) before any input is read."""
+    atomic.require_output_folder(tmp_path)  # an existing folder
+    atomic.require_output_folder(tmp_path / "new" / "deeper")  # creatable
+    (tmp_path / "f").write_bytes(b"x")
+
+    def refused(path: Path, message: str, *option: str) -> None:
+        with pytest.raises(InputError) as caught:
+            atomic.require_output_folder(path, *option)
+        assert str(caught.value) == message
+
+    refused(tmp_path / "f", f"--out: {tmp_path / 'f'} is a file, not a folder; --out names the folder the output "
+                            "files go into (give a new or existing folder)")
+    refused(tmp_path / "f" / "a" / "b", f"--dest: {tmp_path / 'f'}, on the way to {tmp_path / 'f' / 'a' / 'b'}, is a "
+                                        "file, not a folder; --dest names the folder the output files go into (give "
+                                        "a new or existing folder)", "--dest")
+    os.mkfifo(tmp_path / "p")
+    refused(tmp_path / "p", f"--out: {tmp_path / 'p'} is not a folder; --out names the folder the output files go "
+                            "into (give a new or existing folder)")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    refused(tmp_path / "dangling" / "x", f"--out: {tmp_path / 'dangling'}, on the way to {tmp_path / 'dangling' / 'x'}"
+                                         ", is not a folder; --out names the folder the output files go into (give a "
+                                         "new or existing folder)")
+    (tmp_path / "to-folder").symlink_to(tmp_path)
+    atomic.require_output_folder(tmp_path / "to-folder" / "x")  # a link to a folder is a folder
+    atomic.require_output_folder(Path("relative-that-does-not-exist"))  # up to the working folder

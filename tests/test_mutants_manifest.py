@@ -284,6 +284,8 @@ def test_archive_sources() -> None:
     publisher replaced (current: false), or one without a URL, never is."""
     url = "https://cdn.example/a/x.tar"
     assert parse(archives=[{"name": "x.tar", "url": url, "md5": MD5, "size": 0}]).archive["url"] == url
+    top = mm.MAX_FILE_SIZE
+    assert parse(archives=[{"name": "x.tar", "url": url, "md5": MD5, "size": top}]).archive["size"] == top
     assert parse(archives=[{"name": "x.tar", "url": url, "md5": MD5, "current": False}]).archive is None
     assert parse(archives=[{"name": "x.tar", "md5": MD5}]).archive is None
     assert parse(archives=[{"name": "x.tar", "url": url}]).archive is None

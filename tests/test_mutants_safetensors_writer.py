@@ -187,7 +187,7 @@ def test_copy_range_that_stops_midway_is_an_error(monkeypatch, tmp_path: Path) -
     never = TensorSource("t", "U8", (8,), 8, lambda: pytest.fail("streamed after a partial copy"), (5, 10))
     with pytest.raises(InputError) as caught:
         write_safetensors(tmp_path / "m.safetensors", [never])
-    assert "copy stopped after 3 of 8 bytes" in str(caught.value)
+    assert "t: copy stopped after 3 of 8 bytes" in str(caught.value)  # the tensor named
     assert os.listdir(tmp_path) == []
 
 
