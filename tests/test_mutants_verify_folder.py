@@ -786,3 +786,46 @@ def test_a_derivation_whose_sources_are_gone(tmp_path: Path) -> None:
     write(source, b"source")  # another file of that name: a source changed, not only deleted
     got = by_path(vf.verify_folder(folder, m))["consolidated.safetensors"]
     assert (got.status, got.detail) == stale
+
+
+# --- fast-tier survivors at HEAD: a recorded verdict's values, stale derivations outside a release, records -----
+
+def test_a_recorded_verdict_carries_both_values() -> None:
+    sha = sha256(b"x")
+    entry = FileEntry("a.bin", 1, sha, "m" * 32)
+    result = vf._judge(Path("/nowhere/a.bin"), entry, {"sha256": sha, "md5": "m" * 32}, recorded=True)
+    assert (result.path, result.status, result.detail, result.expected, result.actual) == (
+        "a.bin", vf.OK, vf.RECORDED + " (and the published md5)", sha, sha)
+
+
+def test_a_stale_derivation_outside_a_release(tmp_path: Path) -> None:
+    """Stale and remakeable here (its source is in the folder): STALE, run converts again; stale and not
+    remakeable (a copy, or its sources elsewhere changed): a file like any other, not checked."""
+    from mdist import model_folder as mf
+
+    def verdict(remakeable: frozenset) -> vf.FileResult:
+        state = derived.DerivedState(frozenset(), frozenset({"x.safetensors"}), {}, remakeable=remakeable)
+        contents = mf.FolderContents(tmp_path, {"x.safetensors": 1}, [], [], state, None)
+        return vf._judge_extra("x.safetensors", None, contents)
+
+    stale = verdict(frozenset({"x.safetensors"}))
+    assert (stale.path, stale.status) == ("x.safetensors", vf.STALE)
+    other = verdict(frozenset())
+    assert (other.path, other.status, other.detail) == (
+        "x.safetensors", vf.UNEXPECTED, "derived by mdist, then copied here or made from files that have changed or "
+                                        "gone since: not checked")
+
+
+def test_an_extraction_record_fills_every_entry_it_can() -> None:
+    """Entries the record cannot vouch for (a published sha256, another size, unlisted under another
+    release) are skipped, and the ones after them still filled; the published md5 and JSON stay."""
+    from mdist.verify.extracted import Extracted
+
+    listed = {"a": FileEntry("a", 1, sha256(b"a")), "b": FileEntry("b", 5), "c": FileEntry("c", 1, None, "m" * 32,
+                                                                                             json={"k": 1})}
+    record = Extracted("https://cdn/x.tar", "m" * 32, "other", {
+        "a": (1, "1" * 64), "b": (2, "2" * 64), "z": (1, "9" * 64), "c": (1, "3" * 64)})
+    merged, recorded = vf._with_record(manifest(listed), record)
+    assert recorded == {"c"}
+    assert merged.files["c"] == FileEntry("c", 1, "3" * 64, "m" * 32, json={"k": 1})
+    assert merged.files["a"] == listed["a"] and merged.files["b"] == listed["b"] and "z" not in merged.files
