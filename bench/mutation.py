@@ -176,22 +176,35 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "mdist.derived.x__records__mutmut_13": ("the name only words the InputError, which is caught: {} either way",
                                             "_MAX_RECORD_BYTES), str(None))"),
     # mdist/verify/hashing.py, mdist/verify/folder.py
-    "mdist.verify.hashing.x_hash_files__mutmut_34": ("wait=True is shutdown's default", "pool.shutdown(cancel_futures=True)"),
-    "mdist.verify.folder.x__judge__mutmut_28": ("the name only words the InputError, which is caught: mismatch either way",
+    "mdist.verify.hashing.x_hash_files__mutmut_44": ("wait=True is shutdown's default", "pool.shutdown(cancel_futures=True)"),
+    "mdist.verify.folder.x__judge__mutmut_40": ("the name only words the InputError, which is caught: mismatch either way",
                                                 "read_json_file(path, None)"),
-    "mdist.verify.folder.x__judge__mutmut_30": ("the name only words the InputError, which is caught: mismatch either way",
+    "mdist.verify.folder.x__judge__mutmut_42": ("the name only words the InputError, which is caught: mismatch either way",
                                                 "read_json_file(path, )"),
-    "mdist.verify.hashing.x_hash_fd__mutmut_11": (
+    "mdist.verify.hashing.x__hash_fds__mutmut_11": (
         "a buffered reader's readinto fills the same bytes (one more copy)", 'os.fdopen(fd, "rb", )'),
-    "mdist.verify.hashing.x_hash_fd__mutmut_14": (
+    "mdist.verify.hashing.x__hash_fds__mutmut_14": (
         "binary files ignore line buffering (Python warns and buffers as by default): same bytes",
         'os.fdopen(fd, "rb", buffering=1)'),
-    "mdist.verify.folder.x_verify_folder__mutmut_138": (
+    "mdist.verify.folder.x_verify_folder__mutmut_254": (
         "an unhashed file is judged without its digests: listed ones have no hash (or were judged on size), "
         "extras never read them, and cache files are always hashed", "digests.get(directory / path, None)"),
-    "mdist.verify.folder.x_verify_folder__mutmut_140": (
+    "mdist.verify.folder.x_verify_folder__mutmut_256": (
         "an unhashed file is judged without its digests: listed ones have no hash (or were judged on size), "
         "extras never read them, and cache files are always hashed", "digests.get(directory / path, )"),
+    **{f"mdist.verify.folder.x_verify_folder__mutmut_{n}": (
+        "pieces are judged only when their key is among the jobs, and hash_files returns a result for every job: "
+        "the default is never used", fragment) for n, fragment in ((233, "digests.get(key, None)"),
+                                                                   (235, "digests.get(key, )"))},
+    **{f"mdist.verify.folder.x__label__mutmut_{n}": (
+        "the part after the last '/' is the same whatever the number of splits", fragment)
+       for n, fragment in ((4, "rsplit('/', )"), (7, "rsplit('/', 2)"))},
+    "mdist.verify.folder.x__with_record__mutmut_37": (
+        "with nothing recorded, merged is a copy of the manifest's files: replace() gives an equal manifest",
+        "if (recorded) or True else manifest"),
+    **{f"mdist.verify.folder.x__judge_extra__mutmut_{n}": (
+        "derived_state records the sources of every valid file (made_from with valid): the default is never used",
+        fragment) for n, fragment in ((16, "sources.get(path, None)"), (18, "sources.get(path, )"))},
     # mdist/verify/manifest.py
     "mdist.verify.manifest.x_safe_relative_path__mutmut_4": ('"path" is the default', "check_relative_path(text, )"),
     "mdist.verify.manifest.x__registry_files__mutmut_15": (
