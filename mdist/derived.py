@@ -30,6 +30,7 @@ from pathlib import Path
 from mdist.atomic import real_dir, write_bytes_atomic
 from mdist.errors import InputError
 from mdist.jsonio import parse_json, read_small_file
+from mdist.xdg import user_dir
 
 RECORD_FILE = "derived.json"
 STATE_DIR = ".mdist"
@@ -40,8 +41,7 @@ VALID, STALE = "derived", "stale"
 
 
 def _key_path() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "mdist" / "derived.key"
+    return user_dir("XDG_STATE_HOME") / "mdist" / "derived.key"
 
 
 def _load_key(create: bool) -> bytes | None:

@@ -59,6 +59,8 @@ def test_the_key_lives_in_xdg_state_home_or_the_home_folder(tmp_path: Path, monk
     assert derived._key_path() == tmp_path / "home" / ".local" / "state" / "mdist" / "derived.key"
     monkeypatch.delenv("XDG_STATE_HOME")
     assert derived._key_path() == tmp_path / "home" / ".local" / "state" / "mdist" / "derived.key"
+    monkeypatch.setenv("XDG_STATE_HOME", "relative/state")  # ignored (XDG): the key must not depend on the cwd
+    assert derived._key_path() == tmp_path / "home" / ".local" / "state" / "mdist" / "derived.key"
 
 
 def test_the_key_is_made_once_private_and_random(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
