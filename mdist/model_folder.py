@@ -295,23 +295,25 @@ class FolderContents:
         for layout in self.layouts:
             if name in layout.weights and layout.kind in PREFERENCE[purpose]:
                 if not self.usable(layout):
-                    raise InputError(self._nothing_usable(purpose))
+                    raise InputError(self._nothing_usable(purpose, [layout]))
                 return layout
         raise InputError(f"{self.path / name} is not the weights of a layout mdist can {purpose} "
                          f"(give the folder to let mdist choose)")
 
-    def _nothing_usable(self, purpose: str) -> str:
+    def _nothing_usable(self, purpose: str, candidates: list[Layout] | None = None) -> str:
+        """Why no layout (or the one named on the command line, `candidates`) can be used."""
         if self.problems:
             return f"{self.path}: {self.problems[0]}"
-        unusable = [layout for layout in self.layouts if layout.kind in PREFERENCE[purpose]]
+        unusable = candidates or [layout for layout in self.layouts if layout.kind in PREFERENCE[purpose]]
         if unusable:
             layout = unusable[0]
             stale = [n for n in layout.files(self.tokenizer) if n in self.derived.stale]
             if stale:
                 return f"{self.path}: {stale[0]} was derived by mdist from files that have changed since"
             untrusted = [n for n in layout.files(self.tokenizer) if not self.trusted(n)]
-            return (f"{self.path}: {untrusted[0]} is not part of {self.release.name}"  # type: ignore[union-attr]
-                    f" (name or size differs)")
+            if untrusted and self.release is not None:
+                return f"{self.path}: {untrusted[0]} is not part of {self.release.name} (name or size differs)"
+            return f"{self.path}: its {layout.kind} layout ({', '.join(layout.weights)}) cannot be used"
         if purpose == "convert":
             return f"{self.path} holds no consolidated.00.pth checkpoint (nor Mistral-layout safetensors)"
         return (f"{self.path} holds no model weights: expected params.json with consolidated.safetensors or "

@@ -1376,3 +1376,20 @@ def test_a_release_in_pieces_is_recognised_without_its_derived_files(tmp_path: P
     derived.record_derived(folder, [tokenizer], [folder / "params.json"])  # derived here, another size
     c = mf.inspect_folder(folder)
     assert c.release is not None and c.release.name == "tiny-mistral"
+
+
+def test_a_named_stale_file_outside_a_release_says_why() -> None:
+    """`mdist run DIR/consolidated.safetensors` where that file is a stale conversion (its .pth, still
+    here, changed): the named layout's own reason, not the first layout's (was an internal IndexError)."""
+    files = {**TINY_FILES, "consolidated.safetensors": 1}
+    stale = frozenset({"consolidated.safetensors"})
+    state = derived.DerivedState(frozenset(), stale, {}, remakeable=stale)
+    c = mf.FolderContents(Path("/m"), files, [], [PTH_LAYOUT, MISTRAL_LAYOUT], state, None)
+    with pytest.raises(InputError) as info:
+        c.choose_containing("consolidated.safetensors", "run")
+    assert str(info.value) == "/m: consolidated.safetensors was derived by mdist from files that have changed since"
+    assert c.choose_containing("consolidated.00.pth", "run") == PTH_LAYOUT
+    c.usable = lambda layout: False  # no reason of either kind: the layout is named
+    with pytest.raises(InputError) as info:
+        c.choose_containing("consolidated.00.pth", "digest")
+    assert str(info.value) == "/m: its pth layout (consolidated.00.pth) cannot be used"
