@@ -829,3 +829,19 @@ def test_an_extraction_record_fills_every_entry_it_can() -> None:
     assert recorded == {"c"}
     assert merged.files["c"] == FileEntry("c", 1, "3" * 64, "m" * 32, json={"k": 1})
     assert merged.files["a"] == listed["a"] and merged.files["b"] == listed["b"] and "z" not in merged.files
+
+
+def test_piece_verdicts_add_to_what_was_already_said(tmp_path: Path) -> None:
+    """The pieces' verdicts (sizes wrong, or hashed) join the report: the refused link said before
+    them, and a joined file beside its pieces, keep their own lines."""
+    parts = [b"first part ", b"second ", b"third"]
+    whole = b"".join(parts)
+    for pieces in (parts[:2] + [b"third!"], parts):  # joined size wrong; right (hashed)
+        folder = piece_folder(tmp_path / str(len(pieces[2])), pieces)
+        (folder / "link").symlink_to(folder / "params.json")
+        got = by_path(vf.verify_folder(folder, piece_manifest(whole)))
+        assert got["link"].status == vf.REFUSED
+        assert {"consolidated.00.pth", "consolidated.00.pth-split0", "consolidated.00.pth-split2"} <= set(got)
+        write(folder / "consolidated.00.pth", whole)  # the joined file itself beside its pieces
+        got = by_path(vf.verify_folder(folder, piece_manifest(whole)))
+        assert got["consolidated.00.pth-split1"].status == vf.REFUSED and got["link"].status == vf.REFUSED
