@@ -845,3 +845,16 @@ def test_piece_verdicts_add_to_what_was_already_said(tmp_path: Path) -> None:
         write(folder / "consolidated.00.pth", whole)  # the joined file itself beside its pieces
         got = by_path(vf.verify_folder(folder, piece_manifest(whole)))
         assert got["consolidated.00.pth-split1"].status == vf.REFUSED and got["link"].status == vf.REFUSED
+
+
+def test_pieces_listed_with_json_content_are_never_read_as_json(tmp_path: Path) -> None:
+    """A manifest may give JSON content for any name; pieces are never joined on disk, so the joined
+    name is not a file to parse: a mismatch, named, never an internal error."""
+    parts = [b"first part ", b"second ", b"third"]
+    whole = b"".join(parts)
+    folder = piece_folder(tmp_path, parts)
+    odd = manifest({"consolidated.00.pth": FileEntry("consolidated.00.pth", len(whole), sha256(whole), json={"a": 1}),
+                    "params.json": FileEntry("params.json", 2, sha256(b"{}"))})
+    result = by_path(vf.verify_folder(folder, odd))["consolidated.00.pth"]
+    assert (result.status, result.detail) == (vf.MISMATCH, "not the published JSON content; of its 3 pieces joined "
+                                                           "(never written)")
