@@ -134,13 +134,8 @@ class _LyingProxy(BaseHTTPRequestHandler):
 def lying_proxy(upstream: str, tamper: Callable[[str], bool]) -> Iterator[str]:
     """A proxy in front of `upstream` that flips a byte of each file tamper(request path) selects."""
     handler = type("Proxy", (_LyingProxy,), {"upstream": upstream, "tamper": staticmethod(tamper)})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(handler) as url:
+        yield url
 
 
 def listing_entry(path: str, data: bytes, lfs: bool | None = None) -> dict:
@@ -305,12 +300,19 @@ class _FakeHubHandler(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
-    """Serve `handler` on 127.0.0.1 from a thread; yields the base URL (no trailing slash)."""
+def serving(handler: type[BaseHTTPRequestHandler], tls: tuple[Path, Path] | None = None) -> Iterator[str]:
+    """Serve `handler` on 127.0.0.1 from a thread (over TLS with `tls` = (cert, key) PEM files, which a
+    client trusts through SSL_CERT_FILE); yields the base URL (no trailing slash)."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    if tls:
+        import ssl
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*tls)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()

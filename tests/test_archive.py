@@ -931,20 +931,10 @@ class _Redirect(BaseHTTPRequestHandler):
 @contextmanager
 def tls_serving(handler: type[BaseHTTPRequestHandler], cert: Path, key: Path) -> Iterator[str]:
     """`handler` over TLS on 127.0.0.1 with `cert` (a client trusts it through SSL_CERT_FILE)."""
-    import ssl
-    import threading
-    from http.server import ThreadingHTTPServer
+    from hubmirror import serving
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"https://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(handler, tls=(cert, key)) as url:
+        yield url
 
 
 def self_signed(folder: Path) -> tuple[Path, Path]:
