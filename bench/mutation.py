@@ -150,6 +150,9 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "mdist.derived.x__mac__mutmut_8": (
         "the MAC's message is a JSON array of strings, integers and arrays: no key separator appears",
         'separators=(",", "XX:XX")'),
+    "mdist.model_folder.xǁFolderContentsǁchoose_containing__mutmut_8": (
+        "with the named layout given as the candidate, _nothing_usable never reads the purpose (it only picks "
+        "the layouts of that purpose when none is given)", "self._nothing_usable(None, [layout])"),
     "mdist.model_folder.x_unfinished_download__mutmut_28": (
         "max(2, n) differs from max(1, n) only for a torrent of 0 or 1 pieces, where an unfinished download "
         "has received 0: 0 % either way", "max(2, pieces[1])"),

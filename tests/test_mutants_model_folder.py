@@ -1389,7 +1389,9 @@ def test_a_named_stale_file_outside_a_release_says_why() -> None:
         c.choose_containing("consolidated.safetensors", "run")
     assert str(info.value) == "/m: consolidated.safetensors was derived by mdist from files that have changed since"
     assert c.choose_containing("consolidated.00.pth", "run") == PTH_LAYOUT
+    two = mf.Layout("pth", "params.json", ("consolidated.00.pth", "consolidated.01.pth"))
+    c = mf.FolderContents(Path("/m"), {**files, "consolidated.01.pth": 1}, [], [two], state, None)
     c.usable = lambda layout: False  # no reason of either kind: the layout is named
     with pytest.raises(InputError) as info:
-        c.choose_containing("consolidated.00.pth", "digest")
-    assert str(info.value) == "/m: its pth layout (consolidated.00.pth) cannot be used"
+        c.choose_containing("consolidated.01.pth", "digest")
+    assert str(info.value) == "/m: its pth layout (consolidated.00.pth, consolidated.01.pth) cannot be used"
