@@ -858,3 +858,19 @@ def test_pieces_listed_with_json_content_are_never_read_as_json(tmp_path: Path) 
     result = by_path(vf.verify_folder(folder, odd))["consolidated.00.pth"]
     assert (result.status, result.detail) == (vf.MISMATCH, "not the published JSON content; of its 3 pieces joined "
                                                            "(never written)")
+
+
+def test_files_derived_beside_an_extraction_record_are_judged_under_its_release(tmp_path: Path) -> None:
+    """Once the record completes the release, that release decides what a derived file is: one made
+    from a file elsewhere is not derived from it (the folder is inspected again with it)."""
+    folder = tmp_path / "f"
+    files = {"consolidated.00.pth": b"weights", "params.json": b"{}"}
+    for path, data in files.items():
+        write(folder / path, data)
+    write_record(folder, record(tmp_path, files))
+    elsewhere = write(tmp_path / "src" / "tokenizer.model", b"t")
+    made = write(folder / "tokenizer.json", b"{}")
+    derived.record_derived(folder, [made], [elsewhere])
+    got = by_path(vf.verify_folder(folder))["tokenizer.json"]
+    assert (got.status, got.detail) == (vf.UNEXPECTED, f"written by mdist from files in {tmp_path / 'src'}, not in "
+                                                       f"this folder (`mdist verify {tmp_path / 'src'}` checks those)")
