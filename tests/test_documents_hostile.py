@@ -732,6 +732,21 @@ def test_fuzzed_manifests(base, pick, operation, value, key) -> None:
         jsonschema.validate(document, SCHEMA)  # mdist accepts nothing else the published schema refuses
 
 
+def test_a_null_tensor_digest_is_absent_for_mdist_and_the_schema() -> None:
+    """mdist reads "tensor_digest": null as absent; the published schema must accept what mdist accepts
+    (Hypothesis found this one at random in test_fuzzed_manifests)."""
+    import jsonschema
+
+    from mdist.verify.manifest import parse_manifest
+
+    for base in REGISTRY:
+        document = {**json.loads(json.dumps(base)), "tensor_digest": None}
+        assert parse_manifest(document, "null.json").tensor_digest is None
+        jsonschema.validate(document, SCHEMA)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**REGISTRY[0], "tensor_digest": "x"}, SCHEMA)
+
+
 @FUZZ
 @given(base=st.sampled_from(REGISTRY), mutations=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=4),
        keep=st.integers(0, 10**6))
